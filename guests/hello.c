@@ -1,0 +1,643 @@
+/*
+ * Nimbus test guest: normalises the boot information handed over by the VMM (Linux
+ * boot_params or a PVH hvm_start_info), prints it on the serial console, runs the
+ * `nimbus.test=<action>` actions from the command line and resets the VM via the i8042.
+ *
+ * Freestanding, integer-only: kvm-pvm hosts emulate every instruction and stop on SSE, x87
+ * arithmetic, popcnt and friends, so nothing here may use them (see build.sh for the flags).
+ * The output format is an interface: tests/ assert on these lines byte for byte.
+ */
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#include "formats.h"
+
+#define UART_THR 0x3f8
+#define UART_LSR 0x3fd
+#define LSR_DATA_READY 0x01
+#define LSR_THR_EMPTY 0x20
+#define I8042_COMMAND 0x64
+#define I8042_RESET 0xfe
+
+#define LAPIC_BASE 0xfee00000UL
+#define LAPIC_ID 0x20
+#define LAPIC_SVR 0xf0
+#define LAPIC_ICR_LOW 0x300
+#define LAPIC_ICR_HIGH 0x310
+#define ICR_INIT 0x500
+#define ICR_STARTUP 0x600
+#define ICR_LEVEL_ASSERT 0x4000
+#define ICR_TRIGGER_LEVEL 0x8000
+#define ICR_BUSY 0x1000
+
+#define AP_TRAMPOLINE 0x2000 /* SIPI vector 0x02 */
+#define MAX_E820 128
+#define MAX_CPUS 64
+#define LINE_MAX 64
+
+/* Bounded waits: every poll costs a port exit (~15 us on kvm-pvm) plus a few emulated instructions. */
+#define ECHO_POLLS 200000
+#define SMP_POLLS 100000
+#define IPI_DELAY_POLLS 200
+
+struct e820_entry {
+	u64 addr;
+	u64 size;
+	u32 type;
+};
+
+/* The boot information, whatever protocol delivered it. */
+struct boot_info {
+	const char *cmdline;
+	u32 n_e820;
+	struct e820_entry e820[MAX_E820];
+	u64 initrd_addr;
+	u64 initrd_size;
+};
+
+struct mp_info {
+	int found;
+	const char *error;
+	u32 cpus;
+	u8 apic_ids[MAX_CPUS];
+	u32 bsp_index;
+	u32 ioapic_id;
+	u32 ioapic_addr;
+	u32 irq_entries;
+};
+
+static struct boot_info info;
+static struct mp_info mp;
+
+/* ---- tiny libc ---------------------------------------------------------------------------- */
+
+void *memcpy(void *dst, const void *src, u64 n)
+{
+	u8 *d = dst;
+	const u8 *s = src;
+	while (n--)
+		*d++ = *s++;
+	return dst;
+}
+
+void *memset(void *dst, int c, u64 n)
+{
+	u8 *d = dst;
+	while (n--)
+		*d++ = (u8)c;
+	return dst;
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+	while (*prefix)
+		if (*s++ != *prefix++)
+			return 0;
+	return 1;
+}
+
+static int str_eq_n(const char *a, u64 n, const char *b)
+{
+	u64 i;
+	for (i = 0; i < n; i++)
+		if (b[i] != a[i])
+			return 0;
+	return b[n] == 0;
+}
+
+/* ---- port and MMIO access ----------------------------------------------------------------- */
+
+static inline void outb(u16 port, u8 val)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 val;
+	__asm__ volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
+	return val;
+}
+
+static inline u32 mmio_read32(u64 addr)
+{
+	return *(volatile u32 *)addr;
+}
+
+static inline void mmio_write32(u64 addr, u32 val)
+{
+	*(volatile u32 *)addr = val;
+}
+
+/* ---- console ------------------------------------------------------------------------------ */
+
+static void putc(char c)
+{
+	while (!(inb(UART_LSR) & LSR_THR_EMPTY))
+		;
+	outb(UART_THR, (u8)c);
+}
+
+static void puts(const char *s)
+{
+	while (*s)
+		putc(*s++);
+}
+
+static void put_hex(u64 v)
+{
+	char buf[16];
+	int n = 0;
+	puts("0x");
+	do {
+		buf[n++] = "0123456789abcdef"[v & 0xf];
+		v >>= 4;
+	} while (v);
+	while (n)
+		putc(buf[--n]);
+}
+
+static void put_dec(u64 v)
+{
+	char buf[20];
+	int n = 0;
+	do {
+		buf[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		putc(buf[--n]);
+}
+
+static void __attribute__((noreturn)) reset(void)
+{
+	outb(I8042_COMMAND, I8042_RESET);
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+/* ---- exceptions --------------------------------------------------------------------------- */
+
+struct idt_gate {
+	u16 offset_low;
+	u16 selector;
+	u8 ist;
+	u8 type_attr;
+	u16 offset_mid;
+	u32 offset_high;
+	u32 reserved;
+} __attribute__((packed));
+
+extern const u64 isr_table[32]; /* common.S */
+static struct idt_gate idt[32] __attribute__((aligned(16)));
+
+/* Called first, so that a fault prints a line instead of becoming a silent triple fault. */
+void idt_init(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) desc;
+	u16 cs;
+	int i;
+
+	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+	for (i = 0; i < 32; i++) {
+		u64 h = isr_table[i];
+		idt[i].offset_low = (u16)h;
+		idt[i].selector = cs;
+		idt[i].ist = 0;
+		idt[i].type_attr = 0x8e; /* present, DPL 0, 64-bit interrupt gate */
+		idt[i].offset_mid = (u16)(h >> 16);
+		idt[i].offset_high = (u32)(h >> 32);
+		idt[i].reserved = 0;
+	}
+	desc.limit = sizeof(idt) - 1;
+	desc.base = (u64)idt;
+	__asm__ volatile("lidt %0" : : "m"(desc));
+}
+
+void __attribute__((noreturn)) guest_exception(u64 vector, u64 rip, u64 error)
+{
+	u64 cr2;
+	__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+	puts("GUEST EXCEPTION ");
+	put_dec(vector);
+	puts(" rip=");
+	put_hex(rip);
+	puts("\nGUEST EXCEPTION detail: error=");
+	put_hex(error);
+	puts(" cr2=");
+	put_hex(cr2);
+	putc('\n');
+	reset();
+}
+
+/* ---- boot information --------------------------------------------------------------------- */
+
+static u32 rd32(u64 addr)
+{
+	return *(const u32 *)addr;
+}
+
+static u64 rd64(u64 addr)
+{
+	return *(const u64 *)addr;
+}
+
+/*
+ * Linux boot protocol: the zero page (struct boot_params): e820_entries (u8) at 0x1e8,
+ * e820_table (20-byte entries) at 0x2d0, cmd_line_ptr at 0x228 (+ ext_cmd_line_ptr at 0xc8),
+ * ramdisk_image/size at 0x218/0x21c (+ ext_ramdisk_image/size at 0xc0/0xc4).
+ */
+static void from_boot_params(u64 bp)
+{
+	u32 i, n = *(const u8 *)(bp + 0x1e8);
+	u64 cmdline = rd32(bp + 0x228) | ((u64)rd32(bp + 0xc8) << 32);
+
+	info.cmdline = (const char *)cmdline;
+	if (n > MAX_E820)
+		n = MAX_E820;
+	info.n_e820 = n;
+	for (i = 0; i < n; i++) {
+		u64 e = bp + 0x2d0 + 20 * i;
+		info.e820[i].addr = rd64(e);
+		info.e820[i].size = rd64(e + 8);
+		info.e820[i].type = rd32(e + 16);
+	}
+	info.initrd_addr = rd32(bp + 0x218) | ((u64)rd32(bp + 0xc0) << 32);
+	info.initrd_size = rd32(bp + 0x21c) | ((u64)rd32(bp + 0xc4) << 32);
+}
+
+#define HVM_START_MAGIC 0x336ec578
+
+/*
+ * Xen PVH boot protocol: struct hvm_start_info {u32 magic, version, flags, nr_modules;
+ * u64 modlist_paddr (0x10), cmdline_paddr (0x18), rsdp_paddr (0x20), memmap_paddr (0x28);
+ * u32 memmap_entries (0x30), reserved}, memory map entries {u64 addr, size; u32 type, reserved}
+ * and modules {u64 paddr, size, cmdline_paddr, reserved}; module 0 is the initrd.
+ */
+static int from_hvm_start_info(u64 si)
+{
+	u32 i, n;
+
+	if (rd32(si) != HVM_START_MAGIC) {
+		puts("pvh: bad hvm_start_info magic ");
+		put_hex(rd32(si));
+		putc('\n');
+		return 0;
+	}
+	info.cmdline = (const char *)rd64(si + 0x18);
+	n = rd32(si + 4) >= 1 ? rd32(si + 0x30) : 0; /* the memory map exists since version 1 */
+	if (n > MAX_E820)
+		n = MAX_E820;
+	info.n_e820 = n;
+	for (i = 0; i < n; i++) {
+		u64 e = rd64(si + 0x28) + 24 * i;
+		info.e820[i].addr = rd64(e);
+		info.e820[i].size = rd64(e + 8);
+		info.e820[i].type = rd32(e + 16);
+	}
+	if (rd32(si + 0xc) > 0) {
+		u64 mod = rd64(si + 0x10); /* module 0 is the initrd */
+		info.initrd_addr = rd64(mod);
+		info.initrd_size = rd64(mod + 8);
+	}
+	return 1;
+}
+
+static int is_printable(u8 c)
+{
+	return c >= 0x20 && c < 0x7f;
+}
+
+static void print_boot_info(void)
+{
+	u32 i;
+
+	puts("cmdline: ");
+	if (info.cmdline)
+		puts(info.cmdline);
+	puts("\ne820: ");
+	put_dec(info.n_e820);
+	putc('\n');
+	for (i = 0; i < info.n_e820; i++) {
+		puts("e820[");
+		put_dec(i);
+		puts("]: addr=");
+		put_hex(info.e820[i].addr);
+		puts(" size=");
+		put_hex(info.e820[i].size);
+		puts(" type=");
+		put_dec(info.e820[i].type);
+		putc('\n');
+	}
+	if (info.initrd_size == 0) {
+		puts("initrd: none\n");
+		return;
+	}
+	puts("initrd: addr=");
+	put_hex(info.initrd_addr);
+	puts(" size=");
+	put_hex(info.initrd_size);
+	puts(" first=");
+	for (i = 0; i < 16 && i < info.initrd_size; i++) {
+		u8 c = *(const u8 *)(info.initrd_addr + i);
+		if (!is_printable(c))
+			break;
+		putc((char)c);
+	}
+	putc('\n');
+}
+
+/* ---- MP table ----------------------------------------------------------------------------- */
+
+static u8 checksum(u64 addr, u32 len)
+{
+	u8 sum = 0;
+	while (len--)
+		sum += *(const u8 *)addr++;
+	return sum;
+}
+
+/* Intel MP spec 1.4 section 4: the floating pointer lies on a 16-byte boundary. */
+static u64 find_mp_floating(u64 start, u64 end)
+{
+	for (; start < end; start += 16)
+		if (rd32(start) == 0x5f504d5f /* "_MP_" */ && checksum(start, 16) == 0)
+			return start;
+	return 0;
+}
+
+static void parse_mp_table(void)
+{
+	u64 fp, cfg, p;
+	u32 i, entries;
+
+	fp = find_mp_floating(0x9fc00, 0xa0000);
+	if (!fp)
+		fp = find_mp_floating(0xf0000, 0x100000);
+	if (!fp)
+		return;
+	mp.found = 1;
+	cfg = rd32(fp + 4);
+	if (cfg == 0 || rd32(cfg) != 0x504d4350 /* "PCMP" */) {
+		mp.error = "no PCMP configuration table";
+		return;
+	}
+	if (checksum(cfg, *(const u16 *)(cfg + 4)) != 0) {
+		mp.error = "bad PCMP checksum";
+		return;
+	}
+	entries = *(const u16 *)(cfg + 0x22);
+	p = cfg + 0x2c;
+	for (i = 0; i < entries; i++) {
+		u8 type = *(const u8 *)p;
+		switch (type) {
+		case 0: /* processor */
+			if ((*(const u8 *)(p + 3) & 1) && mp.cpus < MAX_CPUS) {
+				if (*(const u8 *)(p + 3) & 2)
+					mp.bsp_index = mp.cpus;
+				mp.apic_ids[mp.cpus++] = *(const u8 *)(p + 1);
+			}
+			p += 20;
+			break;
+		case 2: /* I/O APIC */
+			if (mp.ioapic_addr == 0) {
+				mp.ioapic_id = *(const u8 *)(p + 1);
+				mp.ioapic_addr = rd32(p + 4);
+			}
+			p += 8;
+			break;
+		case 3: /* I/O interrupt assignment */
+			mp.irq_entries++;
+			p += 8;
+			break;
+		case 1: /* bus */
+		case 4: /* local interrupt assignment */
+			p += 8;
+			break;
+		default:
+			mp.error = "unknown entry type";
+			return;
+		}
+	}
+}
+
+static void print_mp_table(void)
+{
+	u32 i;
+
+	if (!mp.found) {
+		puts("mptable: none\n");
+		return;
+	}
+	if (mp.error) {
+		puts("mptable: error ");
+		puts(mp.error);
+		putc('\n');
+		return;
+	}
+	puts("mptable: cpus=");
+	put_dec(mp.cpus);
+	puts(" apic_ids=");
+	for (i = 0; i < mp.cpus; i++) {
+		if (i)
+			putc(',');
+		put_dec(mp.apic_ids[i]);
+	}
+	puts(" ioapic_id=");
+	put_dec(mp.ioapic_id);
+	puts(" ioapic_addr=");
+	put_hex(mp.ioapic_addr);
+	puts(" irq_entries=");
+	put_dec(mp.irq_entries);
+	putc('\n');
+}
+
+/* ---- actions ------------------------------------------------------------------------------ */
+
+extern const u8 ap_trampoline_start[], ap_trampoline_end[], ap_trampoline_flag[]; /* common.S */
+
+static void lapic_write(u32 reg, u32 val)
+{
+	mmio_write32(LAPIC_BASE + reg, val);
+}
+
+static u32 lapic_read(u32 reg)
+{
+	return mmio_read32(LAPIC_BASE + reg);
+}
+
+/* Waits a little (each poll is a port exit) and for the ICR's delivery status to clear. */
+static void ipi_settle(void)
+{
+	int i;
+	for (i = 0; i < IPI_DELAY_POLLS; i++)
+		(void)inb(UART_LSR);
+	for (i = 0; i < IPI_DELAY_POLLS && (lapic_read(LAPIC_ICR_LOW) & ICR_BUSY); i++)
+		;
+}
+
+static void send_ipi(u32 apic_id, u32 icr)
+{
+	lapic_write(LAPIC_ICR_HIGH, apic_id << 24);
+	lapic_write(LAPIC_ICR_LOW, icr);
+	ipi_settle();
+}
+
+/* The AP's APIC id: the first enabled processor of the MP table that is not the BSP. */
+static u32 first_ap_apic_id(void)
+{
+	u32 i, self = lapic_read(LAPIC_ID) >> 24;
+	for (i = 0; i < mp.cpus; i++)
+		if (mp.apic_ids[i] != self)
+			return mp.apic_ids[i];
+	return 1;
+}
+
+static void action_smp(void)
+{
+	u64 len = (u64)(ap_trampoline_end - ap_trampoline_start);
+	volatile u32 *flag =
+		(volatile u32 *)(AP_TRAMPOLINE + (u64)(ap_trampoline_flag - ap_trampoline_start));
+	u32 ap = first_ap_apic_id();
+	int i;
+
+	memcpy((void *)AP_TRAMPOLINE, ap_trampoline_start, len);
+	*flag = 0;
+	lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100); /* software-enable the LAPIC */
+	send_ipi(ap, ICR_INIT | ICR_LEVEL_ASSERT | ICR_TRIGGER_LEVEL);
+	send_ipi(ap, ICR_INIT | ICR_TRIGGER_LEVEL);
+	send_ipi(ap, ICR_STARTUP | (AP_TRAMPOLINE >> 12));
+	send_ipi(ap, ICR_STARTUP | (AP_TRAMPOLINE >> 12));
+	for (i = 0; i < SMP_POLLS && *flag == 0; i++)
+		(void)inb(UART_LSR);
+	puts(*flag ? "smp: ap started\n" : "smp: ap timeout\n");
+}
+
+static void action_popcnt(void)
+{
+	u64 in = 0xf0f0, out;
+	/* popcnt %rdi, %rax, spelled out so that the rest of the guest stays popcnt-free. */
+	__asm__ volatile(".byte 0xf3, 0x48, 0x0f, 0xb8, 0xc7" : "=a"(out) : "D"(in));
+	(void)out;
+	puts("popcnt: survived\n");
+}
+
+static void __attribute__((noreturn)) action_triple(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) empty = { 0, 0 };
+
+	puts("triple: now\n");
+	__asm__ volatile("lidt %0; ud2" : : "m"(empty));
+	__builtin_unreachable();
+}
+
+static void action_echo(void)
+{
+	char line[LINE_MAX + 1];
+	u32 n = 0, polls = 0;
+
+	puts("echo: ready\n");
+	for (;;) {
+		u8 c;
+		if (!(inb(UART_LSR) & LSR_DATA_READY)) {
+			if (++polls == ECHO_POLLS) {
+				puts("echo: timeout\n");
+				return;
+			}
+			continue;
+		}
+		polls = 0;
+		c = inb(UART_THR);
+		if (c == '\n' || n == LINE_MAX)
+			break;
+		line[n++] = (char)c;
+	}
+	line[n] = 0;
+	puts("echo: ");
+	puts(line);
+	putc('\n');
+}
+
+static void action_ud2(void)
+{
+	puts("ud2: now\n");
+	__asm__ volatile("ud2");
+}
+
+static void __attribute__((noreturn)) action_hang(void)
+{
+	puts("hang: now\n");
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+static void run_action(const char *name, u64 len)
+{
+	if (str_eq_n(name, len, "smp"))
+		action_smp();
+	else if (str_eq_n(name, len, "popcnt"))
+		action_popcnt();
+	else if (str_eq_n(name, len, "triple"))
+		action_triple();
+	else if (str_eq_n(name, len, "echo"))
+		action_echo();
+	else if (str_eq_n(name, len, "ud2"))
+		action_ud2();
+	else if (str_eq_n(name, len, "hang"))
+		action_hang();
+	else {
+		puts("action: unknown ");
+		while (len--)
+			putc(*name++);
+		putc('\n');
+	}
+}
+
+static void run_actions(const char *cmdline)
+{
+	static const char key[] = "nimbus.test=";
+	const char *p = cmdline;
+
+	while (p && *p) {
+		const char *tok;
+		while (*p == ' ')
+			p++;
+		tok = p;
+		while (*p && *p != ' ')
+			p++;
+		if (starts_with(tok, key) && (u64)(p - tok) >= sizeof(key) - 1)
+			run_action(tok + sizeof(key) - 1, (u64)(p - tok) - (sizeof(key) - 1));
+	}
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+static const char *const format_names[] = { "elf", "pvh", "bzimage", "raw" };
+
+void __attribute__((noreturn)) guest_main(u64 format, u64 boot_info)
+{
+	puts("NIMBUS-GUEST hello format=");
+	puts(format < 4 ? format_names[format] : "unknown");
+	putc('\n');
+	if (format == FORMAT_PVH) {
+		if (!from_hvm_start_info(boot_info))
+			reset();
+	} else {
+		from_boot_params(boot_info);
+	}
+	print_boot_info();
+	parse_mp_table();
+	print_mp_table();
+	run_actions(info.cmdline);
+	puts("NIMBUS-GUEST done\n");
+	reset();
+}

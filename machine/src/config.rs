@@ -1,0 +1,51 @@
+//! What the machine is asked to build, as plain data filled in by the command line.
+
+use std::path::PathBuf;
+
+/// Where the UART's output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialConfig {
+    /// The UART exists but its output is dropped (StratoVirt's behaviour without `-serial`).
+    #[default]
+    None,
+    /// Output to stdout, console input from stdin.
+    Stdio,
+    /// Output appended to a file.
+    File(PathBuf),
+}
+
+/// The whole machine description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// `-name`, shown in logs.
+    pub name: Option<String>,
+    /// `-uuid`, shown in logs.
+    pub uuid: Option<String>,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in bytes.
+    pub ram_size: u64,
+    /// Kernel image (ELF, raw or bzImage).
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Guest command line as the user gave it.
+    pub cmdline: String,
+    /// UART backend.
+    pub serial: SerialConfig,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            uuid: None,
+            cpus: 1,
+            ram_size: 256 << 20,
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: String::new(),
+            serial: SerialConfig::None,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Errors of building and running the machine, each named for the step that failed.
+
+use std::path::PathBuf;
+
+/// Why the machine could not be built or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// The host's KVM lacks something the machine needs.
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCapability(&'static str),
+    /// `KVM_CREATE_VM` failed.
+    #[error("cannot create the KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// Setting up the in-kernel irqchip, PIT or TSS failed.
+    #[error("cannot set up the in-kernel {what}")]
+    SetupVm {
+        /// The piece that failed.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The guest's memory or I/O space could not be built.
+    #[error("cannot build the guest address space")]
+    AddressSpace(#[source] address_space::AddressSpaceError),
+    /// The kernel, initrd or boot structures could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot_loader::BootError),
+    /// A vCPU could not be created or configured.
+    #[error("cannot set up vCPU {id}")]
+    SetupVcpu {
+        /// The vCPU index.
+        id: u8,
+        /// What failed.
+        #[source]
+        source: crate::vcpu::VcpuSetupError,
+    },
+    /// A vCPU thread could not be started.
+    #[error("cannot start the thread of vCPU {id}")]
+    SpawnVcpu {
+        /// The vCPU index.
+        id: u8,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A vCPU hit an exit it cannot continue from.
+    #[error("vCPU {id}: {fault}")]
+    VcpuFault {
+        /// The vCPU index.
+        id: u8,
+        /// What happened.
+        fault: crate::vcpu::VcpuFault,
+    },
+    /// An interrupt line could not be wired.
+    #[error("cannot wire interrupt line {irq}")]
+    Irq {
+        /// The GSI.
+        irq: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial console's output file could not be opened.
+    #[error("cannot open serial output file {path:?}")]
+    SerialFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop failed")]
+    EventLoop(#[source] std::io::Error),
+    /// The terminal could not be switched to raw mode.
+    #[error("cannot put the terminal in raw mode")]
+    Terminal(#[source] std::io::Error),
+}
+
+impl From<address_space::AddressSpaceError> for MachineError {
+    fn from(err: address_space::AddressSpaceError) -> Self {
+        MachineError::AddressSpace(err)
+    }
+}

@@ -1,0 +1,23 @@
+//! The microvm machine: the only crate that talks to KVM.
+//!
+//! It creates the VM with its in-kernel irqchip and PIT, builds the memory and port I/O address
+//! spaces (KVM memory slots follow the memory space's flat view through a listener), places the
+//! legacy devices, asks the boot loader to load the guest, starts one thread per vCPU and runs
+//! the VMM thread's epoll loop until the guest resets, powers off or fails. Addresses and IRQ
+//! lines live in [`layout`]. It knows nothing about the command line.
+
+mod config;
+mod cpuid;
+mod error;
+mod event_loop;
+pub mod layout;
+mod legacy;
+mod memory;
+mod terminal;
+mod vcpu;
+mod vm;
+
+pub use config::{MachineConfig, SerialConfig};
+pub use error::MachineError;
+pub use vcpu::{StopReason, VcpuFault};
+pub use vm::{run, ExitReason};

@@ -1,0 +1,114 @@
+//! Guest memory: the RAM region and its aliases in the memory space, and the listener that keeps
+//! KVM's memory slots in step with the flat view.
+#![allow(unsafe_code)]
+
+use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START, MMIO_SPACE_SIZE};
+use address_space::{
+    AddressSpace, AddressSpaceError, FlatRange, FlatTarget, Listener, ListenerError, Region,
+    SpaceKind,
+};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use std::sync::Arc;
+
+/// Builds the memory space with `ram_size` bytes of RAM: one RAM region shown through an alias
+/// below the MMIO hole and, for what does not fit there, a second alias from 4 GiB.
+pub fn build_memory_space(
+    ram_size: u64,
+    vm: Arc<VmFd>,
+) -> Result<Arc<AddressSpace>, AddressSpaceError> {
+    let root = Region::container("system", MMIO_SPACE_SIZE);
+    let ram = Region::ram("ram", ram_size)?;
+    let low = ram_size.min(MMIO_HOLE_START);
+    root.add_subregion(Region::alias("ram-below-4g", &ram, 0, low), 0, 0)?;
+    if ram_size > low {
+        let high = Region::alias("ram-above-4g", &ram, low, ram_size - low);
+        root.add_subregion(high, MMIO_HOLE_END, 0)?;
+    }
+    let space = AddressSpace::new(SpaceKind::Memory, root)?;
+    space.register_listener(Box::new(KvmSlotListener::new(vm)))?;
+    Ok(Arc::new(space))
+}
+
+/// Mirrors every RAM range of the flat view into a KVM memory slot.
+pub struct KvmSlotListener {
+    vm: Arc<VmFd>,
+    /// Slot number -> guest base of the range it holds, `None` when free.
+    slots: Vec<Option<u64>>,
+}
+
+impl KvmSlotListener {
+    /// A listener for `vm` with no slots in use.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self {
+            vm,
+            slots: Vec::new(),
+        }
+    }
+
+    fn free_slot(&mut self) -> u32 {
+        let index = match self.slots.iter().position(Option::is_none) {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        index as u32
+    }
+
+    fn set_slot(&self, region: kvm_userspace_memory_region) -> Result<(), ListenerError> {
+        // SAFETY: KVM requires `userspace_addr` to stay mapped while the slot exists and slots
+        // not to overlap. The address is a RAM range of the flat view, whose mapping the
+        // address space keeps alive until `region_removed` has deleted this slot; slots mirror
+        // flat-view ranges, which never overlap. A zero size deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|err| {
+            ListenerError::new(format!(
+                "KVM_SET_USER_MEMORY_REGION slot {}: {err}",
+                region.slot
+            ))
+        })
+    }
+}
+
+impl Listener for KvmSlotListener {
+    fn region_added(&mut self, range: &FlatRange) -> Result<(), ListenerError> {
+        let FlatTarget::Ram { host_addr, .. } = &range.target else {
+            return Ok(());
+        };
+        let slot = self.free_slot();
+        self.set_slot(kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: range.base,
+            memory_size: range.size,
+            userspace_addr: *host_addr,
+        })?;
+        self.slots[slot as usize] = Some(range.base);
+        log::debug!(
+            "KVM slot {slot}: {:#x}+{:#x} ({})",
+            range.base,
+            range.size,
+            range.name
+        );
+        Ok(())
+    }
+
+    fn region_removed(&mut self, range: &FlatRange) -> Result<(), ListenerError> {
+        if !matches!(range.target, FlatTarget::Ram { .. }) {
+            return Ok(());
+        }
+        let Some(slot) = self.slots.iter().position(|s| *s == Some(range.base)) else {
+            return Ok(());
+        };
+        self.set_slot(kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: range.base,
+            memory_size: 0,
+            userspace_addr: 0,
+        })?;
+        self.slots[slot] = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! `nimbus`: a lightweight KVM microVM monitor with a QEMU/StratoVirt-style command line.
+//!
+//! This crate only reads the command line, sets up logging and hands a `MachineConfig` to the
+//! `machine` crate. Exit status: 0 when the guest reset, triple-faulted or powered off; 1 when
+//! the command line or the guest images are wrong or the VM cannot be built; 2 when a vCPU hit
+//! a fatal error while the guest ran.
+#![deny(unsafe_code)]
+
+mod cli;
+mod logger;
+mod opts;
+mod settings;
+
+use settings::LogTarget;
+use std::error::Error;
+use std::process::ExitCode;
+
+/// Exit status for a fatal error while the guest ran.
+const EXIT_GUEST_FAILED: u8 = 2;
+/// Exit status for errors before the guest ran.
+const EXIT_SETUP_FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((err, status)) => {
+            print_error_chain(err.as_ref());
+            ExitCode::from(status)
+        }
+    }
+}
+
+type Failure = (Box<dyn Error>, u8);
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    let setup = |err: Box<dyn Error>| (err, EXIT_SETUP_FAILED);
+    let parsed = cli::parse(args).map_err(|e| setup(e.into()))?;
+    if parsed.has("help") || parsed.has("h") {
+        print!("{}", cli::help_text());
+        return Ok(());
+    }
+    if parsed.has("version") {
+        println!("nimbus version {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let settings = settings::from_parsed(&parsed).map_err(|e| setup(e.into()))?;
+    init_logging(&settings.log).map_err(setup)?;
+    match machine::run(&settings.machine) {
+        Ok(reason) => {
+            log::info!("VM ended: {reason:?}");
+            Ok(())
+        }
+        Err(err @ machine::MachineError::VcpuFault { .. }) => Err((err.into(), EXIT_GUEST_FAILED)),
+        Err(err) => Err(setup(err.into())),
+    }
+}
+
+fn init_logging(target: &LogTarget) -> Result<(), Box<dyn Error>> {
+    let out: Box<dyn std::io::Write + Send> = match target {
+        LogTarget::Stderr => Box::new(std::io::stderr()),
+        LogTarget::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {path:?}: {e}"))?,
+        ),
+    };
+    logger::init(out);
+    Ok(())
+}
+
+/// Prints the error's own message first, then each cause on its own line.
+fn print_error_chain(err: &dyn Error) {
+    eprintln!("nimbus: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}

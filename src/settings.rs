@@ -1,0 +1,356 @@
+//! Turns the parsed command line into the machine's configuration, checking every value.
+
+use crate::cli::Parsed;
+use crate::opts::{parse_bool, parse_size, OptList};
+use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
+use machine::{MachineConfig, SerialConfig};
+use std::path::PathBuf;
+
+/// A flag whose value makes no sense, or a combination Nimbus cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value that does not parse or is out of range.
+    #[error("invalid value '{value}' for -{flag}: {reason}")]
+    InvalidValue {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// No `-kernel`.
+    #[error("no kernel given: -kernel <image> is required")]
+    MissingKernel,
+    /// The kernel or initrd cannot be opened.
+    #[error("cannot open {what} {path:?}")]
+    OpenFile {
+        /// "kernel image" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A feature that a later version will have.
+    #[error("{0} is not supported yet")]
+    NotSupported(String),
+    /// Flags that cannot go together.
+    #[error("{0}")]
+    Conflict(&'static str),
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard error (default, and bare `-D`).
+    Stderr,
+    /// `-D <file>`.
+    File(PathBuf),
+}
+
+/// Everything `main` needs to run.
+#[derive(Debug)]
+pub struct Settings {
+    /// The machine to build.
+    pub machine: MachineConfig,
+    /// Where logs go.
+    pub log: LogTarget,
+}
+
+/// Device types of the grammar that later versions implement.
+const FUTURE_DEVICES: &[&str] = &[
+    "virtio-blk-device",
+    "virtio-net-device",
+    "vhost-vsock-device",
+    "virtio-rng-device",
+    "virtio-balloon-device",
+    "virtio-serial-device",
+    "virtconsole",
+    "vhost-user-fs-device",
+];
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::InvalidValue {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Builds the settings from `parsed`.
+pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
+    refuse_unsupported(parsed)?;
+    if let Some(machine) = parsed.last("machine") {
+        check_machine(&machine)?;
+    }
+    let kernel = PathBuf::from(parsed.last("kernel").ok_or(SettingsError::MissingKernel)?);
+    check_readable(&kernel, "kernel image")?;
+    let initrd = parsed.last("initrd").map(PathBuf::from);
+    if let Some(initrd) = &initrd {
+        check_readable(initrd, "initrd")?;
+    }
+    let machine = MachineConfig {
+        name: parsed.last("name").map(|n| name_of(&n)),
+        uuid: parsed.last("uuid"),
+        cpus: parsed.last("smp").map_or(Ok(1), |s| parse_smp(&s))?,
+        ram_size: parsed
+            .last("m")
+            .map_or(Ok(256 << 20), |m| parse_memory(&m))?,
+        kernel,
+        initrd,
+        cmdline: parsed.last("append").unwrap_or_default(),
+        serial: parsed
+            .last("serial")
+            .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
+    };
+    let log = match parsed.last("D") {
+        Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
+        _ => LogTarget::Stderr,
+    };
+    Ok(Settings { machine, log })
+}
+
+fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
+    if parsed.last("pidfile").is_some() && !parsed.has("daemonize") {
+        return Err(SettingsError::Conflict("-pidfile needs -daemonize"));
+    }
+    if let Some(device) = parsed.all("device").first() {
+        let opts = OptList::parse(device, Some("driver"));
+        let kind = opts.get("driver").unwrap_or_default();
+        if !FUTURE_DEVICES.contains(&kind) {
+            return Err(invalid("device", device, format!("unknown device type '{kind}'")));
+        }
+        return Err(SettingsError::NotSupported(format!("device '{kind}'")));
+    }
+    for flag in [
+        "drive", "netdev", "object", "chardev", "qmp", "mon", "mem-path",
+    ] {
+        if let Some(value) = parsed.last(flag) {
+            let first = value.split(',').next().unwrap_or_default();
+            return Err(SettingsError::NotSupported(format!("-{flag} {first}")));
+        }
+    }
+    for flag in ["mem-prealloc", "daemonize"] {
+        if parsed.has(flag) {
+            return Err(SettingsError::NotSupported(format!("-{flag}")));
+        }
+    }
+    Ok(())
+}
+
+fn check_machine(value: &str) -> Result<(), SettingsError> {
+    let opts = OptList::parse(value, Some("type"));
+    if let Some(key) = opts.unknown_key(&["type", "dump-guest-core", "mem-share", "accel"]) {
+        return Err(invalid("machine", value, format!("unknown option '{key}'")));
+    }
+    match opts.get("type") {
+        Some("microvm") | None => {}
+        Some(other) => {
+            return Err(invalid(
+                "machine",
+                value,
+                format!("unknown machine type '{other}' (only microvm)"),
+            ))
+        }
+    }
+    for key in ["dump-guest-core", "mem-share"] {
+        if let Some(v) = opts.get(key) {
+            parse_bool(v)
+                .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))?;
+        }
+    }
+    if opts.get("mem-share").and_then(parse_bool) == Some(true) {
+        return Err(SettingsError::NotSupported(
+            "-machine mem-share=on".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_smp(value: &str) -> Result<u8, SettingsError> {
+    let opts = OptList::parse(value, Some("cpus"));
+    let keys = [
+        "cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads",
+    ];
+    if let Some(key) = opts.unknown_key(&keys) {
+        return Err(invalid("smp", value, format!("unknown option '{key}'")));
+    }
+    let number = |key: &str| -> Result<Option<u32>, SettingsError> {
+        opts.get(key)
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| invalid("smp", value, format!("{key} must be a number")))
+            })
+            .transpose()
+    };
+    let topology: u32 = ["sockets", "dies", "clusters", "cores", "threads"]
+        .iter()
+        .map(|k| number(k).map(|n| n.unwrap_or(1)))
+        .product::<Result<u32, _>>()?;
+    let cpus = number("cpus")?.unwrap_or(topology);
+    if cpus == 0 || cpus > u32::from(MAX_VCPUS) {
+        return Err(invalid(
+            "smp",
+            value,
+            format!("the vCPU count must be 1 to {MAX_VCPUS}"),
+        ));
+    }
+    if let Some(max) = number("maxcpus")? {
+        if max < cpus {
+            return Err(invalid("smp", value, "maxcpus is less than cpus"));
+        }
+        if max > cpus {
+            return Err(SettingsError::NotSupported(
+                "vCPU hot-plug (maxcpus above cpus)".to_string(),
+            ));
+        }
+    }
+    u8::try_from(cpus).map_err(|_| invalid("smp", value, "too many vCPUs"))
+}
+
+fn parse_memory(value: &str) -> Result<u64, SettingsError> {
+    let opts = OptList::parse(value, Some("size"));
+    if let Some(key) = opts.unknown_key(&["size", "maxmem", "slots"]) {
+        return Err(invalid("m", value, format!("unknown option '{key}'")));
+    }
+    let text = opts
+        .get("size")
+        .ok_or_else(|| invalid("m", value, "no size given"))?;
+    let size = parse_size(text, 1 << 20)
+        .ok_or_else(|| invalid("m", value, "expected a size such as 512, 512M or 2G"))?;
+    if !(MIN_RAM..=MAX_RAM).contains(&size) {
+        return Err(invalid(
+            "m",
+            value,
+            format!("guest RAM must be {}M to {}G", MIN_RAM >> 20, MAX_RAM >> 30),
+        ));
+    }
+    if size % (1 << 20) != 0 {
+        return Err(invalid(
+            "m",
+            value,
+            "guest RAM must be a whole number of MiB",
+        ));
+    }
+    Ok(size)
+}
+
+fn parse_serial(value: &str) -> Result<SerialConfig, SettingsError> {
+    if value == "stdio" {
+        return Ok(SerialConfig::Stdio);
+    }
+    if value == "none" || value == "null" {
+        return Ok(SerialConfig::None);
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        return Ok(SerialConfig::File(PathBuf::from(path)));
+    }
+    let opts = OptList::parse(value, Some("backend"));
+    match (opts.get("backend"), opts.get("path")) {
+        (Some("file"), Some(path)) => Ok(SerialConfig::File(PathBuf::from(path))),
+        (Some("file"), None) => Err(invalid("serial", value, "file needs path=<file>")),
+        (Some(b @ ("pty" | "socket" | "unix" | "tcp")), _) => {
+            Err(SettingsError::NotSupported(format!("-serial {b}")))
+        }
+        (Some(b), _) if b.starts_with("chardev:") => {
+            Err(SettingsError::NotSupported(format!("-serial {b}")))
+        }
+        _ => Err(invalid(
+            "serial",
+            value,
+            "expected stdio, none or file,path=<file>",
+        )),
+    }
+}
+
+fn check_readable(path: &PathBuf, what: &'static str) -> Result<(), SettingsError> {
+    let open = |source| SettingsError::OpenFile {
+        what,
+        path: path.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(open)?;
+    if meta.is_dir() {
+        return Err(open(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory",
+        )));
+    }
+    std::fs::File::open(path).map(drop).map_err(open)
+}
+
+/// `-name guest=foo,debug-threads=on` or `-name foo`.
+fn name_of(value: &str) -> String {
+    OptList::parse(value, Some("guest"))
+        .get("guest")
+        .unwrap_or(value)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_in_mib_and_with_suffix() {
+        assert_eq!(parse_memory("512").expect("ok"), 512 << 20);
+        assert_eq!(parse_memory("size=2G,maxmem=4G").expect("ok"), 2 << 30);
+    }
+
+    #[test]
+    fn malformed_memory_size_names_the_flag_and_value() {
+        let err = parse_memory("12xyz").expect_err("bad");
+        assert!(
+            err.to_string().starts_with("invalid value '12xyz' for -m"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn memory_below_the_minimum_is_refused() {
+        assert!(parse_memory("8").is_err());
+    }
+
+    #[test]
+    fn smp_takes_a_count_or_a_topology() {
+        assert_eq!(parse_smp("2").expect("ok"), 2);
+        assert_eq!(
+            parse_smp("cpus=4,sockets=1,cores=4,threads=1").expect("ok"),
+            4
+        );
+        assert_eq!(parse_smp("sockets=1,cores=2,threads=2").expect("ok"), 4);
+        assert!(parse_smp("0").is_err());
+        assert!(parse_smp("two").is_err());
+        assert!(parse_smp("2,maxcpus=1").is_err());
+    }
+
+    #[test]
+    fn serial_backends() {
+        assert_eq!(parse_serial("stdio").expect("ok"), SerialConfig::Stdio);
+        assert_eq!(
+            parse_serial("file,path=/tmp/c").expect("ok"),
+            SerialConfig::File("/tmp/c".into())
+        );
+        assert!(matches!(
+            parse_serial("pty"),
+            Err(SettingsError::NotSupported(_))
+        ));
+        assert!(parse_serial("bogus").is_err());
+    }
+
+    #[test]
+    fn machine_type_must_be_microvm() {
+        assert!(check_machine("microvm,dump-guest-core=off").is_ok());
+        assert!(check_machine("type=microvm").is_ok());
+        assert!(check_machine("q35").is_err());
+        assert!(check_machine("microvm,dump-guest-core=perhaps").is_err());
+    }
+
+    #[test]
+    fn name_accepts_qemu_guest_key() {
+        assert_eq!(name_of("guest=vm1,debug-threads=on"), "vm1");
+        assert_eq!(name_of("sandbox-abc"), "sandbox-abc");
+    }
+}

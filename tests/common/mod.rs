@@ -1,0 +1,643 @@
+//! Harness shared by the integration tests: builds the test guests (`guests/build.sh`) once per
+//! test binary, starts the real `nimbus` binary with a deadline, collects its console (stdout)
+//! and errors (stderr), and computes what the guest should report for a given command line.
+//!
+//! Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
+
+/// How long a VM may run before the harness kills it and fails the test.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// E820 / PVH memory map types.
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Start of the 32-bit MMIO hole: RAM above it moves to 4 GiB.
+const MMIO_HOLE_START: u64 = 3 * GIB;
+const HIGH_RAM_START: u64 = 4 * GIB;
+/// End of conventional memory: the MP table and the EBDA live above it.
+const LOW_RAM_END: u64 = 0x9fc00;
+const HIGH_MEMORY: u64 = 0x10_0000;
+
+/// The address the in-kernel IOAPIC answers at, which the MP table must announce.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The MP table has one I/O interrupt entry per IOAPIC pin.
+pub const IOAPIC_PINS: u32 = 24;
+
+// ---- environment ------------------------------------------------------------------------------
+
+/// Whether /dev/kvm can be used. Without it a test returns early after a loud SKIP message,
+/// except under CI (env `CI` set), where a missing /dev/kvm fails the test.
+pub fn kvm_usable() -> bool {
+    match OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "/dev/kvm is not usable ({e}) and CI is set: the VM tests must run in CI"
+            );
+            eprintln!("\n*** SKIP: /dev/kvm is not usable ({e}); this VM test did not run ***\n");
+            false
+        }
+    }
+}
+
+/// Whether /dev/kvm is kvm-pvm, which emulates every guest instruction and stops on some
+/// (popcnt, SSE, int3, ...) with KVM_EXIT_INTERNAL_ERROR.
+pub fn host_is_kvm_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// A scratch directory for files a test writes (initrds), shared by all test binaries.
+pub fn scratch_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch");
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    dir
+}
+
+// ---- guests -----------------------------------------------------------------------------------
+
+/// The path of a guest built by `guests/build.sh` (hello.elf, hello-pvh.elf, hello.bzimage,
+/// hello.bin, text.txt, empty). The first call in a test binary builds them all.
+pub fn guest(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(build_guests).join(name)
+}
+
+/// Runs guests/build.sh. It renames each finished file into place, so test binaries running
+/// it at the same time into the same directory never see a half-written guest.
+fn build_guests() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/build.sh");
+    let result = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .expect("start bash to run guests/build.sh");
+    assert!(
+        result.status.success(),
+        "{} failed ({}):\n{}{}",
+        script.display(),
+        result.status,
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// The four encodings of the same guest program and what it calls itself in its first line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Elf,
+    Pvh,
+    BzImage,
+    Raw,
+}
+
+impl Format {
+    pub fn file(self) -> &'static str {
+        match self {
+            Format::Elf => "hello.elf",
+            Format::Pvh => "hello-pvh.elf",
+            Format::BzImage => "hello.bzimage",
+            Format::Raw => "hello.bin",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Elf => "elf",
+            Format::Pvh => "pvh",
+            Format::BzImage => "bzimage",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// Writes an initrd of `size` bytes (at least 14) that starts with "NIMBUS-INITRD\n", so the
+/// guest reports `first=NIMBUS-INITRD`.
+pub fn write_initrd(name: &str, size: usize) -> PathBuf {
+    let mut data = b"NIMBUS-INITRD\n".to_vec();
+    assert!(
+        size >= data.len(),
+        "an initrd of {size} bytes cannot hold its header"
+    );
+    data.extend((data.len()..size).map(|i| b'a' + (i % 26) as u8));
+    let path = scratch_dir().join(name);
+    std::fs::write(&path, &data).expect("write the initrd");
+    path
+}
+
+// ---- running nimbus ---------------------------------------------------------------------------
+
+/// The usual command line: `-machine microvm -smp N -m MiB -kernel K [-initrd I] -append A
+/// -serial stdio`.
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub mem_mib: u64,
+    pub cpus: u32,
+    pub append: String,
+    pub initrd: Option<PathBuf>,
+}
+
+impl VmConfig {
+    pub fn new(format: Format, mem_mib: u64, append: &str) -> Self {
+        VmConfig {
+            kernel: guest(format.file()),
+            mem_mib,
+            cpus: 1,
+            append: append.to_string(),
+            initrd: None,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-machine".into(),
+            "microvm".into(),
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-m".into(),
+            self.mem_mib.to_string(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+        ];
+        if let Some(initrd) = &self.initrd {
+            args.push("-initrd".into());
+            args.push(initrd.display().to_string());
+        }
+        args.extend([
+            "-append".into(),
+            self.append.clone(),
+            "-serial".into(),
+            "stdio".into(),
+        ]);
+        args
+    }
+}
+
+/// `args` with the value that follows `flag` replaced by `value`.
+pub fn replace_arg(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .expect("the flag is in the arguments");
+    args[i + 1] = value.to_string();
+    args
+}
+
+/// Bytes a reader thread has collected from one of the child's pipes.
+#[derive(Default)]
+struct Pipe {
+    data: Mutex<(Vec<u8>, bool)>,
+    grew: Condvar,
+}
+
+impl Pipe {
+    fn collect(self: Arc<Self>, mut from: impl Read + Send + 'static) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = from.read(&mut buf).unwrap_or(0);
+                let mut data = self.data.lock().expect("pipe lock");
+                if n == 0 {
+                    data.1 = true;
+                    self.grew.notify_all();
+                    return;
+                }
+                data.0.extend_from_slice(&buf[..n]);
+                self.grew.notify_all();
+            }
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data.lock().expect("pipe lock").0).into_owned()
+    }
+}
+
+/// A running nimbus process. Its stdin stays an open pipe until it exits, as a terminal would.
+pub struct Vm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Arc<Pipe>,
+    stderr: Arc<Pipe>,
+    readers: Vec<JoinHandle<()>>,
+    started: Instant,
+    command: String,
+}
+
+/// What a finished nimbus run left behind.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub command: String,
+}
+
+impl Vm {
+    pub fn spawn<S: AsRef<str>>(args: &[S]) -> Vm {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let mut child = Command::new(NIMBUS)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the nimbus binary");
+        let stdout = Arc::new(Pipe::default());
+        let stderr = Arc::new(Pipe::default());
+        let readers = vec![
+            Arc::clone(&stdout).collect(child.stdout.take().expect("stdout is piped")),
+            Arc::clone(&stderr).collect(child.stderr.take().expect("stderr is piped")),
+        ];
+        Vm {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            readers,
+            started: Instant::now(),
+            command: format!("nimbus {}", shell_words(&args)),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
+    }
+
+    pub fn write_stdin(&mut self, data: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin is still open");
+        stdin.write_all(data).expect("write to nimbus's stdin");
+        stdin.flush().expect("flush nimbus's stdin");
+    }
+
+    /// Waits until stdout holds the complete line `line`; kills the VM and fails the test if it
+    /// does not come within `timeout` or the VM closes its stdout first.
+    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let stdout = Arc::clone(&self.stdout);
+        let mut data = stdout.data.lock().expect("pipe lock");
+        loop {
+            if lines(&String::from_utf8_lossy(&data.0)).contains(&line) {
+                return;
+            }
+            let now = Instant::now();
+            if data.1 || now >= deadline {
+                let why = if data.1 {
+                    "nimbus closed its stdout"
+                } else {
+                    "timed out"
+                };
+                drop(data);
+                self.fail(&format!("waiting for the line {line:?}: {why}"));
+            }
+            data = stdout
+                .grew
+                .wait_timeout(data, deadline - now)
+                .expect("pipe lock")
+                .0;
+        }
+    }
+
+    /// Sends `signal` (libc::SIGTERM, ...) to nimbus.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) only sends a signal; the pid is our own child, which cannot have
+        // been reaped (and its pid reused) before `wait` consumes `self`.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits for nimbus to exit; kills it and fails the test if it still runs `timeout` from
+    /// now.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for nimbus") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("still running after {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        drop(self.stdin.take());
+        for reader in self.readers.drain(..) {
+            reader.join().expect("pipe reader thread");
+        }
+        Output {
+            status,
+            stdout: self.stdout.text(),
+            stderr: self.stderr.text(),
+            elapsed,
+            command: self.command.clone(),
+        }
+    }
+
+    /// Kills nimbus and fails the test with everything it printed.
+    fn fail(&mut self, what: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Give the reader threads a moment to drain the pipes, without relying on them ending
+        // (a stuck grandchild could hold the pipes open).
+        std::thread::sleep(Duration::from_millis(100));
+        panic!(
+            "{}: {what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.stdout.text(),
+            self.stderr.text()
+        );
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // A test that panicked half way must not leave a VM behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs nimbus to completion with the standard deadline.
+pub fn run<S: AsRef<str>>(args: &[S]) -> Output {
+    Vm::spawn(args).wait(VM_TIMEOUT)
+}
+
+fn shell_words(args: &[&str]) -> String {
+    let quote = |a: &&str| {
+        if !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:".contains(&b))
+        {
+            a.to_string()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Console lines without their line ending ("\n" or "\r\n").
+pub fn lines(text: &str) -> Vec<&str> {
+    text.lines().map(|l| l.trim_end_matches('\r')).collect()
+}
+
+impl Output {
+    /// The whole run, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}\nexit: {} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        lines(&self.stdout)
+    }
+
+    /// The first non-empty line of stderr: the one that must name the problem.
+    pub fn first_stderr_line(&self) -> &str {
+        lines(&self.stderr)
+            .into_iter()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+    }
+
+    pub fn assert_exit_code(&self, code: i32) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "unexpected exit status\n{}",
+            self.describe()
+        );
+    }
+
+    /// The guest's lines, from `NIMBUS-GUEST hello ...` to the end of stdout.
+    pub fn guest_lines(&self) -> Vec<&str> {
+        let all = self.stdout_lines();
+        match all
+            .iter()
+            .position(|l| l.starts_with("NIMBUS-GUEST hello "))
+        {
+            Some(start) => all[start..].to_vec(),
+            None => panic!(
+                "the guest never printed its first line\n{}",
+                self.describe()
+            ),
+        }
+    }
+
+    /// Asserts that the guest printed exactly `expected`: its boot report, its action lines
+    /// and `NIMBUS-GUEST done`, with the mptable line checked by [`check_mptable_line`].
+    pub fn assert_guest_output(&self, expected: &[String], cpus: u32) {
+        let actual = self.guest_lines();
+        let mut actual_fixed: Vec<String> = actual.iter().map(|l| l.to_string()).collect();
+        if let Some(i) = actual.iter().position(|l| l.starts_with("mptable: ")) {
+            if let Err(problem) = check_mptable_line(actual[i], cpus) {
+                panic!(
+                    "bad mptable line {:?}: {problem}\n{}",
+                    actual[i],
+                    self.describe()
+                );
+            }
+            // Checked above; compare the rest of the lines literally.
+            actual_fixed[i] = MPTABLE_CHECKED.to_string();
+        }
+        assert_eq!(
+            actual_fixed,
+            expected,
+            "the guest's output differs (left: actual, right: expected)\n{}",
+            self.describe()
+        );
+    }
+}
+
+// ---- what the guest must report ---------------------------------------------------------------
+
+/// Stands in for the mptable line in expected output; its content is checked field by field.
+pub const MPTABLE_CHECKED: &str = "mptable: <checked separately>";
+
+/// The E820 map the VMM must hand over for `-m mem_mib`: (addr, size, type).
+pub fn expected_e820(mem_mib: u64) -> Vec<(u64, u64, u32)> {
+    let ram = mem_mib * MIB;
+    let mut map = vec![
+        (0, LOW_RAM_END, E820_RAM),
+        (LOW_RAM_END, HIGH_MEMORY - LOW_RAM_END, E820_RESERVED),
+        (
+            HIGH_MEMORY,
+            ram.min(MMIO_HOLE_START) - HIGH_MEMORY,
+            E820_RAM,
+        ),
+    ];
+    if ram > MMIO_HOLE_START {
+        map.push((HIGH_RAM_START, ram - MMIO_HOLE_START, E820_RAM));
+    }
+    map
+}
+
+/// The end of the RAM below the MMIO hole for `-m mem_mib`: where the initrd goes.
+pub fn low_ram_end(mem_mib: u64) -> u64 {
+    (mem_mib * MIB).min(MMIO_HOLE_START)
+}
+
+/// Where the VMM must put an initrd of `size` bytes that must end below `limit` (the end of
+/// the RAM below 3 GiB, or lower for a bzImage's initrd_addr_max): as high as it fits, its
+/// start aligned down to 4 KiB.
+pub fn expected_initrd_addr(limit: u64, size: u64) -> u64 {
+    (limit - size) & !0xfff
+}
+
+/// An initrd as the guest must report it.
+pub struct ExpectedInitrd<'a> {
+    pub addr: u64,
+    pub size: u64,
+    pub first: &'a str,
+}
+
+/// The guest's report up to and including the mptable line (as [`MPTABLE_CHECKED`]).
+pub fn expected_report(
+    format: Format,
+    cmdline: &str,
+    mem_mib: u64,
+    initrd: Option<ExpectedInitrd>,
+) -> Vec<String> {
+    let map = expected_e820(mem_mib);
+    let mut report = vec![
+        format!("NIMBUS-GUEST hello format={}", format.name()),
+        format!("cmdline: {cmdline}"),
+        format!("e820: {}", map.len()),
+    ];
+    for (i, (addr, size, kind)) in map.iter().enumerate() {
+        report.push(format!(
+            "e820[{i}]: addr={addr:#x} size={size:#x} type={kind}"
+        ));
+    }
+    report.push(match initrd {
+        None => "initrd: none".to_string(),
+        Some(i) => format!(
+            "initrd: addr={:#x} size={:#x} first={}",
+            i.addr, i.size, i.first
+        ),
+    });
+    report.push(MPTABLE_CHECKED.to_string());
+    report
+}
+
+/// Checks `mptable: cpus=N apic_ids=0,1,.. ioapic_id=I ioapic_addr=0x.. irq_entries=24`:
+/// one enabled processor per vCPU with APIC ids 0..N-1, the IOAPIC where KVM's in-kernel one
+/// answers, with an id no processor uses, and one I/O interrupt entry per IOAPIC pin.
+pub fn check_mptable_line(line: &str, cpus: u32) -> Result<(), String> {
+    let fields = line
+        .strip_prefix("mptable: ")
+        .ok_or("no `mptable: ` prefix")?;
+    let mut fields = fields
+        .split(' ')
+        .map(|f| f.split_once('=').unwrap_or((f, "")));
+    let mut next = |key: &str| -> Result<String, String> {
+        match fields.next() {
+            Some((k, v)) if k == key => Ok(v.to_string()),
+            other => Err(format!("expected field {key}, found {other:?}")),
+        }
+    };
+    let apic_ids: Vec<String> = (0..cpus).map(|i| i.to_string()).collect();
+    let expect = |key: &str, actual: String, wanted: String| {
+        if actual == wanted {
+            Ok(())
+        } else {
+            Err(format!("{key}={actual}, expected {wanted}"))
+        }
+    };
+    expect("cpus", next("cpus")?, cpus.to_string())?;
+    expect("apic_ids", next("apic_ids")?, apic_ids.join(","))?;
+    let ioapic_id: u32 = next("ioapic_id")?
+        .parse()
+        .map_err(|e| format!("ioapic_id: {e}"))?;
+    if ioapic_id < cpus || ioapic_id > 0xfe {
+        return Err(format!(
+            "ioapic_id={ioapic_id} collides with a processor or is invalid"
+        ));
+    }
+    expect(
+        "ioapic_addr",
+        next("ioapic_addr")?,
+        format!("{IOAPIC_ADDR:#x}"),
+    )?;
+    expect("irq_entries", next("irq_entries")?, IOAPIC_PINS.to_string())?;
+    match fields.next() {
+        None => Ok(()),
+        Some(extra) => Err(format!("unexpected field {extra:?}")),
+    }
+}
+
+/// Whether `line` names the command-line flag `flag` (e.g. "-m") as a word of its own, with
+/// or without quotes, and not as the prefix of a longer flag such as "-machine".
+pub fn names_flag(line: &str, flag: &str) -> bool {
+    let bare = flag.trim_start_matches('-');
+    line.match_indices(bare).any(|(i, _)| {
+        let before = &line[..i];
+        let after = line[i + bare.len()..].chars().next();
+        before.ends_with('-')
+            && !before
+                .trim_end_matches('-')
+                .ends_with(|c: char| c.is_alphanumeric())
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+
+    #[test]
+    fn e820_for_memory_above_3_gib_moves_the_rest_above_4_gib() {
+        assert_eq!(
+            expected_e820(3200),
+            vec![
+                (0, 0x9fc00, E820_RAM),
+                (0x9fc00, 0x60400, E820_RESERVED),
+                (0x100000, 0xbff0_0000, E820_RAM),
+                (0x1_0000_0000, 0x800_0000, E820_RAM),
+            ]
+        );
+    }
+
+    #[test]
+    fn initrd_address_is_aligned_down_below_the_top_of_low_ram() {
+        assert_eq!(expected_initrd_addr(low_ram_end(128), 5000), 0x7ffe000);
+        assert_eq!(expected_initrd_addr(low_ram_end(4096), 4096), 0xbfff_f000);
+    }
+
+    #[test]
+    fn mptable_line_with_colliding_ioapic_id_is_rejected() {
+        let good = "mptable: cpus=2 apic_ids=0,1 ioapic_id=3 ioapic_addr=0xfec00000 irq_entries=24";
+        assert_eq!(check_mptable_line(good, 2), Ok(()));
+        let bad = good.replace("ioapic_id=3", "ioapic_id=1");
+        assert!(check_mptable_line(&bad, 2).is_err());
+        assert!(check_mptable_line(good, 1).is_err());
+    }
+
+    #[test]
+    fn flag_names_are_matched_as_whole_words() {
+        assert!(names_flag("invalid value '12xyz' for '-m'", "-m"));
+        assert!(names_flag("-m: bad size", "-m"));
+        assert!(!names_flag("unknown -machine type", "-m"));
+        assert!(!names_flag("unknown flag", "-m"));
+    }
+}
