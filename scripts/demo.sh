@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 out=target/guests
 ./guests/build.sh "$out" >/dev/null
-exec ./target/release/nimbus -machine microvm -smp 1 -m 128 \
+exec ./target/release/nimbus -machine microvm -smp 2 -m 128 \
     -kernel "$out/hello.elf" -append "console=ttyS0 nimbus.test=smp" -serial stdio "$@"

@@ -120,7 +120,11 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
         let opts = OptList::parse(device, Some("driver"));
         let kind = opts.get("driver").unwrap_or_default();
         if !FUTURE_DEVICES.contains(&kind) {
-            return Err(invalid("device", device, format!("unknown device type '{kind}'")));
+            return Err(invalid(
+                "device",
+                device,
+                format!("unknown device type '{kind}'"),
+            ));
         }
         return Err(SettingsError::NotSupported(format!("device '{kind}'")));
     }

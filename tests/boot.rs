@@ -104,3 +104,20 @@ fn second_vcpu_is_in_the_mp_table_and_starts_on_init_sipi() {
     out.assert_guest_output(&expected, 2);
     out.assert_exit_code(0);
 }
+
+#[test]
+fn four_vcpus_are_in_the_mp_table_and_a_pvh_guest_starts_one() {
+    if !kvm_usable() {
+        return;
+    }
+    let append = "nimbus.test=smp";
+    let mut config = VmConfig::new(Format::Pvh, 64, append);
+    config.cpus = 4;
+
+    let out = run(&config.args());
+
+    let mut expected = expected_report(Format::Pvh, append, 64, None);
+    expected.extend(["SMP: AP 1", "smp: ap started", "NIMBUS-GUEST done"].map(String::from));
+    out.assert_guest_output(&expected, 4);
+    out.assert_exit_code(0);
+}

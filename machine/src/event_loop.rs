@@ -14,13 +14,20 @@ pub enum Token {
     VcpuStopped = 1,
     /// The guest pulsed the i8042 reset line.
     I8042Reset = 2,
+    /// SIGTERM, SIGINT or SIGHUP arrived.
+    StopSignal = 3,
 }
 
 impl Token {
     fn from_raw(raw: u64) -> Option<Token> {
-        [Token::Stdin, Token::VcpuStopped, Token::I8042Reset]
-            .into_iter()
-            .find(|t| *t as u64 == raw)
+        [
+            Token::Stdin,
+            Token::VcpuStopped,
+            Token::I8042Reset,
+            Token::StopSignal,
+        ]
+        .into_iter()
+        .find(|t| *t as u64 == raw)
     }
 }
 

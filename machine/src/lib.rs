@@ -13,6 +13,7 @@ mod event_loop;
 pub mod layout;
 mod legacy;
 mod memory;
+mod signals;
 mod terminal;
 mod vcpu;
 mod vm;

@@ -33,8 +33,8 @@ pub fn build_memory_space(
 /// Mirrors every RAM range of the flat view into a KVM memory slot.
 pub struct KvmSlotListener {
     vm: Arc<VmFd>,
-    /// Slot number -> guest base of the range it holds, `None` when free.
-    slots: Vec<Option<u64>>,
+    /// Slot number -> the range it holds (kept so its RAM stays mapped), `None` when free.
+    slots: Vec<Option<FlatRange>>,
 }
 
 impl KvmSlotListener {
@@ -59,9 +59,10 @@ impl KvmSlotListener {
 
     fn set_slot(&self, region: kvm_userspace_memory_region) -> Result<(), ListenerError> {
         // SAFETY: KVM requires `userspace_addr` to stay mapped while the slot exists and slots
-        // not to overlap. The address is a RAM range of the flat view, whose mapping the
-        // address space keeps alive until `region_removed` has deleted this slot; slots mirror
-        // flat-view ranges, which never overlap. A zero size deletes the slot.
+        // not to overlap. The address is a RAM range of the flat view; `self.slots` keeps a
+        // clone of that range, whose `Arc<RamBlock>` keeps the mapping alive until
+        // `region_removed` has deleted this slot. Slots mirror flat-view ranges, which never
+        // overlap. A zero size deletes the slot.
         unsafe { self.vm.set_user_memory_region(region) }.map_err(|err| {
             ListenerError::new(format!(
                 "KVM_SET_USER_MEMORY_REGION slot {}: {err}",
@@ -84,7 +85,7 @@ impl Listener for KvmSlotListener {
             memory_size: range.size,
             userspace_addr: *host_addr,
         })?;
-        self.slots[slot as usize] = Some(range.base);
+        self.slots[slot as usize] = Some(range.clone());
         log::debug!(
             "KVM slot {slot}: {:#x}+{:#x} ({})",
             range.base,
@@ -98,7 +99,11 @@ impl Listener for KvmSlotListener {
         if !matches!(range.target, FlatTarget::Ram { .. }) {
             return Ok(());
         }
-        let Some(slot) = self.slots.iter().position(|s| *s == Some(range.base)) else {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|r| r.base == range.base))
+        else {
             return Ok(());
         };
         self.set_slot(kvm_userspace_memory_region {

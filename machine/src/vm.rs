@@ -6,6 +6,7 @@ use crate::event_loop::{EventLoop, Token};
 use crate::layout::*;
 use crate::legacy::{build_pio_space, LegacyDevices};
 use crate::memory::build_memory_space;
+use crate::signals::StopSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Request, StopReason, Vcpu, VcpuControl, VcpuHandle, VcpuStopped};
 use address_space::AddressSpace;
@@ -28,6 +29,8 @@ pub enum ExitReason {
     TripleFault,
     /// The guest powered off.
     PowerOff,
+    /// The host asked the VM to end (SIGTERM, SIGINT or SIGHUP).
+    HostSignal(i32),
 }
 
 /// How long vCPU threads get to leave after the machine stops.
@@ -42,6 +45,7 @@ pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
         config.cpus,
         config.ram_size >> 20
     );
+    let stop_signals = StopSignals::new().map_err(MachineError::EventLoop)?;
     let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
     check_capabilities(&kvm)?;
     let vm = Arc::new(kvm.create_vm().map_err(MachineError::CreateVm)?);
@@ -85,6 +89,7 @@ pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
         stopped_rx,
         stopped_evt,
         legacy,
+        stop_signals,
     };
     running.start(vcpus, &config.serial)
 }
@@ -166,6 +171,7 @@ struct RunningVm {
     stopped_rx: Receiver<VcpuStopped>,
     stopped_evt: EventFd,
     legacy: LegacyDevices,
+    stop_signals: StopSignals,
 }
 
 impl RunningVm {
@@ -181,7 +187,7 @@ impl RunningVm {
             None
         };
         for vcpu in vcpus {
-            let id = vcpu_id(&vcpu);
+            let id = vcpu.id();
             let handle = vcpu
                 .spawn()
                 .map_err(|source| MachineError::SpawnVcpu { id, source });
@@ -206,6 +212,9 @@ impl RunningVm {
         events
             .add(self.legacy.reset_evt.as_raw_fd(), Token::I8042Reset)
             .map_err(MachineError::EventLoop)?;
+        events
+            .add(self.stop_signals.as_raw_fd(), Token::StopSignal)
+            .map_err(MachineError::EventLoop)?;
         if console {
             match events.add(libc::STDIN_FILENO, Token::Stdin) {
                 Ok(()) => {}
@@ -221,6 +230,12 @@ impl RunningVm {
                 match token {
                     Token::Stdin => self.forward_console_input(&events),
                     Token::I8042Reset => return Ok(ExitReason::Reset),
+                    Token::StopSignal => {
+                        if let Some(signal) = self.stop_signals.read() {
+                            log::info!("host signal {signal}: ending the VM");
+                            return Ok(ExitReason::HostSignal(signal));
+                        }
+                    }
                     Token::VcpuStopped => {
                         if let Some(result) = self.vcpu_stopped() {
                             return result;
@@ -274,8 +289,4 @@ impl RunningVm {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-fn vcpu_id(vcpu: &Vcpu) -> u8 {
-    vcpu.id()
 }

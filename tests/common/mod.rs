@@ -448,7 +448,7 @@ impl Output {
     /// and `NIMBUS-GUEST done`, with the mptable line checked by [`check_mptable_line`].
     pub fn assert_guest_output(&self, expected: &[String], cpus: u32) {
         let actual = self.guest_lines();
-        let mut actual_fixed: Vec<String> = actual.iter().map(|l| l.to_string()).collect();
+        let mut comparable: Vec<String> = actual.iter().map(|l| l.to_string()).collect();
         if let Some(i) = actual.iter().position(|l| l.starts_with("mptable: ")) {
             if let Err(problem) = check_mptable_line(actual[i], cpus) {
                 panic!(
@@ -458,10 +458,10 @@ impl Output {
                 );
             }
             // Checked above; compare the rest of the lines literally.
-            actual_fixed[i] = MPTABLE_CHECKED.to_string();
+            comparable[i] = MPTABLE_CHECKED.to_string();
         }
         assert_eq!(
-            actual_fixed,
+            comparable,
             expected,
             "the guest's output differs (left: actual, right: expected)\n{}",
             self.describe()
