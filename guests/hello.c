@@ -580,6 +580,224 @@ static void __attribute__((noreturn)) action_hang(void)
 		__asm__ volatile("cli; hlt");
 }
 
+/* ---- virtio-blk, polled ------------------------------------------------------------------- */
+
+#define VIRTIO_MAGIC 0x74726976
+#define VQ_SIZE 8
+#define VQ_F_NEXT 1
+#define VQ_F_WRITE 2
+/* Queue and buffers at a fixed spot of RAM that no boot structure or guest image uses. */
+#define BLK_AREA 0x400000UL
+#define BLK_DESC (BLK_AREA)
+#define BLK_AVAIL (BLK_AREA + 0x100)
+#define BLK_USED (BLK_AREA + 0x1000)
+#define BLK_HDR (BLK_AREA + 0x2000)
+#define BLK_STATUS (BLK_AREA + 0x2100)
+#define BLK_DATA (BLK_AREA + 0x3000)
+#define BLK_DATA_LEN 1024
+#define BLK_POLLS 100000
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_FLUSH 4
+#define BLK_T_GET_ID 8
+#define BLK_TIMEOUT 0x100
+
+struct vq_desc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+};
+
+static u64 blk_base;
+static u16 blk_avail_idx;
+static u32 blk_isr;
+
+static u32 vr(u32 off)
+{
+	return mmio_read32(blk_base + off);
+}
+
+static void vw(u32 off, u32 val)
+{
+	mmio_write32(blk_base + off, val);
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* The base of the first `virtio_mmio.device=<size>@0x<base>:<irq>` of the command line. */
+static u64 find_virtio_mmio(const char *p)
+{
+	static const char key[] = "virtio_mmio.device=";
+	u64 base = 0;
+	int d;
+
+	while (p && *p && !starts_with(p, key))
+		p++;
+	if (!p || !*p)
+		return 0;
+	while (*p && *p != '@' && *p != ' ')
+		p++;
+	if (!starts_with(p, "@0x"))
+		return 0;
+	for (p += 3; (d = hex_digit(*p)) >= 0; p++)
+		base = base << 4 | (u64)d;
+	return base;
+}
+
+static void vq_desc(u16 i, u64 addr, u32 len, u16 flags, u16 next)
+{
+	volatile struct vq_desc *d = (volatile struct vq_desc *)BLK_DESC + i;
+	d->addr = addr;
+	d->len = len;
+	d->flags = flags;
+	d->next = next;
+}
+
+/* One request: header, `len` data bytes at BLK_DATA (written by the device if `device_writes`),
+   status. Returns the status byte, or BLK_TIMEOUT if the device never used the chain. */
+static u32 blk_request(u32 type, u64 sector, u32 len, int device_writes)
+{
+	volatile u32 *hdr = (volatile u32 *)BLK_HDR;
+	volatile u16 *avail = (volatile u16 *)BLK_AVAIL;
+	volatile u16 *used_idx = (volatile u16 *)(BLK_USED + 2);
+	u16 before = *used_idx, status_desc = len ? 2 : 1;
+	u32 polls = 0;
+
+	hdr[0] = type;
+	hdr[1] = 0;
+	hdr[2] = (u32)sector;
+	hdr[3] = (u32)(sector >> 32);
+	*(volatile u8 *)BLK_STATUS = 0xff;
+	vq_desc(0, BLK_HDR, 16, VQ_F_NEXT, 1);
+	if (len)
+		vq_desc(1, BLK_DATA, len, VQ_F_NEXT | (device_writes ? VQ_F_WRITE : 0), 2);
+	vq_desc(status_desc, BLK_STATUS, 1, VQ_F_WRITE, 0);
+	avail[2 + blk_avail_idx % VQ_SIZE] = 0;
+	__asm__ volatile("" ::: "memory");
+	avail[1] = ++blk_avail_idx;
+	__asm__ volatile("" ::: "memory");
+	vw(0x50, 0);
+	while (*used_idx == before)
+		if (++polls == BLK_POLLS)
+			return BLK_TIMEOUT;
+	blk_isr = vr(0x60);
+	vw(0x64, blk_isr);
+	return *(volatile u8 *)BLK_STATUS;
+}
+
+static void blk_print_text(const char *what, u32 status, u32 max)
+{
+	const u8 *data = (const u8 *)BLK_DATA;
+	u32 i;
+
+	puts("blk: ");
+	puts(what);
+	puts(" status=");
+	put_dec(status);
+	puts(" text=");
+	for (i = 0; i < max && is_printable(data[i]); i++)
+		putc((char)data[i]);
+	putc('\n');
+}
+
+/* Linux's virtio_mmio probe, then one queue of VQ_SIZE entries. Returns 0 on success. */
+static int blk_probe(void)
+{
+	u32 high, low;
+
+	vw(0x70, 0);
+	vw(0x70, 1);
+	vw(0x70, 3);
+	vw(0x14, 1);
+	high = vr(0x10);
+	vw(0x14, 0);
+	low = vr(0x10);
+	vw(0x24, 1);
+	vw(0x20, high & 1); /* VIRTIO_F_VERSION_1 */
+	vw(0x24, 0);
+	vw(0x20, low & (1 << 9)); /* VIRTIO_BLK_F_FLUSH */
+	vw(0x70, 0xb);
+	if (!(vr(0x70) & 8)) {
+		puts("blk: features refused\n");
+		return -1;
+	}
+	vw(0x30, 0);
+	if (vr(0x44) || vr(0x34) < VQ_SIZE) {
+		puts("blk: queue unavailable\n");
+		return -1;
+	}
+	*(volatile u32 *)BLK_AVAIL = 0;
+	*(volatile u32 *)BLK_USED = 0;
+	blk_avail_idx = 0;
+	vw(0x38, VQ_SIZE);
+	vw(0x80, (u32)BLK_DESC);
+	vw(0x84, 0);
+	vw(0x90, (u32)BLK_AVAIL);
+	vw(0x94, 0);
+	vw(0xa0, (u32)BLK_USED);
+	vw(0xa4, 0);
+	vw(0x44, 1);
+	vw(0x70, 0xf);
+	puts("blk: status=");
+	put_hex(vr(0x70));
+	puts(" flush=");
+	put_dec((low >> 9) & 1);
+	putc('\n');
+	return vr(0x70) == 0xf ? 0 : -1;
+}
+
+static void action_blk(void)
+{
+	u8 *data = (u8 *)BLK_DATA;
+	u64 capacity;
+	u32 status, i;
+
+	blk_base = find_virtio_mmio(info.cmdline);
+	if (!blk_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
+		puts("blk: no device\n");
+		return;
+	}
+	if (blk_probe())
+		return;
+	capacity = vr(0x100) | (u64)vr(0x104) << 32;
+	puts("blk: capacity=");
+	put_dec(capacity);
+	putc('\n');
+	blk_print_text("id", blk_request(BLK_T_GET_ID, 0, 20, 1), 20);
+	puts("blk: interrupt status=");
+	put_dec(blk_isr);
+	putc('\n');
+	blk_print_text("marker", blk_request(BLK_T_IN, 0, 512, 1), 32);
+	for (i = 0; i < BLK_DATA_LEN; i++)
+		data[i] = (u8)(i * 7 + 3);
+	puts("blk: write status=");
+	put_dec(blk_request(BLK_T_OUT, 2, BLK_DATA_LEN, 0));
+	puts("\nblk: flush status=");
+	put_dec(blk_request(BLK_T_FLUSH, 0, 0, 0));
+	putc('\n');
+	memset(data, 0, BLK_DATA_LEN);
+	status = blk_request(BLK_T_IN, 2, BLK_DATA_LEN, 1);
+	for (i = 0; i < BLK_DATA_LEN && data[i] == (u8)(i * 7 + 3); i++)
+		;
+	puts("blk: read status=");
+	put_dec(status);
+	puts(i == BLK_DATA_LEN ? " same\n" : " different\n");
+	puts("blk: beyond-end status=");
+	put_dec(blk_request(BLK_T_IN, capacity, 512, 1));
+	vw(0x70, 0);
+	puts("\nblk: reset status=");
+	put_dec(vr(0x70));
+	putc('\n');
+}
+
 static void run_action(const char *name, u64 len)
 {
 	if (str_eq_n(name, len, "smp"))
@@ -594,6 +812,8 @@ static void run_action(const char *name, u64 len)
 		action_ud2();
 	else if (str_eq_n(name, len, "hang"))
 		action_hang();
+	else if (str_eq_n(name, len, "blk"))
+		action_blk();
 	else {
 		puts("action: unknown ");
 		while (len--)

@@ -7,7 +7,9 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod drives;
 mod logger;
+mod monitor_opts;
 mod opts;
 mod settings;
 

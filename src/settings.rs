@@ -1,6 +1,7 @@
 //! Turns the parsed command line into the machine's configuration, checking every value.
 
 use crate::cli::Parsed;
+use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::opts::{parse_bool, parse_size, OptList};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, SerialConfig};
@@ -71,7 +72,7 @@ const FUTURE_DEVICES: &[&str] = &[
     "vhost-user-fs-device",
 ];
 
-fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
+pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::InvalidValue {
         flag,
         value: value.to_string(),
@@ -104,6 +105,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         serial: parsed
             .last("serial")
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
+        drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
+        qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
     };
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
@@ -116,7 +119,11 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
     if parsed.last("pidfile").is_some() && !parsed.has("daemonize") {
         return Err(SettingsError::Conflict("-pidfile needs -daemonize"));
     }
-    if let Some(device) = parsed.all("device").first() {
+    let devices = parsed.all("device");
+    let other_device = devices
+        .iter()
+        .find(|d| OptList::parse(d, Some("driver")).get("driver") != Some(BLOCK_DEVICE));
+    if let Some(device) = other_device {
         let opts = OptList::parse(device, Some("driver"));
         let kind = opts.get("driver").unwrap_or_default();
         if !FUTURE_DEVICES.contains(&kind) {
@@ -128,9 +135,7 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
         }
         return Err(SettingsError::NotSupported(format!("device '{kind}'")));
     }
-    for flag in [
-        "drive", "netdev", "object", "chardev", "qmp", "mon", "mem-path",
-    ] {
+    for flag in ["netdev", "object", "mem-path"] {
         if let Some(value) = parsed.last(flag) {
             let first = value.split(',').next().unwrap_or_default();
             return Err(SettingsError::NotSupported(format!("-{flag} {first}")));

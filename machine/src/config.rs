@@ -14,6 +14,19 @@ pub enum SerialConfig {
     File(PathBuf),
 }
 
+/// A disk: a `-drive` and the `-device virtio-blk-device` that shows it to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// The drive id (`-drive id=`).
+    pub id: String,
+    /// The raw image file.
+    pub path: PathBuf,
+    /// `readonly=on`: the guest sees a read-only disk.
+    pub readonly: bool,
+    /// GET_ID answer (`-device serial=`, default the drive id), at most 20 bytes.
+    pub serial: String,
+}
+
 /// The whole machine description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -33,6 +46,10 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// UART backend.
     pub serial: SerialConfig,
+    /// virtio-blk disks, in command-line order (the first is the guest's vda).
+    pub drives: Vec<DriveConfig>,
+    /// Where the QMP monitor listens, if anywhere.
+    pub qmp: Option<crate::qmp_server::QmpEndpoint>,
 }
 
 impl Default for MachineConfig {
@@ -46,6 +63,8 @@ impl Default for MachineConfig {
             initrd: None,
             cmdline: String::new(),
             serial: SerialConfig::None,
+            drives: Vec::new(),
+            qmp: None,
         }
     }
 }

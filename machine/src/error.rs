@@ -73,6 +73,30 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// A disk could not be set up.
+    #[error("cannot set up drive '{id}'")]
+    Drive {
+        /// The drive id.
+        id: String,
+        /// What failed.
+        #[source]
+        source: virtio::BlockError,
+    },
+    /// More virtio devices than IRQ lines set aside for them.
+    #[error("too many virtio devices: at most {max} fit the interrupt lines")]
+    TooManyVirtioDevices {
+        /// How many fit.
+        max: usize,
+    },
+    /// The QMP socket could not be set up.
+    #[error("cannot listen for QMP on {endpoint:?}")]
+    QmpSocket {
+        /// Where it should listen.
+        endpoint: crate::qmp_server::QmpEndpoint,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

@@ -16,18 +16,25 @@ pub enum Token {
     I8042Reset = 2,
     /// SIGTERM, SIGINT or SIGHUP arrived.
     StopSignal = 3,
+    /// A client connects to the QMP socket.
+    QmpListener = 4,
+    /// The QMP client sent something or can take more output.
+    QmpClient = 5,
 }
 
 impl Token {
+    /// Every token, for mapping epoll data back.
+    const ALL: [Token; 6] = [
+        Token::Stdin,
+        Token::VcpuStopped,
+        Token::I8042Reset,
+        Token::StopSignal,
+        Token::QmpListener,
+        Token::QmpClient,
+    ];
+
     fn from_raw(raw: u64) -> Option<Token> {
-        [
-            Token::Stdin,
-            Token::VcpuStopped,
-            Token::I8042Reset,
-            Token::StopSignal,
-        ]
-        .into_iter()
-        .find(|t| *t as u64 == raw)
+        Token::ALL.into_iter().find(|t| *t as u64 == raw)
     }
 }
 
@@ -50,6 +57,20 @@ impl EventLoop {
             ControlOperation::Add,
             fd,
             EpollEvent::new(EventSet::IN, token as u64),
+        )
+    }
+
+    /// Watches `fd` for input, and for room to write when `want_write`.
+    pub fn modify(&self, fd: RawFd, token: Token, want_write: bool) -> io::Result<()> {
+        let events = if want_write {
+            EventSet::IN | EventSet::OUT
+        } else {
+            EventSet::IN
+        };
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(events, token as u64),
         )
     }
 
@@ -82,6 +103,23 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    #[test]
+    fn every_token_maps_back_from_its_raw_value() {
+        // A variant missing from ALL would never be delivered: match forces this list to grow.
+        let all = |t: Token| match t {
+            Token::Stdin
+            | Token::VcpuStopped
+            | Token::I8042Reset
+            | Token::StopSignal
+            | Token::QmpListener
+            | Token::QmpClient => Token::ALL.contains(&t),
+        };
+        for raw in 0..Token::ALL.len() as u64 {
+            let token = Token::from_raw(raw).expect("every value up to the count is a token");
+            assert!(all(token));
+        }
+    }
 
     #[test]
     fn ready_fd_comes_back_as_its_token() {

@@ -33,6 +33,14 @@ pub const CMOS_PORT_COUNT: u64 = 2;
 /// The POST-code port Linux writes to for I/O delays.
 pub const POST_PORT: u64 = 0x80;
 
+/// Guest-physical base of the first virtio-mmio device window, in the MMIO hole.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Distance between two virtio-mmio windows (each is one 4 KiB page).
+pub const VIRTIO_MMIO_STRIDE: u64 = 0x1000;
+/// IOAPIC lines of the virtio-mmio devices, in device order: pins 16-23, which no ISA device
+/// uses and which the MP table describes (edge-triggered, as irqfds raise them).
+pub const VIRTIO_IRQS: [u32; 8] = [16, 17, 18, 19, 20, 21, 22, 23];
+
 /// Size of the port I/O space.
 pub const PIO_SPACE_SIZE: u64 = 0x1_0000;
 /// Size of the guest-physical address space we describe (1 TiB).

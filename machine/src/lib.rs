@@ -13,12 +13,17 @@ mod event_loop;
 pub mod layout;
 mod legacy;
 mod memory;
+mod monitor;
+mod qmp_server;
+mod running;
 mod signals;
 mod terminal;
 mod vcpu;
+mod virtio_devices;
 mod vm;
 
-pub use config::{MachineConfig, SerialConfig};
+pub use config::{DriveConfig, MachineConfig, SerialConfig};
 pub use error::MachineError;
+pub use qmp_server::QmpEndpoint;
 pub use vcpu::{StopReason, VcpuFault};
 pub use vm::{run, ExitReason};

@@ -2,22 +2,24 @@
 
 use crate::config::{MachineConfig, SerialConfig};
 use crate::error::MachineError;
-use crate::event_loop::{EventLoop, Token};
 use crate::layout::*;
-use crate::legacy::{build_pio_space, LegacyDevices};
+use crate::legacy::build_pio_space;
 use crate::memory::build_memory_space;
+use crate::monitor::VmState;
+use crate::qmp_server::QmpServer;
+use crate::running::RunningVm;
 use crate::signals::StopSignals;
-use crate::terminal::RawTerminal;
-use crate::vcpu::{self, Request, StopReason, Vcpu, VcpuControl, VcpuHandle, VcpuStopped};
+use crate::vcpu::{self, Vcpu, VcpuControl};
+use crate::virtio_devices::build_virtio_devices;
 use address_space::AddressSpace;
 use boot_loader::{BootConfig, BootInfo};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::sync::mpsc::{channel, Receiver};
+use qmp::schema::ShutdownCause;
+use qmp::VersionInfo;
+use std::collections::HashMap;
+use std::sync::mpsc::channel;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// How a VM ended normally (the process then exits with status 0).
@@ -31,10 +33,9 @@ pub enum ExitReason {
     PowerOff,
     /// The host asked the VM to end (SIGTERM, SIGINT or SIGHUP).
     HostSignal(i32),
+    /// A QMP command ended the VM (`quit`, `system_reset`, `system_powerdown`).
+    HostRequest(ShutdownCause),
 }
-
-/// How long vCPU threads get to leave after the machine stops.
-const VCPU_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// Builds the VM described by `config`, runs it and returns how it ended.
 pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
@@ -53,7 +54,12 @@ pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
     let mmio = build_memory_space(config.ram_size, vm.clone())?;
     let ram_split = split_ram(config.ram_size);
     let (pio, legacy) = build_pio_space(&vm, &config.serial, ram_split)?;
-    let boot = load_guest(&mmio, config)?;
+    let virtio_params = build_virtio_devices(&vm, &mmio, &config.drives)?;
+    let boot = load_guest(
+        &mmio,
+        config,
+        &guest_cmdline(&config.cmdline, &virtio_params),
+    )?;
     log::info!(
         "loaded {:?} kernel, entry {:#x}",
         boot.format,
@@ -83,15 +89,36 @@ pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
             .map_err(|source| MachineError::SetupVcpu { id, source })?;
         vcpus.push(vcpu);
     }
-    let running = RunningVm {
+    let qmp = match &config.qmp {
+        Some(endpoint) => Some(QmpServer::bind(endpoint, qmp_version()).map_err(|source| {
+            MachineError::QmpSocket {
+                endpoint: endpoint.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let state = VmState {
+        vm,
         control,
         vcpus: Vec::new(),
+        cpus: config.cpus,
+        version: qmp_version(),
+        serial_backend: serial_backend(&config.serial),
+        paused: false,
+        frozen_clock: None,
+        fds: HashMap::new(),
+    };
+    let running = RunningVm {
+        state,
         stopped_rx,
         stopped_evt,
         legacy,
         stop_signals,
+        qmp,
+        console: config.serial == SerialConfig::Stdio,
     };
-    running.start(vcpus, &config.serial)
+    running.run(vcpus)
 }
 
 fn check_capabilities(kvm: &Kvm) -> Result<(), MachineError> {
@@ -131,12 +158,25 @@ fn split_ram(ram_size: u64) -> (u64, u64) {
     (low, ram_size - low)
 }
 
-fn load_guest(mmio: &AddressSpace, config: &MachineConfig) -> Result<BootInfo, MachineError> {
+/// The user's command line followed by the parameters the devices need.
+fn guest_cmdline(user: &str, extra: &[String]) -> String {
+    std::iter::once(user)
+        .chain(extra.iter().map(String::as_str))
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn load_guest(
+    mmio: &AddressSpace,
+    config: &MachineConfig,
+    cmdline: &str,
+) -> Result<BootInfo, MachineError> {
     let memory = mmio.memory();
     let boot = BootConfig {
         kernel: &config.kernel,
         initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
+        cmdline,
         ram_size: config.ram_size,
         mmio_hole: (MMIO_HOLE_START, MMIO_HOLE_END),
         cpus: config.cpus,
@@ -164,129 +204,14 @@ fn configure_vcpu(
     Ok(())
 }
 
-/// The VM after its vCPU threads started: the VMM thread's side.
-struct RunningVm {
-    control: Arc<VcpuControl>,
-    vcpus: Vec<VcpuHandle>,
-    stopped_rx: Receiver<VcpuStopped>,
-    stopped_evt: EventFd,
-    legacy: LegacyDevices,
-    stop_signals: StopSignals,
+fn qmp_version() -> VersionInfo {
+    VersionInfo::nimbus(env!("CARGO_PKG_VERSION"))
 }
 
-impl RunningVm {
-    fn start(
-        mut self,
-        vcpus: Vec<Vcpu>,
-        serial: &SerialConfig,
-    ) -> Result<ExitReason, MachineError> {
-        let console = *serial == SerialConfig::Stdio;
-        let _raw_terminal = if console {
-            RawTerminal::enable(libc::STDIN_FILENO).map_err(MachineError::Terminal)?
-        } else {
-            None
-        };
-        for vcpu in vcpus {
-            let id = vcpu.id();
-            let handle = vcpu
-                .spawn()
-                .map_err(|source| MachineError::SpawnVcpu { id, source });
-            match handle {
-                Ok(handle) => self.vcpus.push(handle),
-                Err(err) => {
-                    self.stop_vcpus();
-                    return Err(err);
-                }
-            }
-        }
-        let result = self.event_loop(console);
-        self.stop_vcpus();
-        result
-    }
-
-    fn event_loop(&mut self, console: bool) -> Result<ExitReason, MachineError> {
-        let events = EventLoop::new().map_err(MachineError::EventLoop)?;
-        events
-            .add(self.stopped_evt.as_raw_fd(), Token::VcpuStopped)
-            .map_err(MachineError::EventLoop)?;
-        events
-            .add(self.legacy.reset_evt.as_raw_fd(), Token::I8042Reset)
-            .map_err(MachineError::EventLoop)?;
-        events
-            .add(self.stop_signals.as_raw_fd(), Token::StopSignal)
-            .map_err(MachineError::EventLoop)?;
-        if console {
-            match events.add(libc::STDIN_FILENO, Token::Stdin) {
-                Ok(()) => {}
-                // Regular files and /dev/null cannot be polled: there is no live input to wait for.
-                Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
-                    log::debug!("stdin cannot be polled; console input is off");
-                }
-                Err(err) => return Err(MachineError::EventLoop(err)),
-            }
-        }
-        loop {
-            for token in events.wait().map_err(MachineError::EventLoop)? {
-                match token {
-                    Token::Stdin => self.forward_console_input(&events),
-                    Token::I8042Reset => return Ok(ExitReason::Reset),
-                    Token::StopSignal => {
-                        if let Some(signal) = self.stop_signals.read() {
-                            log::info!("host signal {signal}: ending the VM");
-                            return Ok(ExitReason::HostSignal(signal));
-                        }
-                    }
-                    Token::VcpuStopped => {
-                        if let Some(result) = self.vcpu_stopped() {
-                            return result;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn forward_console_input(&self, events: &EventLoop) {
-        let mut buf = [0u8; 1024];
-        match std::io::stdin().lock().read(&mut buf) {
-            Ok(0) | Err(_) => {
-                log::debug!("console input closed");
-                if let Err(err) = events.remove(libc::STDIN_FILENO) {
-                    log::warn!("cannot stop watching stdin: {err}");
-                }
-            }
-            Ok(n) => {
-                let mut serial = self.legacy.serial.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(err) = serial.queue_input(&buf[..n]) {
-                    log::warn!("console input: {err}");
-                }
-            }
-        }
-    }
-
-    fn vcpu_stopped(&self) -> Option<Result<ExitReason, MachineError>> {
-        let _ = self.stopped_evt.read();
-        let VcpuStopped { id, reason } = self.stopped_rx.try_recv().ok()?;
-        Some(match reason {
-            StopReason::Reset => Ok(ExitReason::Reset),
-            StopReason::PowerOff => Ok(ExitReason::PowerOff),
-            StopReason::TripleFault => {
-                log::warn!("vCPU {id}: guest triple fault (KVM_EXIT_SHUTDOWN), handled as a reset");
-                Ok(ExitReason::TripleFault)
-            }
-            StopReason::Fault(fault) => Err(MachineError::VcpuFault { id, fault }),
-        })
-    }
-
-    fn stop_vcpus(&self) {
-        self.control.request(Request::Exit);
-        let deadline = Instant::now() + VCPU_EXIT_GRACE;
-        while Instant::now() < deadline && !self.vcpus.iter().all(VcpuHandle::is_finished) {
-            self.vcpus
-                .iter()
-                .filter(|v| !v.is_finished())
-                .for_each(VcpuHandle::kick);
-            std::thread::sleep(Duration::from_millis(5));
-        }
+fn serial_backend(serial: &SerialConfig) -> String {
+    match serial {
+        SerialConfig::None => "null".to_string(),
+        SerialConfig::Stdio => "stdio".to_string(),
+        SerialConfig::File(path) => format!("file:{}", path.display()),
     }
 }

@@ -66,6 +66,12 @@ pub enum VcpuFault {
     RunFailed(i32),
 }
 
+#[allow(unsafe_code)]
+fn current_thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 fn internal_error_name(suberror: u32) -> &'static str {
     match suberror {
         kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
@@ -100,6 +106,8 @@ pub struct Vcpu {
 pub struct VcpuHandle {
     /// The vCPU index.
     pub id: u8,
+    /// The host thread id (what `query-cpus` reports and runtimes pin).
+    pub thread_id: i32,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -153,10 +161,22 @@ impl Vcpu {
     pub fn spawn(self) -> std::io::Result<VcpuHandle> {
         kick::register_handler()?;
         let id = self.id;
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run())?;
-        Ok(VcpuHandle { id, thread })
+            .spawn(move || {
+                // The receiver waits in `spawn` below, so this send cannot fail.
+                let _ = tid_tx.send(current_thread_id());
+                self.run()
+            })?;
+        let thread_id = tid_rx.recv().map_err(|_| {
+            std::io::Error::other(format!("vCPU {id} thread ended before it started"))
+        })?;
+        Ok(VcpuHandle {
+            id,
+            thread_id,
+            thread,
+        })
     }
 
     fn run(mut self) {

@@ -1,0 +1,283 @@
+//! `-drive` and `-device virtio-blk-device` into the machine's disks.
+
+use crate::opts::{parse_bool, OptList};
+use crate::settings::{invalid, SettingsError};
+use machine::layout::VIRTIO_IRQS;
+use machine::DriveConfig;
+use std::path::PathBuf;
+
+/// The `-device` driver of a disk.
+pub const BLOCK_DEVICE: &str = "virtio-blk-device";
+/// Bytes of a virtio-blk serial.
+const SERIAL_MAX: usize = 20;
+
+const DRIVE_KEYS: &[&str] = &[
+    "id",
+    "file",
+    "readonly",
+    "direct",
+    "aio",
+    "format",
+    "if",
+    "cache",
+    "discard",
+    "detect-zeroes",
+    "throttling.iops-total",
+];
+const DEVICE_KEYS: &[&str] = &["driver", "drive", "id", "serial", "iothread"];
+
+/// A `-drive` before a device claims it.
+struct Drive {
+    value: String,
+    config: DriveConfig,
+    claimed: bool,
+}
+
+/// Builds one disk per `-drive`, in command-line order, with the serial from the
+/// `-device virtio-blk-device` that uses it. `devices` holds every `-device` value.
+pub fn parse_drives(
+    drives: &[String],
+    devices: &[String],
+) -> Result<Vec<DriveConfig>, SettingsError> {
+    let mut parsed: Vec<Drive> = Vec::with_capacity(drives.len());
+    for value in drives {
+        let config = parse_drive(value)?;
+        if parsed.iter().any(|d| d.config.id == config.id) {
+            return Err(invalid(
+                "drive",
+                value,
+                format!("drive id '{}' used twice", config.id),
+            ));
+        }
+        parsed.push(Drive {
+            value: value.clone(),
+            config,
+            claimed: false,
+        });
+    }
+    for value in devices {
+        let opts = OptList::parse(value, Some("driver"));
+        if opts.get("driver") == Some(BLOCK_DEVICE) {
+            claim(&mut parsed, value, &opts)?;
+        }
+    }
+    if let Some(unused) = parsed.iter().find(|d| !d.claimed) {
+        let reason = format!(
+            "no -device {BLOCK_DEVICE},drive={} uses it",
+            unused.config.id
+        );
+        return Err(invalid("drive", &unused.value, reason));
+    }
+    if parsed.len() > VIRTIO_IRQS.len() {
+        let reason = format!(
+            "at most {} disks fit the virtio interrupt lines",
+            VIRTIO_IRQS.len()
+        );
+        return Err(invalid("drive", &parsed[VIRTIO_IRQS.len()].value, reason));
+    }
+    Ok(parsed.into_iter().map(|d| d.config).collect())
+}
+
+fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
+    let opts = OptList::parse(value, None);
+    if let Some(key) = opts.unknown_key(DRIVE_KEYS) {
+        return Err(invalid("drive", value, format!("unknown option '{key}'")));
+    }
+    for key in ["cache", "detect-zeroes", "throttling.iops-total"] {
+        if opts.get(key).is_some() {
+            return Err(SettingsError::NotSupported(format!("-drive {key}=")));
+        }
+    }
+    let flag = |key: &str| -> Result<bool, SettingsError> {
+        opts.get(key).map_or(Ok(false), |v| {
+            parse_bool(v).ok_or_else(|| invalid("drive", value, format!("{key} must be on or off")))
+        })
+    };
+    let readonly = flag("readonly")?;
+    if flag("direct")? {
+        return Err(SettingsError::NotSupported("-drive direct=on".to_string()));
+    }
+    match opts.get("aio") {
+        None | Some("off" | "threads") => {}
+        Some(aio @ ("native" | "io_uring")) => {
+            return Err(SettingsError::NotSupported(format!("-drive aio={aio}")))
+        }
+        Some(_) => {
+            return Err(invalid(
+                "drive",
+                value,
+                "aio must be native, io_uring or off",
+            ))
+        }
+    }
+    match opts.get("format") {
+        None | Some("raw") => {}
+        Some(_) => {
+            return Err(invalid(
+                "drive",
+                value,
+                "only format=raw images are supported",
+            ))
+        }
+    }
+    match opts.get("if") {
+        None | Some("none") => {}
+        Some(other) => return Err(SettingsError::NotSupported(format!("-drive if={other}"))),
+    }
+    match opts.get("discard") {
+        None | Some("unmap" | "on") => {}
+        Some(other) => {
+            return Err(SettingsError::NotSupported(format!(
+                "-drive discard={other}"
+            )))
+        }
+    }
+    let id = opts
+        .get("id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| invalid("drive", value, "id=<id> is required"))?;
+    let file = opts
+        .get("file")
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| invalid("drive", value, "file=<path> is required"))?;
+    Ok(DriveConfig {
+        id: id.to_string(),
+        path: PathBuf::from(file),
+        readonly,
+        serial: id.to_string(),
+    })
+}
+
+/// Attaches the drive a `-device virtio-blk-device` names, with its serial.
+fn claim(drives: &mut [Drive], value: &str, opts: &OptList) -> Result<(), SettingsError> {
+    if let Some(key) = opts.unknown_key(DEVICE_KEYS) {
+        return Err(invalid("device", value, format!("unknown option '{key}'")));
+    }
+    if opts.get("iothread").is_some() {
+        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
+    }
+    let id = opts
+        .get("drive")
+        .ok_or_else(|| invalid("device", value, "drive=<id> is required"))?;
+    let Some(drive) = drives.iter_mut().find(|d| d.config.id == id) else {
+        return Err(invalid(
+            "device",
+            value,
+            format!("no -drive with id '{id}'"),
+        ));
+    };
+    if drive.claimed {
+        return Err(invalid(
+            "device",
+            value,
+            format!("drive '{id}' is already in use"),
+        ));
+    }
+    if let Some(serial) = opts.get("serial") {
+        if serial.len() > SERIAL_MAX {
+            return Err(invalid("device", value, "serial is longer than 20 bytes"));
+        }
+        drive.config.serial = serial.to_string();
+    }
+    drive.claimed = true;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn parse(drives: &[&str], devices: &[&str]) -> Result<Vec<DriveConfig>, SettingsError> {
+        parse_drives(&strings(drives), &strings(devices))
+    }
+
+    #[test]
+    fn drives_come_in_command_line_order_with_their_serials() {
+        let disks = parse(
+            &[
+                "id=root,file=/r.img,readonly=on,direct=off",
+                "id=data,file=/d.img,aio=off",
+            ],
+            &[
+                "virtio-blk-device,drive=data,id=b1,serial=SN1",
+                "virtio-blk-device,drive=root,id=b0",
+            ],
+        )
+        .expect("ok");
+        assert_eq!(disks.len(), 2);
+        assert_eq!((disks[0].id.as_str(), disks[0].readonly), ("root", true));
+        assert_eq!(disks[0].serial, "root");
+        assert_eq!(disks[0].path, PathBuf::from("/r.img"));
+        assert_eq!((disks[1].id.as_str(), disks[1].readonly), ("data", false));
+        assert_eq!(disks[1].serial, "SN1");
+    }
+
+    #[test]
+    fn drive_without_id_or_file_is_refused() {
+        assert!(parse(&["file=/r.img"], &[]).is_err());
+        assert!(parse(&["id=r"], &["virtio-blk-device,drive=r"]).is_err());
+    }
+
+    #[test]
+    fn drive_no_device_uses_is_refused() {
+        let err = parse(&["id=r,file=/r.img"], &[]).expect_err("unused");
+        assert!(
+            err.to_string()
+                .contains("no -device virtio-blk-device,drive=r"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn device_naming_an_unknown_or_taken_drive_is_refused() {
+        assert!(parse(&["id=r,file=/r.img"], &["virtio-blk-device,drive=x"]).is_err());
+        let twice = ["virtio-blk-device,drive=r", "virtio-blk-device,drive=r"];
+        assert!(parse(&["id=r,file=/r.img"], &twice).is_err());
+        assert!(parse(
+            &["id=r,file=/a", "id=r,file=/b"],
+            &["virtio-blk-device,drive=r"]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn unimplemented_drive_options_are_not_supported_yet() {
+        for drive in [
+            "id=r,file=/r,aio=io_uring",
+            "id=r,file=/r,direct=on",
+            "id=r,file=/r,cache=none",
+        ] {
+            let err = parse(&[drive], &["virtio-blk-device,drive=r"]).expect_err(drive);
+            assert!(
+                matches!(err, SettingsError::NotSupported(_)),
+                "{drive}: {err}"
+            );
+        }
+        assert!(parse(&["id=r,file=/r,bogus=1"], &["virtio-blk-device,drive=r"]).is_err());
+        assert!(parse(
+            &["id=r,file=/r,format=qcow2"],
+            &["virtio-blk-device,drive=r"]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn serial_longer_than_20_bytes_is_refused() {
+        let device = format!("virtio-blk-device,drive=r,serial={}", "x".repeat(21));
+        assert!(parse(&["id=r,file=/r"], &[device.as_str()]).is_err());
+    }
+
+    #[test]
+    fn more_disks_than_interrupt_lines_are_refused() {
+        let drives: Vec<String> = (0..9).map(|i| format!("id=d{i},file=/d{i}")).collect();
+        let devices: Vec<String> = (0..9)
+            .map(|i| format!("virtio-blk-device,drive=d{i}"))
+            .collect();
+        let err = parse_drives(&drives, &devices).expect_err("too many");
+        assert!(err.to_string().contains("at most 8 disks"), "{err}");
+    }
+}

@@ -1,0 +1,199 @@
+//! virtio-blk drives on the command line: each becomes a virtio-mmio device whose window and IRQ
+//! the VMM announces on the guest command line; the test guest's polled driver
+//! (`nimbus.test=blk`) writes, flushes and reads back through it, and the image file is checked
+//! afterwards; bad drives are refused naming the problem.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{expected_report, kvm_usable, names_flag, run, scratch_dir, Format, VmConfig};
+
+fn disk_image(name: &str, sectors: u64) -> PathBuf {
+    let path = scratch_dir().join(name);
+    let file = std::fs::File::create(&path).expect("create the disk image");
+    file.set_len(sectors * 512).expect("size the disk image");
+    path
+}
+
+fn with_drives(config: &VmConfig, drives: &[(&str, &PathBuf, &str)]) -> Vec<String> {
+    let mut args = config.args();
+    for (id, path, extra) in drives {
+        args.push("-drive".into());
+        args.push(format!("id={id},file={}{extra}", path.display()));
+        args.push("-device".into());
+        args.push(format!("virtio-blk-device,drive={id},id=blk-{id}"));
+    }
+    args
+}
+
+#[test]
+fn drives_are_announced_on_the_guest_command_line_in_order() {
+    if !kvm_usable() {
+        return;
+    }
+    let root = disk_image("virtio-root.img", 2048);
+    let data = disk_image("virtio-data.img", 64);
+    let append = "console=ttyS0 reboot=k panic=1 nimbus.case=virtio-blk";
+    let config = VmConfig::new(Format::Elf, 128, append);
+    let args = with_drives(
+        &config,
+        &[("root", &root, ",readonly=on"), ("data", &data, "")],
+    );
+
+    let out = run(&args);
+
+    let cmdline =
+        format!("{append} virtio_mmio.device=4K@0xd0000000:16 virtio_mmio.device=4K@0xd0001000:17");
+    let mut expected = expected_report(Format::Elf, &cmdline, 128, None);
+    expected.push("NIMBUS-GUEST done".into());
+    out.assert_guest_output(&expected, 1);
+    out.assert_exit_code(0);
+}
+
+/// An image of `sectors` sectors with a marker in sector 0.
+fn marked_image(name: &str, sectors: u64) -> PathBuf {
+    let path = disk_image(name, sectors);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, MARKER.as_bytes(), 0))
+        .expect("write the marker");
+    path
+}
+
+const MARKER: &str = "NIMBUS-DISK-MARKER";
+
+/// What the guest writes at sector 2.
+fn pattern() -> Vec<u8> {
+    (0..1024u32).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// Boots `format` with one drive and the guest's `blk` action; returns the guest's blk lines.
+fn run_blk_action(format: Format, image: &Path, drive_opts: &str, serial: &str) -> Vec<String> {
+    let append = "console=ttyS0 nimbus.test=blk";
+    let mut args = VmConfig::new(format, 128, append).args();
+    args.push("-drive".into());
+    args.push(format!("id=d0,file={}{drive_opts}", image.display()));
+    args.push("-device".into());
+    args.push(format!("virtio-blk-device,drive=d0,id=blk0{serial}"));
+    let out = run(&args);
+    out.assert_exit_code(0);
+    let lines = out.guest_lines();
+    assert_eq!(
+        lines.last(),
+        Some(&"NIMBUS-GUEST done"),
+        "{}",
+        out.describe()
+    );
+    lines
+        .iter()
+        .filter(|l| l.starts_with("blk: "))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn guest_writes_flushes_and_reads_back(format: Format) {
+    if !kvm_usable() {
+        return;
+    }
+    let image = marked_image(&format!("virtio-rw-{}.img", format.name()), 2048);
+    let lines = run_blk_action(format, &image, "", ",serial=SN-42");
+    let expected = [
+        "blk: status=0xf flush=1",
+        "blk: capacity=2048",
+        "blk: id status=0 text=SN-42",
+        "blk: interrupt status=1",
+        "blk: marker status=0 text=NIMBUS-DISK-MARKER",
+        "blk: write status=0",
+        "blk: flush status=0",
+        "blk: read status=0 same",
+        "blk: beyond-end status=1",
+        "blk: reset status=0",
+    ];
+    assert_eq!(lines, expected);
+    let bytes = std::fs::read(&image).expect("read the image back");
+    assert_eq!(
+        &bytes[1024..2048],
+        pattern().as_slice(),
+        "sector 2-3 of the image"
+    );
+    assert_eq!(&bytes[..MARKER.len()], MARKER.as_bytes());
+}
+
+#[test]
+fn guest_driver_writes_flushes_and_reads_back_in_long_mode() {
+    guest_writes_flushes_and_reads_back(Format::Elf);
+}
+
+#[test]
+fn guest_driver_writes_flushes_and_reads_back_after_a_pvh_entry() {
+    guest_writes_flushes_and_reads_back(Format::Pvh);
+}
+
+#[test]
+fn read_only_drive_fails_the_guests_write_and_keeps_the_image() {
+    if !kvm_usable() {
+        return;
+    }
+    let image = marked_image("virtio-ro.img", 64);
+    let lines = run_blk_action(Format::Elf, &image, ",readonly=on", "");
+    assert!(
+        lines.contains(&"blk: id status=0 text=d0".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"blk: write status=1".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"blk: read status=0 different".to_string()),
+        "{lines:?}"
+    );
+    let bytes = std::fs::read(&image).expect("read the image back");
+    assert!(
+        bytes[1024..2048].iter().all(|&b| b == 0),
+        "a read-only image changed"
+    );
+}
+
+#[test]
+fn missing_disk_image_is_refused_naming_the_drive_and_the_file() {
+    if !kvm_usable() {
+        return;
+    }
+    let missing = scratch_dir().join("no-such-disk.img");
+    let config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    let out = run(&with_drives(&config, &[("d0", &missing, "")]));
+    out.assert_exit_code(1);
+    assert!(
+        out.first_stderr_line().contains("'d0'"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("no-such-disk.img"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("NIMBUS-GUEST"),
+        "a guest ran\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn drive_without_a_device_is_refused_naming_the_flag() {
+    let image = disk_image("virtio-lonely.img", 8);
+    let mut args = VmConfig::new(Format::Elf, 128, "").args();
+    args.push("-drive".into());
+    args.push(format!("id=lonely,file={}", image.display()));
+    let out = run(&args);
+    out.assert_exit_code(1);
+    assert!(
+        names_flag(out.first_stderr_line(), "-drive"),
+        "{}",
+        out.describe()
+    );
+}

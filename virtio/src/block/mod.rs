@@ -1,0 +1,274 @@
+//! virtio-blk over a raw image file, with synchronous I/O on the notifying thread.
+
+mod disk;
+mod request;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use address_space::vm_memory::GuestMemoryMmap;
+use log::{debug, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+pub use self::disk::{DiskBackend, RawFile};
+use self::request::{execute, Disk, Outcome, MAX_SEGMENTS};
+pub use self::request::{ID_BYTES, SECTOR_SIZE};
+use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
+use crate::DEVICE_TYPE_BLOCK;
+
+/// The size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+
+/// Feature: config seg_max is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// Feature: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// Feature: config blk_size is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+/// Feature: FLUSH requests.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Feature: DISCARD requests.
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+/// Feature: WRITE_ZEROES requests.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Bytes of configuration space (struct virtio_blk_config up to write_zeroes_may_unmap).
+const CONFIG_SIZE: usize = 60;
+/// Largest DISCARD/WRITE_ZEROES range in sectors (2 GiB).
+const MAX_ZEROES_SECTORS: u32 = 1 << 22;
+
+/// How to open a block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// The raw image file.
+    pub path: PathBuf,
+    /// Offer VIRTIO_BLK_F_RO and fail writes.
+    pub readonly: bool,
+    /// GET_ID answer, at most 20 bytes (the drive id when the user gave none).
+    pub serial: String,
+}
+
+/// Why a block device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image file could not be opened or sized.
+    #[error("cannot open disk image {path:?}")]
+    Open {
+        /// The image path.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The serial does not fit the 20 bytes of GET_ID.
+    #[error("serial {0:?} is longer than 20 bytes")]
+    SerialTooLong(String),
+}
+
+/// What an activated device holds.
+struct Active {
+    mem: Arc<GuestMemoryMmap>,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+/// A virtio block device.
+pub struct Block {
+    disk: Box<dyn DiskBackend>,
+    readonly: bool,
+    serial: [u8; ID_BYTES],
+    capacity: u64,
+    features: u64,
+    config: [u8; CONFIG_SIZE],
+    active: Option<Active>,
+}
+
+impl Block {
+    /// Opens the raw image `options.path`.
+    pub fn new(options: &BlockOptions) -> Result<Block, BlockError> {
+        let disk =
+            RawFile::open(&options.path, options.readonly).map_err(|source| BlockError::Open {
+                path: options.path.clone(),
+                source,
+            })?;
+        Block::with_backend(Box::new(disk), options.readonly, &options.serial)
+    }
+
+    /// A block device over any backend (tests use instrumented ones).
+    pub fn with_backend(
+        disk: Box<dyn DiskBackend>,
+        readonly: bool,
+        serial: &str,
+    ) -> Result<Block, BlockError> {
+        if serial.len() > ID_BYTES {
+            return Err(BlockError::SerialTooLong(serial.to_owned()));
+        }
+        let mut id = [0u8; ID_BYTES];
+        id[..serial.len()].copy_from_slice(serial.as_bytes());
+        let capacity = disk.size() / SECTOR_SIZE;
+        let mut features = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        if readonly {
+            features |= VIRTIO_BLK_F_RO;
+        } else {
+            features |= VIRTIO_BLK_F_WRITE_ZEROES;
+            if disk.supports_discard() {
+                features |= VIRTIO_BLK_F_DISCARD;
+            }
+        }
+        Ok(Block {
+            disk,
+            readonly,
+            serial: id,
+            capacity,
+            features,
+            config: config_space(capacity),
+            active: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn has(&self, feature: u64) -> bool {
+        self.features & feature != 0
+    }
+}
+
+/// struct virtio_blk_config, little-endian.
+fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
+    let mut c = [0u8; CONFIG_SIZE];
+    c[0..8].copy_from_slice(&capacity.to_le_bytes());
+    // seg_max: the queue size less the header and status descriptors.
+    c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+    c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    c[34..36].copy_from_slice(&1u16.to_le_bytes());
+    c[36..40].copy_from_slice(&MAX_ZEROES_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
+    // discard_sector_alignment: 4 KiB, the usual file system block.
+    c[44..48].copy_from_slice(&8u32.to_le_bytes());
+    c[48..52].copy_from_slice(&MAX_ZEROES_SECTORS.to_le_bytes());
+    c[52..56].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
+    c[56] = 1;
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset
+                .checked_add(i as u64)
+                .and_then(|a| usize::try_from(a).ok());
+            *byte = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable, and only with VIRTIO_BLK_F_CONFIG_WCE, not offered.
+        debug!(
+            "virtio-blk: {}-byte config write at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        _acked_features: u64,
+        mem: Arc<GuestMemoryMmap>,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let queue = queues.remove(0);
+        if queue.ready() && !queue.is_valid(mem.as_ref()) {
+            return Err(ActivateError::InvalidQueue(0));
+        }
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
+        let disk = Disk {
+            backend: self.disk.as_ref(),
+            capacity: self.capacity,
+            readonly: self.readonly,
+            serial: &self.serial,
+            discard: self.has(VIRTIO_BLK_F_DISCARD),
+            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES),
+        };
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        if index != 0 || !active.queue.ready() {
+            return Ok(());
+        }
+        let mut completed = 0usize;
+        let result = drain(&disk, active, &mut completed);
+        let Active {
+            mem,
+            queue,
+            interrupt,
+        } = active;
+        if completed > 0 && queue.needs_notification(mem.as_ref()).unwrap_or(true) {
+            if let Err(e) = interrupt.trigger(INT_USED_BUFFER) {
+                warn!("virtio-blk: cannot raise interrupt: {e}");
+            }
+        }
+        result
+    }
+}
+
+/// Serves every available request, counting those put in the used ring. Stops at the first
+/// chain that cannot be trusted.
+fn drain(disk: &Disk<'_>, active: &mut Active, completed: &mut usize) -> Result<(), QueueError> {
+    let ring = |source| QueueError::Ring { queue: 0, source };
+    loop {
+        let mem = active.mem.as_ref();
+        let Some(chain) = active.queue.iter(mem).map_err(ring)?.next() else {
+            return Ok(());
+        };
+        let head = chain.head_index();
+        match execute(disk, mem, chain) {
+            Outcome::Completed { used_len } => active.queue.add_used(mem, head, used_len),
+            Outcome::NoStatus => active.queue.add_used(mem, head, 0),
+            Outcome::Malformed => {
+                active.queue.add_used(mem, head, 0).map_err(ring)?;
+                *completed += 1;
+                return Err(QueueError::MalformedChain { queue: 0, head });
+            }
+        }
+        .map_err(ring)?;
+        *completed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

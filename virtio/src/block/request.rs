@@ -1,0 +1,360 @@
+//! One virtio-blk request: checking a guest's descriptor chain and carrying it out.
+//!
+//! Every address, length and flag comes from the guest. A chain whose structure cannot be
+//! trusted (a loop, longer than the queue, a descriptor table outside RAM) is
+//! [`Outcome::Malformed`]; a chain without a usable status byte is completed without one; any
+//! other mistake, and any host I/O error, completes the request with an error status.
+
+use std::io::{self, Read, Write};
+
+use address_space::vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use log::{debug, warn};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Reader, Writer};
+
+use super::disk::DiskBackend;
+
+/// Bytes in a virtio-blk sector.
+pub const SECTOR_SIZE: u64 = 512;
+/// Bytes of a serial number (GET_ID).
+pub const ID_BYTES: usize = 20;
+/// Segments accepted in one DISCARD or WRITE_ZEROES request (config max_*_seg).
+pub const MAX_SEGMENTS: usize = 1;
+
+/// Request types (virtio 1.2, 5.2.6).
+pub(crate) const T_IN: u32 = 0;
+pub(crate) const T_OUT: u32 = 1;
+pub(crate) const T_FLUSH: u32 = 4;
+pub(crate) const T_GET_ID: u32 = 8;
+pub(crate) const T_DISCARD: u32 = 11;
+pub(crate) const T_WRITE_ZEROES: u32 = 13;
+
+/// Status values written in the request's last byte.
+pub(crate) const S_OK: u8 = 0;
+pub(crate) const S_IOERR: u8 = 1;
+pub(crate) const S_UNSUPP: u8 = 2;
+
+/// WRITE_ZEROES segment flag: the range may be deallocated.
+const SEGMENT_F_UNMAP: u32 = 1;
+/// Header bytes: type, reserved (ioprio), sector.
+const HEADER_SIZE: usize = 16;
+/// Bytes of one DISCARD/WRITE_ZEROES segment: sector, num_sectors, flags.
+const SEGMENT_SIZE: usize = 16;
+/// Largest bounce buffer between the disk and guest memory.
+const CHUNK: usize = 1 << 20;
+
+/// What the device knows when it serves a request.
+pub(crate) struct Disk<'a> {
+    pub(crate) backend: &'a dyn DiskBackend,
+    /// Capacity in sectors.
+    pub(crate) capacity: u64,
+    pub(crate) readonly: bool,
+    pub(crate) serial: &'a [u8; ID_BYTES],
+    pub(crate) discard: bool,
+    pub(crate) write_zeroes: bool,
+}
+
+/// How a chain ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A status was written; `used_len` bytes of the chain were written by the device.
+    Completed { used_len: u32 },
+    /// The chain has no writable status byte in RAM; nothing was written.
+    NoStatus,
+    /// The chain loops, is longer than the queue or leaves the descriptor table.
+    Malformed,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("buffer outside guest RAM")]
+    OutsideRam,
+    #[error("sectors {sector}+{sectors} beyond capacity {capacity}")]
+    OutOfRange {
+        sector: u64,
+        sectors: u64,
+        capacity: u64,
+    },
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("request type {0} not supported")]
+    Unsupported(u32),
+    #[error("segment flags {0:#x} not supported")]
+    UnsupportedFlags(u32),
+    #[error("host I/O error")]
+    Io(#[source] io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => S_UNSUPP,
+            _ => S_IOERR,
+        }
+    }
+}
+
+/// Serves the request in `chain` and writes its status.
+pub(crate) fn execute(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Outcome {
+    let Some(descs) = walk(chain.clone()) else {
+        return Outcome::Malformed;
+    };
+    let Some(status_addr) = status_address(mem, &descs) else {
+        debug!("virtio-blk: request without a writable status byte dropped");
+        return Outcome::NoStatus;
+    };
+    let (status, written) = match serve(disk, mem, chain, &descs) {
+        Ok(written) => (S_OK, written),
+        Err(RequestError::Io(e)) => {
+            warn!("virtio-blk: host I/O error: {e}");
+            (S_IOERR, 0)
+        }
+        Err(e) => {
+            debug!("virtio-blk: {e}");
+            (e.status(), 0)
+        }
+    };
+    if mem.write_obj(status, status_addr).is_err() {
+        return Outcome::NoStatus;
+    }
+    Outcome::Completed {
+        used_len: written.saturating_add(1),
+    }
+}
+
+/// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
+/// queue, or a descriptor could not be read).
+fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
+    let descs: Vec<Descriptor> = chain.collect();
+    match descs.last() {
+        Some(last) if !last.has_next() => Some(descs),
+        _ => None,
+    }
+}
+
+/// Where the status byte goes: the last byte of the last descriptor, if it is device-writable
+/// and in RAM.
+fn status_address(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Option<GuestAddress> {
+    let last = descs.last()?;
+    if !last.is_write_only() || last.len() == 0 {
+        return None;
+    }
+    let addr = last.addr().checked_add(u64::from(last.len()) - 1)?;
+    mem.address_in_range(addr).then_some(addr)
+}
+
+fn serve(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    descs: &[Descriptor],
+) -> Result<u32, RequestError> {
+    check_layout(descs)?;
+    let mut reader = Reader::new(mem, chain.clone()).map_err(|_| RequestError::OutsideRam)?;
+    let mut writer = Writer::new(mem, chain).map_err(|_| RequestError::OutsideRam)?;
+    if reader.available_bytes() < HEADER_SIZE {
+        return Err(RequestError::Malformed("header shorter than 16 bytes"));
+    }
+    let mut header = [0u8; HEADER_SIZE];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| RequestError::OutsideRam)?;
+    let request_type = le_u32(&header[0..4]);
+    let sector = le_u64(&header[8..16]);
+    // The status byte is the last writable byte; what comes before it is data.
+    let data_in = writer.available_bytes().saturating_sub(1);
+    writer
+        .split_at(data_in)
+        .map_err(|_| RequestError::Malformed("status"))?;
+
+    match request_type {
+        T_IN => read(disk, sector, &mut reader, &mut writer),
+        T_OUT => write(disk, sector, &mut reader, data_in),
+        T_FLUSH => {
+            only_header(&reader, data_in)?;
+            disk.backend.flush().map_err(RequestError::Io)?;
+            Ok(0)
+        }
+        T_GET_ID => {
+            let n = data_in.min(ID_BYTES);
+            writer
+                .write_all(&disk.serial[..n])
+                .map_err(|_| RequestError::OutsideRam)?;
+            Ok(n as u32)
+        }
+        T_DISCARD if disk.discard && !disk.readonly => {
+            segments(disk, &mut reader, data_in, false)?;
+            Ok(0)
+        }
+        T_WRITE_ZEROES if disk.write_zeroes && !disk.readonly => {
+            segments(disk, &mut reader, data_in, true)?;
+            Ok(0)
+        }
+        other => Err(RequestError::Unsupported(other)),
+    }
+}
+
+/// Device-readable descriptors first, then device-writable ones, none empty.
+fn check_layout(descs: &[Descriptor]) -> Result<(), RequestError> {
+    if descs.iter().any(|d| d.len() == 0) {
+        return Err(RequestError::Malformed("zero-length descriptor"));
+    }
+    let first_writable = descs
+        .iter()
+        .position(Descriptor::is_write_only)
+        .unwrap_or(descs.len());
+    if descs[first_writable..].iter().any(|d| !d.is_write_only()) {
+        return Err(RequestError::Malformed(
+            "device-readable descriptor after a writable one",
+        ));
+    }
+    Ok(())
+}
+
+fn only_header(reader: &Reader<'_>, data_in: usize) -> Result<(), RequestError> {
+    if reader.available_bytes() != 0 || data_in != 0 {
+        return Err(RequestError::Malformed(
+            "data buffers on a request that takes none",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a data length and range; returns the byte offset on the disk.
+fn data_range(disk: &Disk<'_>, sector: u64, len: usize) -> Result<u64, RequestError> {
+    let len = len as u64;
+    if len == 0 || len & (SECTOR_SIZE - 1) != 0 {
+        return Err(RequestError::Malformed(
+            "data length not a non-zero multiple of 512",
+        ));
+    }
+    sector_range(disk, sector, len / SECTOR_SIZE)
+}
+
+/// Checks `sectors` sectors from `sector` against the capacity; returns the byte offset.
+fn sector_range(disk: &Disk<'_>, sector: u64, sectors: u64) -> Result<u64, RequestError> {
+    match sector.checked_add(sectors) {
+        Some(end) if end <= disk.capacity => Ok(sector * SECTOR_SIZE),
+        _ => Err(RequestError::OutOfRange {
+            sector,
+            sectors,
+            capacity: disk.capacity,
+        }),
+    }
+}
+
+fn read(
+    disk: &Disk<'_>,
+    sector: u64,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_>,
+) -> Result<u32, RequestError> {
+    if reader.available_bytes() != 0 {
+        return Err(RequestError::Malformed("device-readable data on a read"));
+    }
+    let len = writer.available_bytes();
+    let offset = data_range(disk, sector, len)?;
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0;
+    while done < len {
+        let chunk = &mut buf[..(len - done).min(CHUNK)];
+        disk.backend
+            .read_at(chunk, offset + done as u64)
+            .map_err(RequestError::Io)?;
+        writer
+            .write_all(chunk)
+            .map_err(|_| RequestError::OutsideRam)?;
+        done += chunk.len();
+    }
+    u32::try_from(len).map_err(|_| RequestError::Malformed("chain longer than 4 GiB"))
+}
+
+fn write(
+    disk: &Disk<'_>,
+    sector: u64,
+    reader: &mut Reader<'_>,
+    data_in: usize,
+) -> Result<u32, RequestError> {
+    if data_in != 0 {
+        return Err(RequestError::Malformed("device-writable data on a write"));
+    }
+    if disk.readonly {
+        return Err(RequestError::ReadOnly);
+    }
+    let len = reader.available_bytes();
+    let offset = data_range(disk, sector, len)?;
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0;
+    while done < len {
+        let chunk = &mut buf[..(len - done).min(CHUNK)];
+        reader
+            .read_exact(chunk)
+            .map_err(|_| RequestError::OutsideRam)?;
+        disk.backend
+            .write_at(chunk, offset + done as u64)
+            .map_err(RequestError::Io)?;
+        done += chunk.len();
+    }
+    Ok(0)
+}
+
+/// DISCARD or WRITE_ZEROES: the segments are the device-readable bytes after the header.
+fn segments(
+    disk: &Disk<'_>,
+    reader: &mut Reader<'_>,
+    data_in: usize,
+    write_zeroes: bool,
+) -> Result<(), RequestError> {
+    let len = reader.available_bytes();
+    if data_in != 0
+        || len == 0
+        || len & (SEGMENT_SIZE - 1) != 0
+        || len / SEGMENT_SIZE > MAX_SEGMENTS
+    {
+        return Err(RequestError::Malformed("bad discard/write-zeroes segments"));
+    }
+    let mut ranges = Vec::with_capacity(len / SEGMENT_SIZE);
+    for _ in 0..len / SEGMENT_SIZE {
+        let mut segment = [0u8; SEGMENT_SIZE];
+        reader
+            .read_exact(&mut segment)
+            .map_err(|_| RequestError::OutsideRam)?;
+        let sector = le_u64(&segment[0..8]);
+        let sectors = u64::from(le_u32(&segment[8..12]));
+        let flags = le_u32(&segment[12..16]);
+        let allowed = if write_zeroes { SEGMENT_F_UNMAP } else { 0 };
+        if flags & !allowed != 0 {
+            return Err(RequestError::UnsupportedFlags(flags));
+        }
+        let offset = sector_range(disk, sector, sectors)?;
+        ranges.push((offset, sectors * SECTOR_SIZE, flags & SEGMENT_F_UNMAP != 0));
+    }
+    for (offset, bytes, unmap) in ranges.into_iter().filter(|r| r.1 != 0) {
+        let result = if write_zeroes {
+            disk.backend.write_zeroes(offset, bytes, unmap)
+        } else {
+            disk.backend.discard(offset, bytes)
+        };
+        result.map_err(RequestError::Io)?;
+    }
+    Ok(())
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(b)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,137 @@
+//! What a virtio device gives its transport, and the interrupt it raises.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use address_space::vm_memory::GuestMemoryMmap;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// InterruptStatus bit: the device has used a buffer in at least one queue.
+pub const INT_USED_BUFFER: u32 = 1;
+/// InterruptStatus bit: the device's configuration has changed.
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The transport handed over a number of queues the device cannot use.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues handed over.
+        got: usize,
+    },
+    /// The driver made a queue ready whose rings are not inside guest RAM.
+    #[error("queue {0} rings are not inside guest RAM")]
+    InvalidQueue(usize),
+}
+
+/// A queue error after which the device cannot go on without a reset (DEVICE_NEEDS_RESET).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A descriptor chain loops, is longer than the queue, or its table is outside RAM.
+    #[error("queue {queue}: malformed descriptor chain at head {head}")]
+    MalformedChain {
+        /// The queue index.
+        queue: u16,
+        /// The chain's head descriptor index.
+        head: u16,
+    },
+    /// Walking the available ring or adding to the used ring failed.
+    #[error("queue {queue}: ring access failed")]
+    Ring {
+        /// The queue index.
+        queue: u16,
+        /// What virtio-queue reported.
+        #[source]
+        source: virtio_queue::Error,
+    },
+}
+
+/// A device's interrupt: the InterruptStatus bits it shares with its transport, the event file
+/// descriptor that raises its IRQ line (an irqfd), and the configuration generation.
+#[derive(Clone, Debug)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    config_generation: Arc<AtomicU32>,
+    evt: Arc<EventFd>,
+}
+
+impl Interrupt {
+    /// An interrupt raised by writing `evt`, with no status bit set.
+    pub fn new(evt: EventFd) -> Interrupt {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            config_generation: Arc::new(AtomicU32::new(0)),
+            evt: Arc::new(evt),
+        }
+    }
+
+    /// Sets `bits` in InterruptStatus and raises the line.
+    pub fn trigger(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.evt.write(1)
+    }
+
+    /// Tells the driver the configuration space changed: a new generation and an interrupt.
+    pub fn signal_config_change(&self) -> io::Result<()> {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.trigger(INT_CONFIG_CHANGE)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears the `bits` the driver acknowledged (InterruptACK).
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears every status bit (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
+    }
+
+    /// The event file descriptor that raises the line, to register as an irqfd.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// A virtio device behind a transport. The transport owns the register state and the queues
+/// until the driver sets DRIVER_OK; then it hands the queues to [`VirtioDevice::activate`].
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (2 for block, ...).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device feature bits offered, without VIRTIO_F_VERSION_1 (the transport adds it).
+    fn features(&self) -> u64;
+    /// Reads configuration space at `offset`; bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes configuration space at `offset`; read-only fields ignore the write.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the features the driver accepted, guest memory, every queue (in
+    /// order, ready or not) and its interrupt.
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError>;
+    /// Drops all in-flight state and the queues; the device can be activated again.
+    fn reset(&mut self);
+    /// Processes what the driver made available on queue `index` (the driver notified it).
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
+}
