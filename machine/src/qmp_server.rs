@@ -42,12 +42,14 @@ pub struct QmpClient {
     /// The protocol state of this connection.
     pub session: Session,
     out: Vec<u8>,
+    /// The last descriptor received with SCM_RIGHTS, waiting for a `getfd`.
+    pending_fd: Option<File>,
 }
 
 /// What a read from the client produced.
 pub enum ClientInput {
-    /// Bytes (and a descriptor sent with them, if any).
-    Data(Vec<u8>, Option<File>),
+    /// Bytes; a descriptor sent with them is kept for the next `getfd`.
+    Data(Vec<u8>),
     /// Nothing to read right now.
     Nothing,
     /// The client went away.
@@ -122,6 +124,7 @@ impl QmpServer {
             stream,
             session,
             out: Vec::new(),
+            pending_fd: None,
         });
         self.queue(&greeting);
         Ok(true)
@@ -142,8 +145,12 @@ impl QmpServer {
         match result {
             Ok((0, _)) => ClientInput::Closed,
             Ok((n, fd)) => {
+                if fd.is_some() {
+                    // As in QEMU, a newer descriptor replaces one no `getfd` claimed.
+                    client.pending_fd = fd;
+                }
                 buf.truncate(n);
-                ClientInput::Data(buf, fd)
+                ClientInput::Data(buf)
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => ClientInput::Nothing,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => ClientInput::Nothing,
@@ -193,6 +200,11 @@ impl QmpServer {
             }
         }
         Ok(())
+    }
+
+    /// The slot holding the descriptor the client sent last, for `getfd`.
+    pub fn pending_fd(&mut self) -> Option<&mut Option<File>> {
+        self.client.as_mut().map(|c| &mut c.pending_fd)
     }
 
     /// Bytes queued for the client that the socket has not taken yet.

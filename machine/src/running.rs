@@ -190,8 +190,8 @@ impl RunningVm {
             log::debug!("QMP client write failed: {err}");
             return self.close_qmp_client(events);
         }
-        let (bytes, fd) = match qmp.read() {
-            ClientInput::Data(bytes, fd) => (bytes, fd),
+        let bytes = match qmp.read() {
+            ClientInput::Data(bytes) => bytes,
             ClientInput::Nothing => {
                 self.update_qmp_interest(events);
                 return Step::Continue;
@@ -202,7 +202,6 @@ impl RunningVm {
             return Step::Continue;
         };
         let incoming = client.session.feed(&bytes);
-        let mut received_fd = fd;
         for item in incoming {
             match item {
                 Incoming::Reply(reply) => qmp.queue(&reply),
@@ -211,9 +210,13 @@ impl RunningVm {
                     return self.close_qmp_client(events);
                 }
                 Incoming::Request(request) => {
+                    let mut received_fd = qmp.pending_fd().and_then(Option::take);
                     let mut monitor = Monitor::new(&mut self.state, &mut received_fd);
                     let result = monitor.execute(request.command);
                     let events_out = monitor.take_events();
+                    if let (Some(slot), Some(fd)) = (qmp.pending_fd(), received_fd) {
+                        slot.get_or_insert(fd);
+                    }
                     for event in &events_out {
                         qmp.send_event(event);
                     }
