@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod daemon;
 mod drives;
 mod logger;
 mod monitor_opts;
@@ -24,10 +25,14 @@ const EXIT_SETUP_FAILED: u8 = 1;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // Held here so that, with -daemonize, the launcher sees the pipe close only after the
+    // error below reached its terminal.
+    let mut notifier = None;
+    match run(&args, &mut notifier) {
         Ok(()) => ExitCode::SUCCESS,
         Err((err, status)) => {
             print_error_chain(err.as_ref());
+            drop(notifier);
             ExitCode::from(status)
         }
     }
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
 
 type Failure = (Box<dyn Error>, u8);
 
-fn run(args: &[String]) -> Result<(), Failure> {
+fn run(args: &[String], notifier: &mut Option<daemon::ReadyNotifier>) -> Result<(), Failure> {
     let setup = |err: Box<dyn Error>| (err, EXIT_SETUP_FAILED);
     let parsed = cli::parse(args).map_err(|e| setup(e.into()))?;
     if parsed.has("help") || parsed.has("h") {
@@ -47,8 +52,22 @@ fn run(args: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     let settings = settings::from_parsed(&parsed).map_err(|e| setup(e.into()))?;
+    daemon::close_inherited_fds(&settings.inherited_fds)
+        .map_err(|e| setup(format!("cannot close inherited descriptors: {e}").into()))?;
+    if settings.daemonize {
+        *notifier = Some(daemon::daemonize().map_err(|e| setup(e.into()))?);
+    }
     init_logging(&settings.log).map_err(setup)?;
-    match machine::run(&settings.machine) {
+    let _pidfile = match &settings.pidfile {
+        Some(path) => Some(daemon::PidFile::create(path).map_err(|e| setup(e.into()))?),
+        None => None,
+    };
+    let on_ready = || {
+        if let Some(notifier) = notifier.as_mut() {
+            notifier.ready();
+        }
+    };
+    match machine::run_notifying(&settings.machine, on_ready) {
         Ok(reason) => {
             log::info!("VM ended: {reason:?}");
             Ok(())

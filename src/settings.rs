@@ -58,6 +58,12 @@ pub struct Settings {
     pub machine: MachineConfig,
     /// Where logs go.
     pub log: LogTarget,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// `-pidfile`.
+    pub pidfile: Option<PathBuf>,
+    /// Inherited descriptors named on the command line, kept open.
+    pub inherited_fds: Vec<i32>,
 }
 
 /// Device types of the grammar that later versions implement.
@@ -112,7 +118,24 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
         _ => LogTarget::Stderr,
     };
-    Ok(Settings { machine, log })
+    let daemonize = parsed.has("daemonize");
+    if daemonize && machine.serial == SerialConfig::Stdio {
+        return Err(SettingsError::Conflict(
+            "-daemonize cannot be used with -serial stdio",
+        ));
+    }
+    if daemonize && parsed.last("D").is_some_and(|d| d.is_empty()) {
+        return Err(SettingsError::Conflict(
+            "-daemonize needs -D <file>: a bare -D logs to stderr",
+        ));
+    }
+    Ok(Settings {
+        machine,
+        log,
+        daemonize,
+        pidfile: parsed.last("pidfile").map(PathBuf::from),
+        inherited_fds: Vec::new(),
+    })
 }
 
 fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
@@ -141,7 +164,7 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
             return Err(SettingsError::NotSupported(format!("-{flag} {first}")));
         }
     }
-    for flag in ["mem-prealloc", "daemonize"] {
+    for flag in ["mem-prealloc"] {
         if parsed.has(flag) {
             return Err(SettingsError::NotSupported(format!("-{flag}")));
         }

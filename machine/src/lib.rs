@@ -26,4 +26,4 @@ pub use config::{DriveConfig, MachineConfig, SerialConfig};
 pub use error::MachineError;
 pub use qmp_server::QmpEndpoint;
 pub use vcpu::{StopReason, VcpuFault};
-pub use vm::{run, ExitReason};
+pub use vm::{run, run_notifying, ExitReason};

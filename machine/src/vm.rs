@@ -39,6 +39,15 @@ pub enum ExitReason {
 
 /// Builds the VM described by `config`, runs it and returns how it ended.
 pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
+    run_notifying(config, || {})
+}
+
+/// As [`run`], calling `on_ready` once the VM is built and its QMP socket listens, just before
+/// the vCPUs start (`-daemonize` tells the launcher then).
+pub fn run_notifying(
+    config: &MachineConfig,
+    on_ready: impl FnOnce(),
+) -> Result<ExitReason, MachineError> {
     log::info!(
         "starting VM {} (uuid {}): {} vCPUs, {} MiB",
         config.name.as_deref().unwrap_or("-"),
@@ -118,6 +127,7 @@ pub fn run(config: &MachineConfig) -> Result<ExitReason, MachineError> {
         qmp,
         console: config.serial == SerialConfig::Stdio,
     };
+    on_ready();
     running.run(vcpus)
 }
 
