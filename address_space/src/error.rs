@@ -13,9 +13,9 @@ pub enum AddressSpaceError {
         name: String,
         /// Requested size in bytes.
         size: u64,
-        /// What mmap said.
+        /// What failed.
         #[source]
-        source: vm_memory::mmap::MmapRegionError,
+        source: crate::ram_backing::RamBackingError,
     },
     /// A RAM region of size zero (or larger than the host address space) was requested.
     #[error("RAM region {name:?} cannot have a size of {size:#x} bytes")]

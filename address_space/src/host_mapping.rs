@@ -26,12 +26,12 @@ pub(crate) struct HostMapping {
 }
 
 impl HostMapping {
-    /// Maps `size` bytes of anonymous private memory.
-    pub(crate) fn new(size: usize) -> Result<Self, MmapRegionError> {
-        Ok(HostMapping {
-            owner: Arc::new(MmapRegion::new(size)?),
+    /// Wraps a freshly made mapping of a whole RAM block.
+    pub(crate) fn from_region(owner: MmapRegion) -> Self {
+        HostMapping {
+            owner: Arc::new(owner),
             pieces: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// The owning mapping of the whole block.
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn piece_shares_bytes_with_the_owner() {
-        let mapping = HostMapping::new(4 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(4 * page()).expect("map"));
         let piece = mapping.piece(page(), page()).expect("piece");
         piece.get_slice(3, 1).expect("slice").copy_from(&[0x5a_u8]);
         let mut byte = [0_u8];
@@ -149,14 +149,14 @@ mod tests {
 
     #[test]
     fn whole_range_piece_is_the_owner_itself() {
-        let mapping = HostMapping::new(2 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(2 * page()).expect("map"));
         let piece = mapping.piece(0, 2 * page()).expect("piece");
         assert!(Arc::ptr_eq(&piece, mapping.owner()));
     }
 
     #[test]
     fn live_piece_is_reused_for_the_same_range() {
-        let mapping = HostMapping::new(4 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(4 * page()).expect("map"));
         let first = mapping.piece(page(), page()).expect("piece");
         let second = mapping.piece(page(), page()).expect("piece");
         assert!(Arc::ptr_eq(&first, &second));
@@ -164,19 +164,19 @@ mod tests {
 
     #[test]
     fn piece_past_the_end_is_refused() {
-        let mapping = HostMapping::new(2 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(2 * page()).expect("map"));
         assert!(mapping.piece(page(), 2 * page()).is_err());
     }
 
     #[test]
     fn unaligned_piece_is_refused() {
-        let mapping = HostMapping::new(2 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(2 * page()).expect("map"));
         assert!(mapping.piece(1, page()).is_err());
     }
 
     #[test]
     fn piece_stays_readable_after_the_mapping_is_dropped() {
-        let mapping = HostMapping::new(2 * page()).expect("map");
+        let mapping = HostMapping::from_region(MmapRegion::new(2 * page()).expect("map"));
         let piece = mapping.piece(page(), page()).expect("piece");
         piece.get_slice(0, 1).expect("slice").copy_from(&[7_u8]);
         drop(mapping);

@@ -28,6 +28,7 @@ mod guest_memory;
 mod host_mapping;
 mod listener;
 mod ram;
+mod ram_backing;
 mod region;
 #[cfg(test)]
 mod test_util;
@@ -37,6 +38,7 @@ pub use error::{AddressSpaceError, ListenerError};
 pub use flat_view::{FlatRange, FlatTarget, FlatView};
 pub use listener::Listener;
 pub use ram::RamBlock;
+pub use ram_backing::{RamBacking, RamBackingError, RamOptions};
 pub use region::{IoHandler, Region, SharedIo};
 /// The vm-memory crate this crate's guest memory types come from.
 pub use vm_memory;

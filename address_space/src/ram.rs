@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion, VolatileMemory};
 
 use crate::error::AddressSpaceError;
+use crate::ram_backing::{self, RamOptions};
 use crate::host_mapping::{page_size, HostMapping};
 
 /// The anonymous, private, zero-filled host memory of one RAM region.
@@ -18,8 +19,8 @@ pub struct RamBlock {
 }
 
 impl RamBlock {
-    /// Maps `size` bytes of anonymous private memory for the RAM region `name`.
-    pub(crate) fn new(name: &str, size: u64) -> Result<Self, AddressSpaceError> {
+    /// Maps `size` bytes of host memory, set up as `options` ask, for the RAM region `name`.
+    pub(crate) fn new(name: &str, size: u64, options: &RamOptions) -> Result<Self, AddressSpaceError> {
         let bad_size = || AddressSpaceError::BadRamSize {
             name: name.to_owned(),
             size,
@@ -28,11 +29,12 @@ impl RamBlock {
         if len == 0 {
             return Err(bad_size());
         }
-        let mapping = HostMapping::new(len).map_err(|source| AddressSpaceError::MapRam {
+        let mapping = ram_backing::map(len, options).map_err(|source| AddressSpaceError::MapRam {
             name: name.to_owned(),
             size,
             source,
         })?;
+        let mapping = HostMapping::from_region(mapping);
         Ok(RamBlock {
             name: name.to_owned(),
             mapping,
@@ -52,6 +54,11 @@ impl RamBlock {
     /// Host virtual address of the first byte of the block.
     pub fn host_addr(&self) -> u64 {
         self.mapping.owner().as_ptr() as u64
+    }
+
+    /// The file behind a shared mapping (memfd or hugetlbfs), for back ends that map guest RAM.
+    pub fn backing_fd(&self) -> Option<std::os::fd::RawFd> {
+        ram_backing::backing_fd(self.mapping.owner())
     }
 
     /// The vm-memory mapping of the whole block.
@@ -134,7 +141,7 @@ mod tests {
 
     #[test]
     fn new_block_is_zero_filled() {
-        let block = RamBlock::new("ram", 0x2000).expect("map");
+        let block = RamBlock::new("ram", 0x2000, &RamOptions::default()).expect("map");
         let mut data = [0xaa_u8; 16];
         assert!(block.read(0x1ff0, &mut data));
         assert_eq!(data, [0; 16]);
@@ -142,7 +149,7 @@ mod tests {
 
     #[test]
     fn written_bytes_read_back() {
-        let block = RamBlock::new("ram", 0x1000).expect("map");
+        let block = RamBlock::new("ram", 0x1000, &RamOptions::default()).expect("map");
         assert!(block.write(0x10, &[1, 2, 3]));
         let mut data = [0_u8; 3];
         assert!(block.read(0x10, &mut data));
@@ -151,7 +158,7 @@ mod tests {
 
     #[test]
     fn access_past_the_end_is_refused() {
-        let block = RamBlock::new("ram", 0x1000).expect("map");
+        let block = RamBlock::new("ram", 0x1000, &RamOptions::default()).expect("map");
         let mut data = [0_u8; 2];
         assert!(!block.read(0xfff, &mut data));
         assert!(!block.write(0xfff, &data));
@@ -159,14 +166,14 @@ mod tests {
 
     #[test]
     fn zero_sized_block_is_refused() {
-        let error = RamBlock::new("empty", 0).expect_err("size 0");
+        let error = RamBlock::new("empty", 0, &RamOptions::default()).expect_err("size 0");
         assert!(matches!(error, AddressSpaceError::BadRamSize { .. }));
     }
 
     #[test]
     fn unaligned_guest_region_starts_at_the_next_page() {
         let page = page_size();
-        let block = RamBlock::new("ram", 4 * page).expect("map");
+        let block = RamBlock::new("ram", 4 * page, &RamOptions::default()).expect("map");
         let region = block
             .guest_region(page + 0x10, 2 * page, 0x10_0000)
             .expect("piece")
@@ -178,7 +185,7 @@ mod tests {
 
     #[test]
     fn guest_region_inside_one_page_is_left_out() {
-        let block = RamBlock::new("ram", 2 * page_size()).expect("map");
+        let block = RamBlock::new("ram", 2 * page_size(), &RamOptions::default()).expect("map");
         let region = block.guest_region(0x10, 0x100, 0).expect("piece");
         assert!(region.is_none());
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::AddressSpaceError;
 use crate::ram::RamBlock;
+use crate::ram_backing::RamOptions;
 
 /// A device region on the PIO or MMIO bus; offsets are relative to the region's base.
 pub trait IoHandler: Send {
@@ -79,7 +80,13 @@ impl Region {
 
     /// A RAM region of `size` bytes backed by an anonymous, private, zero-filled mapping.
     pub fn ram(name: &str, size: u64) -> Result<Region, AddressSpaceError> {
-        let block = RamBlock::new(name, size)?;
+        Region::ram_with(name, size, &RamOptions::default())
+    }
+
+    /// A RAM region whose host memory is set up as `options` ask (shared, hugetlbfs,
+    /// preallocated, excluded from core dumps).
+    pub fn ram_with(name: &str, size: u64, options: &RamOptions) -> Result<Region, AddressSpaceError> {
+        let block = RamBlock::new(name, size, options)?;
         Ok(Region::new(name, size, RegionKind::Ram(Arc::new(block))))
     }
 
