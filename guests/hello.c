@@ -609,18 +609,18 @@ struct vq_desc {
 	u16 next;
 };
 
-static u64 blk_base;
+static u64 vdev_base; /* the virtio-mmio device being driven */
 static u16 blk_avail_idx;
 static u32 blk_isr;
 
 static u32 vr(u32 off)
 {
-	return mmio_read32(blk_base + off);
+	return mmio_read32(vdev_base + off);
 }
 
 static void vw(u32 off, u32 val)
 {
-	mmio_write32(blk_base + off, val);
+	mmio_write32(vdev_base + off, val);
 }
 
 static int hex_digit(char c)
@@ -708,10 +708,11 @@ static void blk_print_text(const char *what, u32 status, u32 max)
 	putc('\n');
 }
 
-/* Linux's virtio_mmio probe, then one queue of VQ_SIZE entries. Returns 0 on success. */
-static int blk_probe(void)
+/* Linux's virtio_mmio probe up to FEATURES_OK, accepting VIRTIO_F_VERSION_1 and the device
+   features of `want` (bits 0-31) it offers. Returns 0 on success, -1 if FEATURES_OK did not stick. */
+static int virtio_negotiate(u32 want, u32 *offered)
 {
-	u32 high, low;
+	u32 high;
 
 	vw(0x70, 0);
 	vw(0x70, 1);
@@ -719,32 +720,50 @@ static int blk_probe(void)
 	vw(0x14, 1);
 	high = vr(0x10);
 	vw(0x14, 0);
-	low = vr(0x10);
+	*offered = vr(0x10);
 	vw(0x24, 1);
 	vw(0x20, high & 1); /* VIRTIO_F_VERSION_1 */
 	vw(0x24, 0);
-	vw(0x20, low & (1 << 9)); /* VIRTIO_BLK_F_FLUSH */
+	vw(0x20, *offered & want);
 	vw(0x70, 0xb);
-	if (!(vr(0x70) & 8)) {
+	return (vr(0x70) & 8) ? 0 : -1;
+}
+
+/* Sets up queue `index` with VQ_SIZE entries over zeroed rings. Returns 0, or -1 if the device
+   has no such queue, a smaller one, or one already live. */
+static int virtio_queue(u32 index, u64 desc, u64 avail, u64 used)
+{
+	vw(0x30, index);
+	if (vr(0x44) || vr(0x34) < VQ_SIZE)
+		return -1;
+	*(volatile u32 *)avail = 0;
+	*(volatile u32 *)used = 0;
+	vw(0x38, VQ_SIZE);
+	vw(0x80, (u32)desc);
+	vw(0x84, 0);
+	vw(0x90, (u32)avail);
+	vw(0x94, 0);
+	vw(0xa0, (u32)used);
+	vw(0xa4, 0);
+	vw(0x44, 1);
+	return 0;
+}
+
+/* Linux's virtio_mmio probe (VERSION_1 and FLUSH only), then one queue of VQ_SIZE entries.
+   Returns 0 on success. */
+static int blk_probe(void)
+{
+	u32 low;
+
+	if (virtio_negotiate(1 << 9 /* VIRTIO_BLK_F_FLUSH */, &low)) {
 		puts("blk: features refused\n");
 		return -1;
 	}
-	vw(0x30, 0);
-	if (vr(0x44) || vr(0x34) < VQ_SIZE) {
+	blk_avail_idx = 0;
+	if (virtio_queue(0, BLK_DESC, BLK_AVAIL, BLK_USED)) {
 		puts("blk: queue unavailable\n");
 		return -1;
 	}
-	*(volatile u32 *)BLK_AVAIL = 0;
-	*(volatile u32 *)BLK_USED = 0;
-	blk_avail_idx = 0;
-	vw(0x38, VQ_SIZE);
-	vw(0x80, (u32)BLK_DESC);
-	vw(0x84, 0);
-	vw(0x90, (u32)BLK_AVAIL);
-	vw(0x94, 0);
-	vw(0xa0, (u32)BLK_USED);
-	vw(0xa4, 0);
-	vw(0x44, 1);
 	vw(0x70, 0xf);
 	puts("blk: status=");
 	put_hex(vr(0x70));
@@ -760,8 +779,8 @@ static void action_blk(void)
 	u64 capacity;
 	u32 status, i;
 
-	blk_base = find_virtio_mmio(info.cmdline);
-	if (!blk_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
+	vdev_base = find_virtio_mmio(info.cmdline);
+	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
 		puts("blk: no device\n");
 		return;
 	}
@@ -798,6 +817,247 @@ static void action_blk(void)
 	putc('\n');
 }
 
+/* The decimal value of `<key><digits>` on the command line, or `fallback`. */
+static u64 cmdline_number(const char *p, const char *key, u64 fallback)
+{
+	u64 n = 0;
+	u64 klen = 0;
+
+	while (key[klen])
+		klen++;
+	while (p && *p && !starts_with(p, key))
+		p++;
+	if (!p || !*p)
+		return fallback;
+	for (p += klen; *p >= '0' && *p <= '9'; p++)
+		n = n * 10 + (u64)(*p - '0');
+	return n ? n : fallback;
+}
+
+/* `nimbus.test=blkbench`: `nimbus.blkreads=N` (default 2000) 4 KiB reads at pseudo-random
+   4 KiB-aligned sectors, one at a time; the host times the lines around them. */
+static void action_blkbench(void)
+{
+	u64 n = cmdline_number(info.cmdline, "nimbus.blkreads=", 2000);
+	u64 capacity, blocks, i, errors = 0, x = 12345;
+
+	vdev_base = find_virtio_mmio(info.cmdline);
+	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
+		puts("blkbench: no device\n");
+		return;
+	}
+	if (blk_probe())
+		return;
+	capacity = vr(0x100) | (u64)vr(0x104) << 32;
+	blocks = capacity / 8;
+	if (!blocks) {
+		puts("blkbench: disk smaller than 4 KiB\n");
+		return;
+	}
+	puts("blkbench: start\n");
+	for (i = 0; i < n; i++) {
+		x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+		if (blk_request(BLK_T_IN, (x >> 33) % blocks * 8, 4096, 1) != 0)
+			errors++;
+	}
+	puts("blkbench: reads=");
+	put_dec(n);
+	puts(" errors=");
+	put_dec(errors);
+	putc('\n');
+}
+
+/* ---- virtio-net, polled ------------------------------------------------------------------- */
+
+#define VIRTIO_MMIO_BASE 0xd0000000UL
+#define VIRTIO_MMIO_SLOTS 8
+#define VIRTIO_ID_NET 1
+#define NET_F_MAC (1 << 5)
+#define NET_HDR_LEN 12 /* virtio_net_hdr with num_buffers: VERSION_1, no MRG_RXBUF */
+#define NET_AREA 0x500000UL
+#define NET_RX_DESC (NET_AREA)
+#define NET_RX_AVAIL (NET_AREA + 0x100)
+#define NET_RX_USED (NET_AREA + 0x1000)
+#define NET_TX_DESC (NET_AREA + 0x2000)
+#define NET_TX_AVAIL (NET_AREA + 0x2100)
+#define NET_TX_USED (NET_AREA + 0x3000)
+#define NET_TX_BUF (NET_AREA + 0x4000)
+#define NET_RX_BUF (NET_AREA + 0x8000) /* VQ_SIZE buffers of NET_BUF_LEN bytes */
+#define NET_BUF_LEN 2048
+#define NET_FRAME_MIN 60
+#define NET_ETHERTYPE_HI 0x88 /* 0x88b5: IEEE local experimental */
+#define NET_ETHERTYPE_LO 0xb5
+#define NET_POLLS 300000 /* each poll is a port exit: a few seconds on kvm-pvm */
+#define NET_PAYLOAD_MAX 48
+
+static u16 net_rx_avail_idx;
+
+static void net_desc(u64 table, u16 i, u64 addr, u32 len, u16 flags)
+{
+	volatile struct vq_desc *d = (volatile struct vq_desc *)table + i;
+	d->addr = addr;
+	d->len = len;
+	d->flags = flags;
+	d->next = 0;
+}
+
+/* Makes rx buffer `id` available to the device (the caller notifies). */
+static void net_post_rx(u16 id)
+{
+	volatile u16 *avail = (volatile u16 *)NET_RX_AVAIL;
+
+	net_desc(NET_RX_DESC, id, NET_RX_BUF + (u64)id * NET_BUF_LEN, NET_BUF_LEN, VQ_F_WRITE);
+	avail[2 + net_rx_avail_idx % VQ_SIZE] = id;
+	__asm__ volatile("" ::: "memory");
+	avail[1] = ++net_rx_avail_idx;
+	__asm__ volatile("" ::: "memory");
+}
+
+/* The first virtio-mmio slot holding a network device, or 0. */
+static u64 find_virtio_net(void)
+{
+	u64 base;
+	u32 i;
+
+	for (i = 0; i < VIRTIO_MMIO_SLOTS; i++) {
+		base = VIRTIO_MMIO_BASE + (u64)i * 0x1000;
+		if (mmio_read32(base) == VIRTIO_MAGIC && mmio_read32(base + 8) == VIRTIO_ID_NET)
+			return base;
+	}
+	return 0;
+}
+
+static void put_byte_hex(u8 b)
+{
+	putc("0123456789abcdef"[b >> 4]);
+	putc("0123456789abcdef"[b & 0xf]);
+}
+
+/* Probe, two queues, VQ_SIZE posted rx buffers, DRIVER_OK. Returns 0 on success. */
+static int net_probe(u8 *mac)
+{
+	u32 offered, i, cfg[2];
+
+	if (virtio_negotiate(NET_F_MAC, &offered)) {
+		puts("net: features refused\n");
+		return -1;
+	}
+	if (virtio_queue(0, NET_RX_DESC, NET_RX_AVAIL, NET_RX_USED) ||
+	    virtio_queue(1, NET_TX_DESC, NET_TX_AVAIL, NET_TX_USED)) {
+		puts("net: queue unavailable\n");
+		return -1;
+	}
+	net_rx_avail_idx = 0;
+	for (i = 0; i < VQ_SIZE; i++)
+		net_post_rx((u16)i);
+	vw(0x70, 0xf);
+	if (vr(0x70) != 0xf) {
+		puts("net: status=");
+		put_hex(vr(0x70));
+		putc('\n');
+		return -1;
+	}
+	vw(0x50, 0);
+	cfg[0] = vr(0x100);
+	cfg[1] = vr(0x104);
+	for (i = 0; i < 6; i++)
+		mac[i] = (u8)(cfg[i / 4] >> (8 * (i % 4)));
+	puts("net: mac=");
+	for (i = 0; i < 6; i++) {
+		if (i)
+			putc(':');
+		put_byte_hex(mac[i]);
+	}
+	putc('\n');
+	return (offered & NET_F_MAC) ? 0 : -1;
+}
+
+/* One broadcast frame of ethertype 0x88b5 carrying "NIMBUS-GUEST-PING", zero-padded. */
+static void net_send_ping(const u8 *mac)
+{
+	static const char payload[] = "NIMBUS-GUEST-PING";
+	volatile u16 *avail = (volatile u16 *)NET_TX_AVAIL;
+	u8 *hdr = (u8 *)NET_TX_BUF, *frame = hdr + NET_HDR_LEN;
+	u32 i;
+
+	memset(hdr, 0, NET_HDR_LEN + NET_FRAME_MIN);
+	memset(frame, 0xff, 6);
+	memcpy(frame + 6, mac, 6);
+	frame[12] = NET_ETHERTYPE_HI;
+	frame[13] = NET_ETHERTYPE_LO;
+	for (i = 0; payload[i]; i++)
+		frame[14 + i] = (u8)payload[i];
+	net_desc(NET_TX_DESC, 0, NET_TX_BUF, NET_HDR_LEN + NET_FRAME_MIN, 0);
+	avail[2] = 0;
+	__asm__ volatile("" ::: "memory");
+	avail[1] = 1;
+	__asm__ volatile("" ::: "memory");
+	vw(0x50, 1);
+}
+
+/* Whether rx buffer `id` holds a 0x88b5 frame whose payload starts "NIMBUS-HOST-PONG"; if so,
+   prints `net: got <payload>`. */
+static int net_check_pong(u16 id, u32 len)
+{
+	const u8 *frame = (const u8 *)(NET_RX_BUF + (u64)id * NET_BUF_LEN + NET_HDR_LEN);
+	u32 i;
+
+	if (len < NET_HDR_LEN + 14 + 16 || frame[12] != NET_ETHERTYPE_HI ||
+	    frame[13] != NET_ETHERTYPE_LO || !starts_with((const char *)frame + 14, "NIMBUS-HOST-PONG"))
+		return 0;
+	puts("net: got ");
+	for (i = 14; i < len - NET_HDR_LEN && i < 14 + NET_PAYLOAD_MAX && is_printable(frame[i]); i++)
+		putc((char)frame[i]);
+	putc('\n');
+	return 1;
+}
+
+/* Polls the rx used ring for the host's answer, giving other frames' buffers back. */
+static void net_wait_pong(void)
+{
+	volatile u16 *used_idx = (volatile u16 *)(NET_RX_USED + 2);
+	volatile u32 *used_ring = (volatile u32 *)(NET_RX_USED + 4);
+	u16 seen = 0;
+	u32 polls = 0;
+
+	while (polls < NET_POLLS) {
+		if (*used_idx == seen) {
+			(void)inb(UART_LSR);
+			polls++;
+			continue;
+		}
+		__asm__ volatile("" ::: "memory");
+		{
+			u16 id = (u16)used_ring[2 * (seen % VQ_SIZE)];
+			u32 len = used_ring[2 * (seen % VQ_SIZE) + 1];
+			seen++;
+			if (id < VQ_SIZE && net_check_pong(id, len))
+				return;
+			if (id < VQ_SIZE) {
+				net_post_rx(id);
+				vw(0x50, 0);
+			}
+		}
+	}
+	puts("net: timeout\n");
+}
+
+static void action_net(void)
+{
+	u8 mac[6];
+
+	vdev_base = find_virtio_net();
+	if (!vdev_base || vr(4) != 2) {
+		puts("net: no device\n");
+		return;
+	}
+	if (net_probe(mac))
+		return;
+	net_send_ping(mac);
+	net_wait_pong();
+	vw(0x70, 0);
+}
+
 static void run_action(const char *name, u64 len)
 {
 	if (str_eq_n(name, len, "smp"))
@@ -814,6 +1074,10 @@ static void run_action(const char *name, u64 len)
 		action_hang();
 	else if (str_eq_n(name, len, "blk"))
 		action_blk();
+	else if (str_eq_n(name, len, "blkbench"))
+		action_blkbench();
+	else if (str_eq_n(name, len, "net"))
+		action_net();
 	else {
 		puts("action: unknown ");
 		while (len--)

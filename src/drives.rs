@@ -3,7 +3,7 @@
 use crate::opts::{parse_bool, OptList};
 use crate::settings::{invalid, SettingsError};
 use machine::layout::VIRTIO_IRQS;
-use machine::DriveConfig;
+use machine::{Aio, DriveConfig};
 use std::path::PathBuf;
 
 /// The `-device` driver of a disk.
@@ -94,14 +94,11 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
         })
     };
     let readonly = flag("readonly")?;
-    if flag("direct")? {
-        return Err(SettingsError::NotSupported("-drive direct=on".to_string()));
-    }
-    match opts.get("aio") {
-        None | Some("off" | "threads") => {}
-        Some(aio @ ("native" | "io_uring")) => {
-            return Err(SettingsError::NotSupported(format!("-drive aio={aio}")))
-        }
+    let direct = flag("direct")?;
+    let aio = match opts.get("aio") {
+        None | Some("off" | "threads") => Aio::Off,
+        Some("io_uring") => Aio::IoUring,
+        Some("native") => Aio::Native,
         Some(_) => {
             return Err(invalid(
                 "drive",
@@ -109,7 +106,7 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
                 "aio must be native, io_uring or off",
             ))
         }
-    }
+    };
     match opts.get("format") {
         None | Some("raw") => {}
         Some(_) => {
@@ -145,6 +142,8 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
         path: PathBuf::from(file),
         readonly,
         serial: id.to_string(),
+        aio,
+        direct,
     })
 }
 
@@ -245,18 +244,41 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_drive_options_are_not_supported_yet() {
-        for drive in [
-            "id=r,file=/r,aio=io_uring",
-            "id=r,file=/r,direct=on",
-            "id=r,file=/r,cache=none",
-        ] {
+    fn aio_and_direct_choose_the_engine_and_o_direct() {
+        let cases = [
+            ("id=r,file=/r", Aio::Off, false),
+            ("id=r,file=/r,aio=off", Aio::Off, false),
+            ("id=r,file=/r,aio=threads", Aio::Off, false),
+            ("id=r,file=/r,aio=io_uring", Aio::IoUring, false),
+            ("id=r,file=/r,aio=native,direct=on", Aio::Native, true),
+            ("id=r,file=/r,direct=on", Aio::Off, true),
+            ("id=r,file=/r,direct=off,aio=io_uring", Aio::IoUring, false),
+        ];
+        for (drive, aio, direct) in cases {
+            let disks = parse(&[drive], &["virtio-blk-device,drive=r"]).expect(drive);
+            assert_eq!((disks[0].aio, disks[0].direct), (aio, direct), "{drive}");
+        }
+    }
+
+    #[test]
+    fn bad_aio_or_direct_values_are_refused() {
+        for drive in ["id=r,file=/r,aio=posix", "id=r,file=/r,direct=maybe"] {
             let err = parse(&[drive], &["virtio-blk-device,drive=r"]).expect_err(drive);
             assert!(
-                matches!(err, SettingsError::NotSupported(_)),
+                matches!(err, SettingsError::InvalidValue { .. }),
                 "{drive}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn unimplemented_drive_options_are_not_supported_yet() {
+        let drive = "id=r,file=/r,cache=none";
+        let err = parse(&[drive], &["virtio-blk-device,drive=r"]).expect_err(drive);
+        assert!(
+            matches!(err, SettingsError::NotSupported(_)),
+            "{drive}: {err}"
+        );
         assert!(parse(&["id=r,file=/r,bogus=1"], &["virtio-blk-device,drive=r"]).is_err());
         assert!(parse(
             &["id=r,file=/r,format=qcow2"],

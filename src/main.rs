@@ -3,7 +3,8 @@
 //! This crate only reads the command line, sets up logging and hands a `MachineConfig` to the
 //! `machine` crate. Exit status: 0 when the guest reset, triple-faulted or powered off; 1 when
 //! the command line or the guest images are wrong or the VM cannot be built; 2 when a vCPU hit
-//! a fatal error while the guest ran.
+//! a fatal error while the guest ran; 159 (128 + SIGSYS) when a thread made a syscall outside
+//! its seccomp allow-list (`machine`'s SIGSYS handler exits with it, see docs/security.md).
 #![deny(unsafe_code)]
 
 mod cli;
@@ -11,6 +12,7 @@ mod daemon;
 mod drives;
 mod logger;
 mod monitor_opts;
+mod netdevs;
 mod opts;
 mod settings;
 
@@ -80,13 +82,16 @@ fn run(args: &[String], notifier: &mut Option<daemon::ReadyNotifier>) -> Result<
 fn init_logging(target: &LogTarget) -> Result<(), Box<dyn Error>> {
     let out: Box<dyn std::io::Write + Send> = match target {
         LogTarget::Stderr => Box::new(std::io::stderr()),
-        LogTarget::File(path) => Box::new(
-            std::fs::OpenOptions::new()
+        LogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| format!("cannot open log file {path:?}: {e}"))?,
-        ),
+                .map_err(|e| format!("cannot open log file {path:?}: {e}"))?;
+            // The logger keeps the file open until the process ends.
+            machine::seccomp_also_report_to(std::os::fd::AsRawFd::as_raw_fd(&file));
+            Box::new(file)
+        }
     };
     logger::init(out);
     Ok(())

@@ -2,9 +2,10 @@
 
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
+use crate::netdevs::{check_virtio_slots, inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_bool, parse_size, OptList};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
-use machine::{MachineConfig, SerialConfig};
+use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
 use std::path::PathBuf;
 
 /// A flag whose value makes no sense, or a combination Nimbus cannot run.
@@ -89,9 +90,7 @@ pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>
 /// Builds the settings from `parsed`.
 pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     refuse_unsupported(parsed)?;
-    if let Some(machine) = parsed.last("machine") {
-        check_machine(&machine)?;
-    }
+    let ram_options = ram_options(parsed)?;
     let kernel = PathBuf::from(parsed.last("kernel").ok_or(SettingsError::MissingKernel)?);
     check_readable(&kernel, "kernel image")?;
     let initrd = parsed.last("initrd").map(PathBuf::from);
@@ -105,6 +104,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         ram_size: parsed
             .last("m")
             .map_or(Ok(256 << 20), |m| parse_memory(&m))?,
+        ram_options,
         kernel,
         initrd,
         cmdline: parsed.last("append").unwrap_or_default(),
@@ -113,7 +113,16 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
+        seccomp: !parsed.has("disable-seccomp"),
     };
+    let nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
+    check_virtio_slots(machine.drives.len(), &nets)?;
+    if !nets.is_empty() {
+        // Stage A: the machine does not build network devices yet.
+        return Err(SettingsError::NotSupported(format!(
+            "device '{NET_DEVICE}'"
+        )));
+    }
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
         _ => LogTarget::Stderr,
@@ -134,7 +143,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         log,
         daemonize,
         pidfile: parsed.last("pidfile").map(PathBuf::from),
-        inherited_fds: Vec::new(),
+        inherited_fds: inherited_fds(&nets),
     })
 }
 
@@ -143,9 +152,12 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
         return Err(SettingsError::Conflict("-pidfile needs -daemonize"));
     }
     let devices = parsed.all("device");
-    let other_device = devices
-        .iter()
-        .find(|d| OptList::parse(d, Some("driver")).get("driver") != Some(BLOCK_DEVICE));
+    let other_device = devices.iter().find(|d| {
+        let driver = OptList::parse(d, Some("driver"))
+            .get("driver")
+            .map(str::to_owned);
+        !matches!(driver.as_deref(), Some(BLOCK_DEVICE | NET_DEVICE))
+    });
     if let Some(device) = other_device {
         let opts = OptList::parse(device, Some("driver"));
         let kind = opts.get("driver").unwrap_or_default();
@@ -158,21 +170,15 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
         }
         return Err(SettingsError::NotSupported(format!("device '{kind}'")));
     }
-    for flag in ["netdev", "object", "mem-path"] {
-        if let Some(value) = parsed.last(flag) {
-            let first = value.split(',').next().unwrap_or_default();
-            return Err(SettingsError::NotSupported(format!("-{flag} {first}")));
-        }
-    }
-    for flag in ["mem-prealloc"] {
-        if parsed.has(flag) {
-            return Err(SettingsError::NotSupported(format!("-{flag}")));
-        }
+    if let Some(value) = parsed.last("object") {
+        let first = value.split(',').next().unwrap_or_default();
+        return Err(SettingsError::NotSupported(format!("-object {first}")));
     }
     Ok(())
 }
 
-fn check_machine(value: &str) -> Result<(), SettingsError> {
+/// Checks `-machine` and returns its memory options (dump-guest-core, mem-share).
+fn parse_machine(value: &str) -> Result<(bool, bool), SettingsError> {
     let opts = OptList::parse(value, Some("type"));
     if let Some(key) = opts.unknown_key(&["type", "dump-guest-core", "mem-share", "accel"]) {
         return Err(invalid("machine", value, format!("unknown option '{key}'")));
@@ -187,18 +193,31 @@ fn check_machine(value: &str) -> Result<(), SettingsError> {
             ))
         }
     }
-    for key in ["dump-guest-core", "mem-share"] {
-        if let Some(v) = opts.get(key) {
+    let flag = |key: &str, default: bool| -> Result<bool, SettingsError> {
+        opts.get(key).map_or(Ok(default), |v| {
             parse_bool(v)
-                .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))?;
-        }
-    }
-    if opts.get("mem-share").and_then(parse_bool) == Some(true) {
-        return Err(SettingsError::NotSupported(
-            "-machine mem-share=on".to_string(),
-        ));
-    }
-    Ok(())
+                .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))
+        })
+    };
+    Ok((flag("dump-guest-core", true)?, flag("mem-share", false)?))
+}
+
+/// Guest RAM backing from `-machine`, `-mem-path` and `-mem-prealloc`.
+fn ram_options(parsed: &Parsed) -> Result<RamOptions, SettingsError> {
+    let (dump, shared) = match parsed.last("machine") {
+        Some(machine) => parse_machine(&machine)?,
+        None => (true, false),
+    };
+    let backing = match (parsed.last("mem-path"), shared) {
+        (Some(dir), _) => RamBacking::Hugetlbfs(PathBuf::from(dir)),
+        (None, true) => RamBacking::SharedMemfd,
+        (None, false) => RamBacking::Anonymous,
+    };
+    Ok(RamOptions {
+        backing,
+        prealloc: parsed.has("mem-prealloc"),
+        dump,
+    })
 }
 
 fn parse_smp(value: &str) -> Result<u8, SettingsError> {
@@ -374,10 +393,16 @@ mod tests {
 
     #[test]
     fn machine_type_must_be_microvm() {
-        assert!(check_machine("microvm,dump-guest-core=off").is_ok());
-        assert!(check_machine("type=microvm").is_ok());
-        assert!(check_machine("q35").is_err());
-        assert!(check_machine("microvm,dump-guest-core=perhaps").is_err());
+        assert_eq!(
+            parse_machine("microvm,dump-guest-core=off").expect("ok"),
+            (false, false)
+        );
+        assert_eq!(
+            parse_machine("type=microvm,mem-share=on").expect("ok"),
+            (true, true)
+        );
+        assert!(parse_machine("q35").is_err());
+        assert!(parse_machine("microvm,dump-guest-core=perhaps").is_err());
     }
 
     #[test]

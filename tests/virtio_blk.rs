@@ -94,11 +94,17 @@ fn run_blk_action(format: Format, image: &Path, drive_opts: &str, serial: &str) 
 }
 
 fn guest_writes_flushes_and_reads_back(format: Format) {
+    guest_writes_flushes_and_reads_back_with(format, "", "sync");
+}
+
+/// The `blk` action over a drive with `drive_opts` (`,aio=...`, `,direct=on`); `tag` names the
+/// image.
+fn guest_writes_flushes_and_reads_back_with(format: Format, drive_opts: &str, tag: &str) {
     if !kvm_usable() {
         return;
     }
-    let image = marked_image(&format!("virtio-rw-{}.img", format.name()), 2048);
-    let lines = run_blk_action(format, &image, "", ",serial=SN-42");
+    let image = marked_image(&format!("virtio-rw-{}-{tag}.img", format.name()), 2048);
+    let lines = run_blk_action(format, &image, drive_opts, ",serial=SN-42");
     let expected = [
         "blk: status=0xf flush=1",
         "blk: capacity=2048",
@@ -129,6 +135,70 @@ fn guest_driver_writes_flushes_and_reads_back_in_long_mode() {
 #[test]
 fn guest_driver_writes_flushes_and_reads_back_after_a_pvh_entry() {
     guest_writes_flushes_and_reads_back(Format::Pvh);
+}
+
+#[test]
+fn guest_driver_works_over_io_uring() {
+    guest_writes_flushes_and_reads_back_with(Format::Elf, ",aio=io_uring", "io_uring");
+}
+
+#[test]
+fn guest_driver_works_over_aio_native() {
+    guest_writes_flushes_and_reads_back_with(Format::Elf, ",aio=native", "native");
+}
+
+/// Whether files in the scratch directory can be opened with O_DIRECT (tmpfs may refuse).
+fn o_direct_works() -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = disk_image("virtio-direct-probe.img", 8);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe);
+    if let Err(e) = &opened {
+        eprintln!("SKIPPED: O_DIRECT refused in {:?}: {e}", scratch_dir());
+    }
+    opened.is_ok()
+}
+
+#[test]
+fn guest_driver_works_with_direct_io() {
+    if o_direct_works() {
+        guest_writes_flushes_and_reads_back_with(Format::Elf, ",direct=on", "direct");
+    }
+}
+
+#[test]
+fn guest_driver_works_with_direct_io_over_io_uring() {
+    if o_direct_works() {
+        guest_writes_flushes_and_reads_back_with(
+            Format::Elf,
+            ",direct=on,aio=io_uring",
+            "direct-uring",
+        );
+    }
+}
+
+#[test]
+fn guest_benchmark_action_counts_its_random_reads() {
+    if !kvm_usable() {
+        return;
+    }
+    let image = disk_image("virtio-bench.img", 2048);
+    let append = "console=ttyS0 nimbus.test=blkbench nimbus.blkreads=20";
+    let mut args = VmConfig::new(Format::Elf, 128, append).args();
+    args.push("-drive".into());
+    args.push(format!("id=d0,file={},aio=io_uring", image.display()));
+    args.push("-device".into());
+    args.push("virtio-blk-device,drive=d0".into());
+    let out = run(&args);
+    out.assert_exit_code(0);
+    let lines = out.guest_lines();
+    assert!(
+        lines.contains(&"blkbench: reads=20 errors=0"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion, VolatileMemory};
 
 use crate::error::AddressSpaceError;
-use crate::ram_backing::{self, RamOptions};
 use crate::host_mapping::{page_size, HostMapping};
+use crate::ram_backing::{self, RamOptions};
 
 /// The anonymous, private, zero-filled host memory of one RAM region.
 ///
@@ -20,7 +20,11 @@ pub struct RamBlock {
 
 impl RamBlock {
     /// Maps `size` bytes of host memory, set up as `options` ask, for the RAM region `name`.
-    pub(crate) fn new(name: &str, size: u64, options: &RamOptions) -> Result<Self, AddressSpaceError> {
+    pub(crate) fn new(
+        name: &str,
+        size: u64,
+        options: &RamOptions,
+    ) -> Result<Self, AddressSpaceError> {
         let bad_size = || AddressSpaceError::BadRamSize {
             name: name.to_owned(),
             size,
@@ -29,11 +33,12 @@ impl RamBlock {
         if len == 0 {
             return Err(bad_size());
         }
-        let mapping = ram_backing::map(len, options).map_err(|source| AddressSpaceError::MapRam {
-            name: name.to_owned(),
-            size,
-            source,
-        })?;
+        let mapping =
+            ram_backing::map(len, options).map_err(|source| AddressSpaceError::MapRam {
+                name: name.to_owned(),
+                size,
+                source,
+            })?;
         let mapping = HostMapping::from_region(mapping);
         Ok(RamBlock {
             name: name.to_owned(),

@@ -44,7 +44,11 @@ pub struct RamOptions {
 
 impl Default for RamOptions {
     fn default() -> Self {
-        RamOptions { backing: RamBacking::Anonymous, prealloc: false, dump: true }
+        RamOptions {
+            backing: RamBacking::Anonymous,
+            prealloc: false,
+            dump: true,
+        }
     }
 }
 
@@ -127,11 +131,14 @@ fn is_hugetlbfs(dir: &Path) -> io::Result<bool> {
     }
     // SAFETY: statfs returned 0, so it filled the struct (which was zeroed before anyway).
     let stat = unsafe { stat.assume_init() };
-    Ok(stat.f_type as i64 == HUGETLBFS_MAGIC)
+    Ok(stat.f_type == HUGETLBFS_MAGIC)
 }
 
 fn hugetlbfs_file(dir: &Path, size: usize) -> Result<File, RamBackingError> {
-    let err = |source| RamBackingError::HugetlbfsFile { dir: dir.to_path_buf(), source };
+    let err = |source| RamBackingError::HugetlbfsFile {
+        dir: dir.to_path_buf(),
+        source,
+    };
     if !is_hugetlbfs(dir).map_err(err)? {
         return Err(RamBackingError::NotHugetlbfs(dir.to_path_buf()));
     }
@@ -173,7 +180,9 @@ mod tests {
         for line in smaps.lines() {
             if let Some((range, _)) = line.split_once(' ') {
                 if let Some((lo, hi)) = range.split_once('-') {
-                    if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                    if let (Ok(lo), Ok(hi)) =
+                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                    {
                         inside = (lo..hi).contains(&addr);
                         continue;
                     }
@@ -195,24 +204,36 @@ mod tests {
 
     #[test]
     fn dump_off_marks_the_mapping_dontdump() {
-        let options = RamOptions { dump: false, ..RamOptions::default() };
+        let options = RamOptions {
+            dump: false,
+            ..RamOptions::default()
+        };
         let region = map(1 << 20, &options).expect("map");
         assert!(vm_flags_of(region.as_ptr() as usize).contains(" dd"));
     }
 
     #[test]
     fn shared_memfd_backing_is_a_shared_file_mapping() {
-        let options = RamOptions { backing: RamBacking::SharedMemfd, ..RamOptions::default() };
+        let options = RamOptions {
+            backing: RamBacking::SharedMemfd,
+            ..RamOptions::default()
+        };
         let region = map(1 << 20, &options).expect("map");
         let fd = backing_fd(&region).expect("a file behind it");
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("link");
-        assert!(link.to_string_lossy().contains("memfd:nimbus-guest-ram"), "{link:?}");
+        assert!(
+            link.to_string_lossy().contains("memfd:nimbus-guest-ram"),
+            "{link:?}"
+        );
         assert!(vm_flags_of(region.as_ptr() as usize).contains(" sh"));
     }
 
     #[test]
     fn prealloc_makes_every_page_resident() {
-        let options = RamOptions { prealloc: true, ..RamOptions::default() };
+        let options = RamOptions {
+            prealloc: true,
+            ..RamOptions::default()
+        };
         let region = map(4 << 20, &options).expect("map");
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
         let start = format!("{:x}-", region.as_ptr() as usize);
@@ -229,7 +250,10 @@ mod tests {
     #[test]
     fn mem_path_outside_hugetlbfs_is_refused_by_name() {
         let dir = std::env::temp_dir();
-        let options = RamOptions { backing: RamBacking::Hugetlbfs(dir.clone()), ..RamOptions::default() };
+        let options = RamOptions {
+            backing: RamBacking::Hugetlbfs(dir.clone()),
+            ..RamOptions::default()
+        };
         let err = map(2 << 20, &options).expect_err("tmp is not hugetlbfs");
         assert_eq!(err.to_string(), format!("{dir:?} is not a hugetlbfs mount"));
     }
@@ -237,8 +261,14 @@ mod tests {
     #[test]
     fn missing_mem_path_is_an_error_naming_it() {
         let dir = PathBuf::from("/nonexistent/nimbus-hugepages");
-        let options = RamOptions { backing: RamBacking::Hugetlbfs(dir.clone()), ..RamOptions::default() };
+        let options = RamOptions {
+            backing: RamBacking::Hugetlbfs(dir.clone()),
+            ..RamOptions::default()
+        };
         let err = map(2 << 20, &options).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/nimbus-hugepages"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/nimbus-hugepages"),
+            "{err}"
+        );
     }
 }

@@ -85,7 +85,11 @@ impl Region {
 
     /// A RAM region whose host memory is set up as `options` ask (shared, hugetlbfs,
     /// preallocated, excluded from core dumps).
-    pub fn ram_with(name: &str, size: u64, options: &RamOptions) -> Result<Region, AddressSpaceError> {
+    pub fn ram_with(
+        name: &str,
+        size: u64,
+        options: &RamOptions,
+    ) -> Result<Region, AddressSpaceError> {
         let block = RamBlock::new(name, size, options)?;
         Ok(Region::new(name, size, RegionKind::Ram(Arc::new(block))))
     }

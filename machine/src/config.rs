@@ -25,6 +25,10 @@ pub struct DriveConfig {
     pub readonly: bool,
     /// GET_ID answer (`-device serial=`, default the drive id), at most 20 bytes.
     pub serial: String,
+    /// `aio=`: synchronous I/O, io_uring, or native (served by the io_uring engine).
+    pub aio: virtio::Aio,
+    /// `direct=on`: open the image with O_DIRECT.
+    pub direct: bool,
 }
 
 /// The whole machine description.
@@ -38,6 +42,8 @@ pub struct MachineConfig {
     pub cpus: u8,
     /// Guest RAM in bytes.
     pub ram_size: u64,
+    /// How guest RAM is backed (shared, hugetlbfs, preallocated, dumpable).
+    pub ram_options: address_space::RamOptions,
     /// Kernel image (ELF, raw or bzImage).
     pub kernel: PathBuf,
     /// Optional initrd.
@@ -50,6 +56,8 @@ pub struct MachineConfig {
     pub drives: Vec<DriveConfig>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
+    /// Install the seccomp filters (`-disable-seccomp` clears it).
+    pub seccomp: bool,
 }
 
 impl Default for MachineConfig {
@@ -59,12 +67,14 @@ impl Default for MachineConfig {
             uuid: None,
             cpus: 1,
             ram_size: 256 << 20,
+            ram_options: address_space::RamOptions::default(),
             kernel: PathBuf::new(),
             initrd: None,
             cmdline: String::new(),
             serial: SerialConfig::None,
             drives: Vec::new(),
             qmp: None,
+            seccomp: true,
         }
     }
 }

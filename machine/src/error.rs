@@ -38,6 +38,9 @@ pub enum MachineError {
         #[source]
         source: crate::vcpu::VcpuSetupError,
     },
+    /// The seccomp filters could not be built or installed.
+    #[error("cannot set up seccomp")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// A vCPU thread could not be started.
     #[error("cannot start the thread of vCPU {id}")]
     SpawnVcpu {
@@ -60,6 +63,17 @@ pub enum MachineError {
     Irq {
         /// The GSI.
         irq: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A virtqueue notification eventfd could not be created or bound to QueueNotify.
+    #[error("cannot set up the ioeventfd of queue {queue} of the virtio device at {base:#x}")]
+    Ioeventfd {
+        /// The device's MMIO base.
+        base: u64,
+        /// The queue index.
+        queue: usize,
         /// The error.
         #[source]
         source: std::io::Error,

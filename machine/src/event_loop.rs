@@ -4,37 +4,55 @@ use std::io;
 use std::os::fd::RawFd;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-/// Every event source of the VMM thread.
-#[repr(u64)]
+/// Every event source of the VMM thread. Fixed sources have fixed values; device event sources
+/// (ioeventfds, I/O completion eventfds, taps: see `device_events.rs`) are `Device(index)`,
+/// numbered from [`Token::DEVICE_BASE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
     /// Console input on stdin.
-    Stdin = 0,
+    Stdin,
     /// A vCPU thread stopped and sent its report.
-    VcpuStopped = 1,
+    VcpuStopped,
     /// The guest pulsed the i8042 reset line.
-    I8042Reset = 2,
+    I8042Reset,
     /// SIGTERM, SIGINT or SIGHUP arrived.
-    StopSignal = 3,
+    StopSignal,
     /// A client connects to the QMP socket.
-    QmpListener = 4,
+    QmpListener,
     /// The QMP client sent something or can take more output.
-    QmpClient = 5,
+    QmpClient,
+    /// Device event source number `n` of the machine's `DeviceEvents`.
+    Device(u32),
 }
 
 impl Token {
-    /// Every token, for mapping epoll data back.
-    const ALL: [Token; 6] = [
-        Token::Stdin,
-        Token::VcpuStopped,
-        Token::I8042Reset,
-        Token::StopSignal,
-        Token::QmpListener,
-        Token::QmpClient,
-    ];
+    /// The first raw value of device event sources; fixed tokens are below it.
+    pub const DEVICE_BASE: u64 = 1 << 32;
 
+    /// The epoll data word of this token.
+    pub fn raw(self) -> u64 {
+        match self {
+            Token::Stdin => 0,
+            Token::VcpuStopped => 1,
+            Token::I8042Reset => 2,
+            Token::StopSignal => 3,
+            Token::QmpListener => 4,
+            Token::QmpClient => 5,
+            Token::Device(n) => Token::DEVICE_BASE + u64::from(n),
+        }
+    }
+
+    /// The token whose [`Token::raw`] is `raw`, if any.
     fn from_raw(raw: u64) -> Option<Token> {
-        Token::ALL.into_iter().find(|t| *t as u64 == raw)
+        Some(match raw {
+            0 => Token::Stdin,
+            1 => Token::VcpuStopped,
+            2 => Token::I8042Reset,
+            3 => Token::StopSignal,
+            4 => Token::QmpListener,
+            5 => Token::QmpClient,
+            _ => Token::Device(u32::try_from(raw.checked_sub(Token::DEVICE_BASE)?).ok()?),
+        })
     }
 }
 
@@ -56,7 +74,7 @@ impl EventLoop {
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
-            EpollEvent::new(EventSet::IN, token as u64),
+            EpollEvent::new(EventSet::IN, token.raw()),
         )
     }
 
@@ -70,7 +88,7 @@ impl EventLoop {
         self.epoll.ctl(
             ControlOperation::Modify,
             fd,
-            EpollEvent::new(events, token as u64),
+            EpollEvent::new(events, token.raw()),
         )
     }
 
@@ -82,7 +100,7 @@ impl EventLoop {
 
     /// Waits for events (EINTR is retried) and returns their tokens.
     pub fn wait(&self) -> io::Result<Vec<Token>> {
-        let mut events = [EpollEvent::default(); 8];
+        let mut events = [EpollEvent::default(); 32];
         loop {
             match self.epoll.wait(-1, &mut events) {
                 Ok(n) => {
@@ -106,19 +124,36 @@ mod tests {
 
     #[test]
     fn every_token_maps_back_from_its_raw_value() {
-        // A variant missing from ALL would never be delivered: match forces this list to grow.
-        let all = |t: Token| match t {
-            Token::Stdin
-            | Token::VcpuStopped
-            | Token::I8042Reset
-            | Token::StopSignal
-            | Token::QmpListener
-            | Token::QmpClient => Token::ALL.contains(&t),
-        };
-        for raw in 0..Token::ALL.len() as u64 {
-            let token = Token::from_raw(raw).expect("every value up to the count is a token");
-            assert!(all(token));
+        let tokens = [
+            Token::Stdin,
+            Token::VcpuStopped,
+            Token::I8042Reset,
+            Token::StopSignal,
+            Token::QmpListener,
+            Token::QmpClient,
+            Token::Device(0),
+            Token::Device(7),
+            Token::Device(u32::MAX),
+        ];
+        for token in tokens {
+            assert_eq!(Token::from_raw(token.raw()), Some(token));
         }
+    }
+
+    #[test]
+    fn raw_values_between_fixed_and_device_tokens_or_past_them_are_none() {
+        assert_eq!(Token::from_raw(6), None);
+        assert_eq!(Token::from_raw(Token::DEVICE_BASE - 1), None);
+        assert_eq!(Token::from_raw(Token::DEVICE_BASE + (1 << 32)), None);
+    }
+
+    #[test]
+    fn device_fd_comes_back_as_its_device_token() {
+        let lp = EventLoop::new().expect("epoll");
+        let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        lp.add(evt.as_raw_fd(), Token::Device(3)).expect("add");
+        evt.write(1).expect("write");
+        assert_eq!(lp.wait().expect("wait"), vec![Token::Device(3)]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod config;
 mod cpuid;
+mod device_events;
 mod error;
 mod event_loop;
 pub mod layout;
@@ -16,14 +17,21 @@ mod memory;
 mod monitor;
 mod qmp_server;
 mod running;
+mod seccomp;
 mod signals;
 mod terminal;
 mod vcpu;
 mod virtio_devices;
 mod vm;
 
+pub use address_space::{RamBacking, RamOptions};
 pub use config::{DriveConfig, MachineConfig, SerialConfig};
 pub use error::MachineError;
 pub use qmp_server::QmpEndpoint;
+pub use seccomp::{
+    also_report_to as seccomp_also_report_to, SELFTEST_ENV as SECCOMP_SELFTEST_ENV,
+    SIGSYS_EXIT_STATUS,
+};
 pub use vcpu::{StopReason, VcpuFault};
+pub use virtio::Aio;
 pub use vm::{run, run_notifying, ExitReason};

@@ -4,8 +4,8 @@
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START, MMIO_SPACE_SIZE};
 use address_space::{
-    AddressSpace, AddressSpaceError, FlatRange, FlatTarget, Listener, ListenerError, Region,
-    SpaceKind,
+    AddressSpace, AddressSpaceError, FlatRange, FlatTarget, Listener, ListenerError, RamOptions,
+    Region, SpaceKind,
 };
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -15,10 +15,11 @@ use std::sync::Arc;
 /// below the MMIO hole and, for what does not fit there, a second alias from 4 GiB.
 pub fn build_memory_space(
     ram_size: u64,
+    options: &RamOptions,
     vm: Arc<VmFd>,
 ) -> Result<Arc<AddressSpace>, AddressSpaceError> {
     let root = Region::container("system", MMIO_SPACE_SIZE);
-    let ram = Region::ram("ram", ram_size)?;
+    let ram = Region::ram_with("ram", ram_size, options)?;
     let low = ram_size.min(MMIO_HOLE_START);
     root.add_subregion(Region::alias("ram-below-4g", &ram, 0, low), 0, 0)?;
     if ram_size > low {

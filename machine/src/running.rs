@@ -1,11 +1,13 @@
 //! The VM after its vCPU threads started: the VMM thread's epoll loop, console input, the QMP
 //! monitor, host signals, and the end of the VM.
 
+use crate::device_events::DeviceEvents;
 use crate::error::MachineError;
 use crate::event_loop::{EventLoop, Token};
 use crate::legacy::LegacyDevices;
 use crate::monitor::{Monitor, VmState};
 use crate::qmp_server::{ClientInput, QmpServer};
+use crate::seccomp::{Seccomp, ThreadKind};
 use crate::signals::StopSignals;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{StopReason, Vcpu, VcpuStopped};
@@ -33,6 +35,11 @@ pub struct RunningVm {
     pub qmp: Option<QmpServer>,
     /// Whether the UART is connected to stdin/stdout.
     pub console: bool,
+    /// Device event sources (virtqueue ioeventfds, I/O completions, taps).
+    pub device_events: DeviceEvents,
+    /// The seccomp filters: each vCPU thread installs its own, the VMM thread its own right
+    /// before the event loop.
+    pub seccomp: Seccomp,
 }
 
 /// What one event-loop step decided.
@@ -51,7 +58,7 @@ impl RunningVm {
         };
         for vcpu in vcpus {
             let id = vcpu.id();
-            match vcpu.spawn() {
+            match vcpu.spawn(&self.seccomp) {
                 Ok(handle) => self.state.vcpus.push(handle),
                 Err(source) => {
                     self.state.stop_vcpus();
@@ -70,6 +77,11 @@ impl RunningVm {
 
     fn event_loop(&mut self) -> Result<ExitReason, MachineError> {
         let events = self.register_sources()?;
+        // Last step of setup: from here on the VMM thread may only make the syscalls of
+        // seccomp/lists.rs.
+        self.seccomp
+            .apply(ThreadKind::Vmm, 0)
+            .map_err(MachineError::Seccomp)?;
         loop {
             for token in events.wait().map_err(MachineError::EventLoop)? {
                 if let Step::End(result) = self.handle(token, &events) {
@@ -89,6 +101,9 @@ impl RunningVm {
         for (fd, token) in fds {
             events.add(fd, token).map_err(MachineError::EventLoop)?;
         }
+        self.device_events
+            .register(&events)
+            .map_err(MachineError::EventLoop)?;
         if let Some(qmp) = &self.qmp {
             events
                 .add(qmp.listener_fd(), Token::QmpListener)
@@ -124,6 +139,7 @@ impl RunningVm {
             }
             Token::QmpListener => self.accept_qmp_client(events),
             Token::QmpClient => return self.serve_qmp_client(events),
+            Token::Device(n) => self.device_events.dispatch(n),
         }
         Step::Continue
     }

@@ -1,73 +1,188 @@
-//! Places the virtio-mmio devices in the memory space and wires their interrupts.
+//! Places the virtio-mmio devices in the memory space and wires their interrupts and events.
 //!
 //! Device `i` gets the 4 KiB window at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_STRIDE` and IOAPIC
-//! line `VIRTIO_IRQS[i]`, raised through an irqfd. QueueNotify writes are handled on the vCPU
-//! thread that made them, through the transport's register write.
+//! line `VIRTIO_IRQS[i]`, raised through an irqfd. Where KVM offers ioeventfds, each queue gets
+//! an eventfd bound to a QueueNotify write of its index, so a notification costs no exit to
+//! userspace: the VMM thread's loop reads it and runs the queue. Without ioeventfds, QueueNotify
+//! is a register write handled on the vCPU thread that made it. The device's own event sources
+//! (an io_uring completion eventfd, a tap) are watched by the same loop.
 
 use crate::config::DriveConfig;
+use crate::device_events::{DeviceEvents, EventHandler, SharedHandler};
 use crate::error::MachineError;
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use address_space::{AddressSpace, Region, SharedIo};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use virtio::{Block, BlockOptions, Interrupt, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Creates a virtio-blk device for each drive, maps it and wires its IRQ. Returns the
-/// `virtio_mmio.device=` parameters to append to the guest command line.
+/// Offset of the QueueNotify register in a virtio-mmio window.
+const QUEUE_NOTIFY: u64 = 0x50;
+
+/// The virtio devices' command-line parameters and event sources.
+pub struct VirtioDevices {
+    /// `virtio_mmio.device=` parameters to append to the guest command line.
+    pub cmdline: Vec<String>,
+    /// Event sources for the VMM thread's loop.
+    pub events: DeviceEvents,
+}
+
+/// Creates a virtio-blk device for each drive, maps it and wires its IRQ and, with
+/// `ioeventfd`, its queue notifications.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
     drives: &[DriveConfig],
-) -> Result<Vec<String>, MachineError> {
+    ioeventfd: bool,
+) -> Result<VirtioDevices, MachineError> {
     if drives.len() > VIRTIO_IRQS.len() {
         return Err(MachineError::TooManyVirtioDevices {
             max: VIRTIO_IRQS.len(),
         });
     }
-    let mut params = Vec::with_capacity(drives.len());
+    let mut out = VirtioDevices {
+        cmdline: Vec::with_capacity(drives.len()),
+        events: DeviceEvents::default(),
+    };
     for (index, (drive, irq)) in drives.iter().zip(VIRTIO_IRQS).enumerate() {
         let options = BlockOptions {
             path: drive.path.clone(),
             readonly: drive.readonly,
             serial: drive.serial.clone(),
+            aio: drive.aio,
+            direct: drive.direct,
         };
         let block = Block::new(&options).map_err(|source| MachineError::Drive {
             id: drive.id.clone(),
             source,
         })?;
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
-        add_device(vm, mmio, Box::new(block), base, irq)?;
+        let device = Device {
+            base,
+            irq,
+            ioeventfd,
+        };
+        device.add(vm, mmio, Box::new(block), &mut out.events)?;
         log::info!(
-            "drive '{}': {:?}{} at {base:#x}, IRQ {irq}",
+            "drive '{}': {:?}{} aio={:?}{} at {base:#x}, IRQ {irq}{}",
             drive.id,
             drive.path,
-            if drive.readonly { " (read-only)" } else { "" }
+            if drive.readonly { " (read-only)" } else { "" },
+            drive.aio,
+            if drive.direct { " direct" } else { "" },
+            if ioeventfd { ", ioeventfd" } else { "" },
         );
-        params.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        out.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
     if !drives.is_empty() {
         mmio.commit()?;
     }
-    Ok(params)
+    Ok(out)
 }
 
-/// Maps `device` behind a virtio-mmio window at `base` whose interrupt raises `irq`.
-fn add_device(
-    vm: &VmFd,
-    mmio: &AddressSpace,
-    device: Box<dyn VirtioDevice>,
+/// Where one virtio-mmio device goes.
+struct Device {
     base: u64,
     irq: u32,
-) -> Result<(), MachineError> {
-    let irq_err = |source| MachineError::Irq { irq, source };
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(irq_err)?;
-    vm.register_irqfd(&evt, irq)
-        .map_err(|e| irq_err(std::io::Error::from_raw_os_error(e.errno())))?;
-    let transport = MmioTransport::new(device, mmio.memory(), Interrupt::new(evt));
-    let handler: SharedIo = Arc::new(Mutex::new(transport));
-    let name = format!("virtio-mmio@{base:#x}");
-    mmio.root()
-        .add_subregion(Region::io(&name, MMIO_WINDOW_SIZE, handler), base, 0)?;
-    Ok(())
+    ioeventfd: bool,
+}
+
+impl Device {
+    /// Maps `device` behind a virtio-mmio window and adds its event sources to `events`.
+    fn add(
+        &self,
+        vm: &VmFd,
+        mmio: &AddressSpace,
+        device: Box<dyn VirtioDevice>,
+        events: &mut DeviceEvents,
+    ) -> Result<(), MachineError> {
+        let (base, irq) = (self.base, self.irq);
+        let irq_err = |source| MachineError::Irq { irq, source };
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(irq_err)?;
+        vm.register_irqfd(&evt, irq)
+            .map_err(|e| irq_err(std::io::Error::from_raw_os_error(e.errno())))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mmio.memory(),
+            Interrupt::new(evt),
+        )));
+        let handler: SharedIo = transport.clone();
+        let name = format!("virtio-mmio@{base:#x}");
+        mmio.root()
+            .add_subregion(Region::io(&name, MMIO_WINDOW_SIZE, handler), base, 0)?;
+        let queue_evts = if self.ioeventfd {
+            self.queue_eventfds(vm, &transport)?
+        } else {
+            Vec::new()
+        };
+        let device_fds = transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .device_event_fds();
+        let fds: Vec<_> = queue_evts.iter().map(AsRawFd::as_raw_fd).collect();
+        let queues = fds.len() as u32;
+        let handler: SharedHandler = Arc::new(Mutex::new(VirtioEvents {
+            transport,
+            queue_evts,
+        }));
+        for (n, fd) in fds.into_iter().enumerate() {
+            events.add(fd, handler.clone(), n as u32);
+        }
+        for (n, fd) in device_fds.into_iter().enumerate() {
+            events.add(fd, handler.clone(), queues + n as u32);
+        }
+        Ok(())
+    }
+
+    /// One eventfd per queue, written by KVM when the guest writes the queue's index to
+    /// QueueNotify. Registered once for the device's life: a reset device keeps them.
+    fn queue_eventfds(
+        &self,
+        vm: &VmFd,
+        transport: &Mutex<MmioTransport>,
+    ) -> Result<Vec<EventFd>, MachineError> {
+        let queues = transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .num_queues();
+        let addr = IoEventAddress::Mmio(self.base + QUEUE_NOTIFY);
+        (0..queues)
+            .map(|queue| {
+                let err = |source| MachineError::Ioeventfd {
+                    base: self.base,
+                    queue,
+                    source,
+                };
+                let evt = EventFd::new(EFD_NONBLOCK).map_err(err)?;
+                vm.register_ioevent(&evt, &addr, queue as u32)
+                    .map_err(|e| err(std::io::Error::from_raw_os_error(e.errno())))?;
+                Ok(evt)
+            })
+            .collect()
+    }
+}
+
+/// The event sources of one virtio-mmio device: sources `0..queues` are the queues'
+/// ioeventfds, the rest the device's own ([`VirtioDevice::event_fds`]).
+struct VirtioEvents {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_evts: Vec<EventFd>,
+}
+
+impl EventHandler for VirtioEvents {
+    fn handle_event(&mut self, source: u32) {
+        let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let index = source as usize;
+        match self.queue_evts.get(index) {
+            Some(evt) => {
+                // The count only says that notifications came; the queue holds the work.
+                let _ = evt.read();
+                transport.queue_notify(source);
+            }
+            None => transport.device_event(index - self.queue_evts.len()),
+        }
+    }
 }

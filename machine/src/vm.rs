@@ -8,6 +8,7 @@ use crate::memory::build_memory_space;
 use crate::monitor::VmState;
 use crate::qmp_server::QmpServer;
 use crate::running::RunningVm;
+use crate::seccomp::Seccomp;
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu, VcpuControl};
 use crate::virtio_devices::build_virtio_devices;
@@ -60,14 +61,19 @@ pub fn run_notifying(
     check_capabilities(&kvm)?;
     let vm = Arc::new(kvm.create_vm().map_err(MachineError::CreateVm)?);
     setup_vm(&vm)?;
-    let mmio = build_memory_space(config.ram_size, vm.clone())?;
+    let mmio = build_memory_space(config.ram_size, &config.ram_options, vm.clone())?;
     let ram_split = split_ram(config.ram_size);
     let (pio, legacy) = build_pio_space(&vm, &config.serial, ram_split)?;
-    let virtio_params = build_virtio_devices(&vm, &mmio, &config.drives)?;
+    let ioeventfd = kvm.check_extension(Cap::Ioeventfd);
+    if !ioeventfd {
+        log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
+    }
+    let seccomp = Seccomp::new(config.seccomp, ioeventfd).map_err(MachineError::Seccomp)?;
+    let virtio = build_virtio_devices(&vm, &mmio, &config.drives, ioeventfd)?;
     let boot = load_guest(
         &mmio,
         config,
-        &guest_cmdline(&config.cmdline, &virtio_params),
+        &guest_cmdline(&config.cmdline, &virtio.cmdline),
     )?;
     log::info!(
         "loaded {:?} kernel, entry {:#x}",
@@ -126,6 +132,8 @@ pub fn run_notifying(
         stop_signals,
         qmp,
         console: config.serial == SerialConfig::Stdio,
+        device_events: virtio.events,
+        seccomp,
     };
     on_ready();
     running.run(vcpus)

@@ -151,6 +151,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub append: String,
     pub initrd: Option<PathBuf>,
+    /// More flags after the standard ones (e.g. `-drive ... -device ...`).
+    pub extra_args: Vec<String>,
 }
 
 impl VmConfig {
@@ -161,6 +163,7 @@ impl VmConfig {
             cpus: 1,
             append: append.to_string(),
             initrd: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -185,6 +188,7 @@ impl VmConfig {
             "-serial".into(),
             "stdio".into(),
         ]);
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 }
@@ -251,8 +255,16 @@ pub struct Output {
 
 impl Vm {
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Vm {
+        Vm::spawn_with(args, |_| {})
+    }
+
+    /// Like [`Vm::spawn`], with `configure` applied to the command first (e.g. a `pre_exec`
+    /// that hands nimbus an inherited descriptor).
+    pub fn spawn_with<S: AsRef<str>>(args: &[S], configure: impl FnOnce(&mut Command)) -> Vm {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        let mut child = Command::new(NIMBUS)
+        let mut command = Command::new(NIMBUS);
+        configure(&mut command);
+        let mut child = command
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -350,7 +362,7 @@ impl Vm {
     }
 
     /// Kills nimbus and fails the test with everything it printed.
-    fn fail(&mut self, what: &str) -> ! {
+    pub fn fail(&mut self, what: &str) -> ! {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Give the reader threads a moment to drain the pipes, without relying on them ending

@@ -1,6 +1,7 @@
 //! What a virtio device gives its transport, and the interrupt it raises.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -133,5 +134,18 @@ pub trait VirtioDevice: Send {
     /// Drops all in-flight state and the queues; the device can be activated again.
     fn reset(&mut self);
     /// Processes what the driver made available on queue `index` (the driver notified it).
+    /// A queue that is not ready, or a device that is not activated, is ignored.
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
+    /// File descriptors the device wants watched for input besides its queue notifications
+    /// (an I/O completion eventfd, a tap). The set is fixed when the device is created and the
+    /// descriptors stay open as long as the device; fd `i` readable leads to `handle_event(i)`.
+    fn event_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Event source `index` of [`VirtioDevice::event_fds`] is readable; the device reads it.
+    /// Called whether or not the device is activated.
+    fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
+        let _ = index;
+        Ok(())
+    }
 }

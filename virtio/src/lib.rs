@@ -1,24 +1,31 @@
 //! Virtio devices and the virtio-mmio transport.
 //!
 //! Owns virtio register state ([`MmioTransport`]), virtqueue handling (through the rust-vmm
-//! `virtio-queue` crate) and device models ([`Block`]). A device implements the small
-//! [`VirtioDevice`] trait; the transport negotiates features, sets up queues and hands them to
-//! the device at DRIVER_OK. It must not know about KVM nor where a device is mapped:
+//! `virtio-queue` crate) and device models ([`Block`], [`Net`] over a tap). A device implements
+//! the small [`VirtioDevice`] trait; the transport negotiates features, sets up queues and hands
+//! them to the device at DRIVER_OK. It must not know about KVM nor where a device is mapped:
 //! interrupts leave it through an event file descriptor ([`Interrupt`]), notifications reach it
-//! as register writes, and guest memory is the `address_space` crate's vm-memory view of RAM.
+//! as register writes or [`MmioTransport::queue_notify`] (an ioeventfd the machine watches), and guest memory is the `address_space` crate's vm-memory view of RAM.
 #![deny(unsafe_code)]
 
 pub mod block;
 mod device;
 pub mod mmio;
+pub mod net;
+pub mod rng;
 #[cfg(test)]
 mod testing;
 
-pub use block::{Block, BlockError, BlockOptions};
+pub use block::{Aio, Block, BlockError, BlockOptions};
 pub use device::{
     ActivateError, Interrupt, QueueError, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_BUFFER,
 };
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+pub use net::{
+    MacAddr, Net, NetCounters, NetError, NetOptions, RxOutcome, SharedNet, Tap, TapError, TapIo,
+    DEVICE_TYPE_NET,
+};
+pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
 
 /// Virtio device ID of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;

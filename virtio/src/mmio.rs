@@ -4,6 +4,7 @@
 //! DRIVER_OK it hands the queues to the device; QueueNotify then runs the device's queue
 //! processing. Everything here is written by the guest, so no write sequence may panic.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use address_space::vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -162,6 +163,33 @@ impl MmioTransport {
     /// Whether the device has been activated (DRIVER_OK accepted).
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// How many queues the device has (QueueNotify values `0..num_queues()` are meaningful).
+    pub fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The driver notified queue `index` through an ioeventfd bound to QueueNotify: the same
+    /// as writing `index` there.
+    pub fn queue_notify(&mut self, index: u32) {
+        self.notify(index);
+    }
+
+    /// The device's own event sources ([`VirtioDevice::event_fds`]).
+    pub fn device_event_fds(&self) -> Vec<RawFd> {
+        self.device.event_fds()
+    }
+
+    /// Device event source `index` is readable: the device handles it; an error it reports
+    /// while activated marks the device as needing a reset.
+    pub fn device_event(&mut self, index: usize) {
+        if let Err(e) = self.device.handle_event(index) {
+            if self.activated && self.status & STATUS_DEVICE_NEEDS_RESET == 0 {
+                warn!("virtio-mmio: {e}; device needs reset");
+                self.needs_reset();
+            }
+        }
     }
 
     fn device_features(&self) -> u64 {

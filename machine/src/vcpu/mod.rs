@@ -9,11 +9,13 @@ mod setup;
 
 pub use control::{Request, VcpuControl};
 pub use dispatch::{handle_exit, ExitOutcome};
+pub(crate) use kick::kick_signal;
 pub use setup::{
     configure_boot_state, configure_cpuid, configure_fpu, configure_lapic, configure_msrs,
     VcpuSetupError,
 };
 
+use crate::seccomp::{Seccomp, ThreadKind};
 use address_space::AddressSpace;
 use kvm_ioctls::VcpuFd;
 use std::sync::mpsc::Sender;
@@ -157,21 +159,30 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Starts the vCPU thread.
-    pub fn spawn(self) -> std::io::Result<VcpuHandle> {
+    /// Starts the vCPU thread, which installs its seccomp filter before anything else.
+    pub fn spawn(self, seccomp: &Seccomp) -> std::io::Result<VcpuHandle> {
         kick::register_handler()?;
         let id = self.id;
+        let seccomp = seccomp.clone();
         let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                let thread_id = current_thread_id();
+                let started = seccomp
+                    .apply(ThreadKind::Vcpu, id)
+                    .map(|()| thread_id)
+                    .map_err(std::io::Error::other);
+                let ok = started.is_ok();
                 // The receiver waits in `spawn` below, so this send cannot fail.
-                let _ = tid_tx.send(current_thread_id());
-                self.run()
+                let _ = tid_tx.send(started);
+                if ok {
+                    self.run();
+                }
             })?;
         let thread_id = tid_rx.recv().map_err(|_| {
             std::io::Error::other(format!("vCPU {id} thread ended before it started"))
-        })?;
+        })??;
         Ok(VcpuHandle {
             id,
             thread_id,

@@ -12,7 +12,9 @@ use log::{debug, warn};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 
+use super::aligned::AlignedBuf;
 use super::disk::DiskBackend;
+use super::uring::IoKind;
 
 /// Bytes in a virtio-blk sector.
 pub const SECTOR_SIZE: u64 = 512;
@@ -97,21 +99,200 @@ impl RequestError {
     }
 }
 
+/// Largest read or write submitted asynchronously; longer ones are served synchronously.
+pub(crate) const MAX_ASYNC_BYTES: usize = 4 << 20;
+
+/// What an asynchronous read or write needs once the host completed it.
+#[derive(Debug)]
+pub(crate) enum AsyncOp {
+    /// Copy the buffer into these guest segments (the data part of the chain).
+    Read {
+        offset: u64,
+        segments: Vec<(GuestAddress, usize)>,
+    },
+    /// The buffer holds the guest's data.
+    Write { offset: u64 },
+    /// fdatasync.
+    Flush,
+}
+
+/// A request handed to an asynchronous engine: its head, where its status goes, the I/O and
+/// (for reads and writes) the bounce buffer.
+#[derive(Debug)]
+pub(crate) struct AsyncRequest {
+    pub(crate) head: u16,
+    pub(crate) status_addr: GuestAddress,
+    pub(crate) op: AsyncOp,
+    pub(crate) buf: Option<AlignedBuf>,
+}
+
+impl AsyncRequest {
+    /// The engine operation and file offset.
+    pub(crate) fn kind(&self) -> (IoKind, u64) {
+        match self.op {
+            AsyncOp::Read { offset, .. } => (IoKind::Read, offset),
+            AsyncOp::Write { offset } => (IoKind::Write, offset),
+            AsyncOp::Flush => (IoKind::Flush, 0),
+        }
+    }
+}
+
+/// How a request started on the asynchronous path.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// It was served synchronously (or failed) and its status is written.
+    Done(Outcome),
+    /// Its I/O must be submitted; its status is written by [`finish`].
+    Submit(AsyncRequest),
+}
+
+/// What `serve` did.
+enum Served {
+    /// Done; this many data bytes were written to the guest.
+    Done(u32),
+    /// The I/O is left to an engine.
+    Async(AsyncOp, Option<AlignedBuf>),
+}
+
 /// Serves the request in `chain` and writes its status.
 pub(crate) fn execute(
     disk: &Disk<'_>,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> Outcome {
+    match begin(disk, mem, chain, false) {
+        Started::Done(outcome) => outcome,
+        Started::Submit(request) => {
+            // Not reached: synchronous serving never asks for an engine.
+            write_status(mem, request.status_addr, S_IOERR, 0)
+        }
+    }
+}
+
+/// Checks the request in `chain`; reads, writes and flushes of at most [`MAX_ASYNC_BYTES`]
+/// come back to be submitted, everything else is served now and its status written.
+pub(crate) fn start(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Started {
+    begin(disk, mem, chain, true)
+}
+
+/// Completes a submitted request whose host I/O returned `result` (bytes or -errno): copies
+/// read data to the guest and writes the status. A short transfer is finished synchronously.
+pub(crate) fn finish(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    request: AsyncRequest,
+    result: i32,
+) -> Outcome {
+    let AsyncRequest {
+        status_addr,
+        op,
+        mut buf,
+        ..
+    } = request;
+    // O_DIRECT refused the request's alignment: do it all synchronously, as a short transfer.
+    let result = match op {
+        AsyncOp::Read { .. } | AsyncOp::Write { .. } if result == -libc::EINVAL => 0,
+        _ => result,
+    };
+    if result < 0 {
+        warn!(
+            "virtio-blk: host I/O error: {}",
+            io::Error::from_raw_os_error(-result)
+        );
+        return write_status(mem, status_addr, S_IOERR, 0);
+    }
+    let done = result as usize;
+    let outcome = match (op, buf.as_mut()) {
+        (AsyncOp::Read { offset, segments }, Some(buf)) => {
+            finish_read(disk, mem, offset, &segments, buf.as_mut_slice(), done)
+        }
+        (AsyncOp::Write { offset }, Some(buf)) => {
+            let rest = buf.as_slice().get(done..).unwrap_or_default();
+            if rest.is_empty() {
+                Ok(0)
+            } else {
+                disk.backend
+                    .write_at(rest, offset + done as u64)
+                    .map(|()| 0)
+                    .map_err(RequestError::Io)
+            }
+        }
+        (AsyncOp::Flush, _) => Ok(0),
+        _ => Err(RequestError::Malformed(
+            "asynchronous request without a buffer",
+        )),
+    };
+    match outcome {
+        Ok(written) => write_status(mem, status_addr, S_OK, written),
+        Err(e) => {
+            warn!("virtio-blk: {e}");
+            write_status(mem, status_addr, e.status(), 0)
+        }
+    }
+}
+
+fn finish_read(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+    buf: &mut [u8],
+    done: usize,
+) -> Result<u32, RequestError> {
+    if let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        disk.backend
+            .read_at(rest, offset + done as u64)
+            .map_err(RequestError::Io)?;
+    }
+    let mut at = 0;
+    for &(addr, len) in segments {
+        let part = buf
+            .get(at..at + len)
+            .ok_or(RequestError::Malformed("segments longer than the buffer"))?;
+        mem.write_slice(part, addr)
+            .map_err(|_| RequestError::OutsideRam)?;
+        at += len;
+    }
+    u32::try_from(buf.len()).map_err(|_| RequestError::Malformed("chain longer than 4 GiB"))
+}
+
+fn write_status(mem: &GuestMemoryMmap, at: GuestAddress, status: u8, written: u32) -> Outcome {
+    if mem.write_obj(status, at).is_err() {
+        return Outcome::NoStatus;
+    }
+    Outcome::Completed {
+        used_len: written.saturating_add(1),
+    }
+}
+
+fn begin(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    allow_async: bool,
+) -> Started {
+    let head = chain.head_index();
     let Some(descs) = walk(chain.clone()) else {
-        return Outcome::Malformed;
+        return Started::Done(Outcome::Malformed);
     };
     let Some(status_addr) = status_address(mem, &descs) else {
         debug!("virtio-blk: request without a writable status byte dropped");
-        return Outcome::NoStatus;
+        return Started::Done(Outcome::NoStatus);
     };
-    let (status, written) = match serve(disk, mem, chain, &descs) {
-        Ok(written) => (S_OK, written),
+    let (status, written) = match serve(disk, mem, chain, &descs, allow_async) {
+        Ok(Served::Async(op, buf)) => {
+            return Started::Submit(AsyncRequest {
+                head,
+                status_addr,
+                op,
+                buf,
+            })
+        }
+        Ok(Served::Done(written)) => (S_OK, written),
         Err(RequestError::Io(e)) => {
             warn!("virtio-blk: host I/O error: {e}");
             (S_IOERR, 0)
@@ -121,12 +302,7 @@ pub(crate) fn execute(
             (e.status(), 0)
         }
     };
-    if mem.write_obj(status, status_addr).is_err() {
-        return Outcome::NoStatus;
-    }
-    Outcome::Completed {
-        used_len: written.saturating_add(1),
-    }
+    Started::Done(write_status(mem, status_addr, status, written))
 }
 
 /// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
@@ -155,7 +331,8 @@ fn serve(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     descs: &[Descriptor],
-) -> Result<u32, RequestError> {
+    allow_async: bool,
+) -> Result<Served, RequestError> {
     check_layout(descs)?;
     let mut reader = Reader::new(mem, chain.clone()).map_err(|_| RequestError::OutsideRam)?;
     let mut writer = Writer::new(mem, chain).map_err(|_| RequestError::OutsideRam)?;
@@ -174,28 +351,39 @@ fn serve(
         .split_at(data_in)
         .map_err(|_| RequestError::Malformed("status"))?;
 
+    let done = Served::Done;
     match request_type {
-        T_IN => read(disk, sector, &mut reader, &mut writer),
-        T_OUT => write(disk, sector, &mut reader, data_in),
+        T_IN if allow_async && writer.available_bytes() <= MAX_ASYNC_BYTES => {
+            start_read(disk, mem, sector, (&reader, &writer), descs)
+        }
+        T_OUT if allow_async && reader.available_bytes() <= MAX_ASYNC_BYTES => {
+            start_write(disk, sector, &mut reader, data_in)
+        }
+        T_FLUSH if allow_async => {
+            only_header(&reader, data_in)?;
+            Ok(Served::Async(AsyncOp::Flush, None))
+        }
+        T_IN => read(disk, sector, &mut reader, &mut writer).map(done),
+        T_OUT => write(disk, sector, &mut reader, data_in).map(done),
         T_FLUSH => {
             only_header(&reader, data_in)?;
             disk.backend.flush().map_err(RequestError::Io)?;
-            Ok(0)
+            Ok(done(0))
         }
         T_GET_ID => {
             let n = data_in.min(ID_BYTES);
             writer
                 .write_all(&disk.serial[..n])
                 .map_err(|_| RequestError::OutsideRam)?;
-            Ok(n as u32)
+            Ok(done(n as u32))
         }
         T_DISCARD if disk.discard && !disk.readonly => {
             segments(disk, &mut reader, data_in, false)?;
-            Ok(0)
+            Ok(done(0))
         }
         T_WRITE_ZEROES if disk.write_zeroes && !disk.readonly => {
             segments(disk, &mut reader, data_in, true)?;
-            Ok(0)
+            Ok(done(0))
         }
         other => Err(RequestError::Unsupported(other)),
     }
@@ -248,6 +436,60 @@ fn sector_range(disk: &Disk<'_>, sector: u64, sectors: u64) -> Result<u64, Reque
             capacity: disk.capacity,
         }),
     }
+}
+
+/// Checks a read and lists the guest segments its data goes to (every writable byte but the
+/// status byte, in chain order).
+fn start_read(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    sector: u64,
+    (reader, writer): (&Reader<'_>, &Writer<'_>),
+    descs: &[Descriptor],
+) -> Result<Served, RequestError> {
+    if reader.available_bytes() != 0 {
+        return Err(RequestError::Malformed("device-readable data on a read"));
+    }
+    let len = writer.available_bytes();
+    let offset = data_range(disk, sector, len)?;
+    let mut segments = Vec::new();
+    let mut left = len;
+    for d in descs.iter().filter(|d| d.is_write_only()) {
+        let n = (d.len() as usize).min(left);
+        if n > 0 {
+            if !mem.check_range(d.addr(), n) {
+                return Err(RequestError::OutsideRam);
+            }
+            segments.push((d.addr(), n));
+        }
+        left -= n;
+    }
+    Ok(Served::Async(
+        AsyncOp::Read { offset, segments },
+        Some(AlignedBuf::new(len)),
+    ))
+}
+
+/// Checks a write and copies its data into an aligned buffer.
+fn start_write(
+    disk: &Disk<'_>,
+    sector: u64,
+    reader: &mut Reader<'_>,
+    data_in: usize,
+) -> Result<Served, RequestError> {
+    if data_in != 0 {
+        return Err(RequestError::Malformed("device-writable data on a write"));
+    }
+    if disk.readonly {
+        return Err(RequestError::ReadOnly);
+    }
+    let len = reader.available_bytes();
+    let offset = data_range(disk, sector, len)?;
+    let mut buf = AlignedBuf::new(len);
+    reader
+        .read_exact(buf.as_mut_slice())
+        .map_err(|_| RequestError::OutsideRam)?;
+    Ok(Served::Async(AsyncOp::Write { offset }, Some(buf)))
 }
 
 fn read(

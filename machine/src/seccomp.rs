@@ -1,0 +1,349 @@
+//! seccomp: per-thread allow-lists of the syscalls Nimbus makes once the guest runs.
+//!
+//! Two lists (see [`lists`]): one for the VMM thread (the main thread's event loop: console,
+//! QMP, host signals, device emulation on the event loop, disk I/O, the exit path) and one for
+//! vCPU threads (`KVM_RUN`, port and MMIO dispatch into devices, which may do device I/O
+//! synchronously). Each thread installs its own filter before the guest runs: a vCPU thread
+//! first thing when it starts, the VMM thread right before its event loop, after the vCPU
+//! threads were spawned (so they never inherit the VMM list) and after everything that opens
+//! files or sockets.
+//!
+//! A syscall outside the list traps (`SECCOMP_RET_TRAP`): the SIGSYS handler in [`sigsys`]
+//! writes one line naming the syscall and the thread to stderr and exits with
+//! [`SIGSYS_EXIT_STATUS`]. `-disable-seccomp` turns the filters off.
+//!
+//! **Adding code that makes a new syscall after setup** (a new device, io_uring or tap I/O, a
+//! new QMP command, a new exit path): add one line to the right table in [`lists`] with a
+//! comment saying why, run the integration tests (each forbidden syscall ends the VM with the
+//! SIGSYS line naming it), and update the counts in `docs/security.md`.
+
+mod lists;
+mod names;
+mod sigsys;
+
+pub use sigsys::{also_report_to, SIGSYS_EXIT_STATUS};
+
+use lists::Allowed;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The environment variable of the self-test hook: `<syscall>` or `vcpu:<syscall>` makes the
+/// VMM thread (or vCPU 0's thread) call that syscall once right after its filter is installed,
+/// so tests can check that a forbidden syscall kills the VMM. Only harmless syscalls without
+/// arguments are accepted (see [`SELFTEST_SYSCALLS`]).
+pub const SELFTEST_ENV: &str = "NIMBUS_SECCOMP_SELFTEST";
+
+/// The syscalls the self-test hook may make: none has arguments or side effects.
+const SELFTEST_SYSCALLS: [(&str, i64); 4] = [
+    ("getppid", libc::SYS_getppid),
+    ("getpgrp", libc::SYS_getpgrp),
+    ("getuid", libc::SYS_getuid),
+    ("getgid", libc::SYS_getgid),
+];
+
+/// Which allow-list a thread gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop, QMP, console, exit path.
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+}
+
+impl std::fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ThreadKind::Vmm => "VMM",
+            ThreadKind::Vcpu => "vCPU",
+        })
+    }
+}
+
+/// Why seccomp could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A filter could not be compiled to BPF.
+    #[error("cannot compile the {0} thread's seccomp filter")]
+    Compile(ThreadKind, #[source] seccompiler::BackendError),
+    /// The SIGSYS handler could not be installed.
+    #[error("cannot install the SIGSYS handler")]
+    SignalHandler(#[source] std::io::Error),
+    /// The kernel refused the filter.
+    #[error("cannot install the {0} thread's seccomp filter")]
+    Install(ThreadKind, #[source] seccompiler::Error),
+    /// The self-test hook names a syscall it does not know.
+    #[error("{SELFTEST_ENV}={0:?}: expected [vcpu:]getppid|getpgrp|getuid|getgid")]
+    SelfTest(String),
+}
+
+/// The compiled filters of both thread kinds (none with `-disable-seccomp`) and the self-test
+/// hook. Cheap to clone: each vCPU thread holds one.
+#[derive(Clone)]
+pub struct Seccomp(Arc<Inner>);
+
+struct Inner {
+    /// `None` with `-disable-seccomp`.
+    filters: Option<(BpfProgram, BpfProgram)>,
+    /// The thread kind and syscall of the self-test hook, if asked for.
+    selftest: Option<(ThreadKind, i64)>,
+}
+
+impl Seccomp {
+    /// Compiles both filters (when `enabled`) and installs the SIGSYS handler; reads the
+    /// self-test hook from the environment. Without `ioeventfd` vCPU threads run virtqueues
+    /// themselves and their list grows by the syscalls of device I/O.
+    pub fn new(enabled: bool, ioeventfd: bool) -> Result<Self, SeccompError> {
+        let selftest = match std::env::var(SELFTEST_ENV) {
+            Ok(value) => Some(parse_selftest(&value)?),
+            Err(_) => None,
+        };
+        let filters = if enabled {
+            sigsys::register_handler().map_err(SeccompError::SignalHandler)?;
+            let queue_io = !ioeventfd;
+            Some((
+                compile(ThreadKind::Vmm, queue_io)?,
+                compile(ThreadKind::Vcpu, queue_io)?,
+            ))
+        } else {
+            log::warn!("seccomp is disabled (-disable-seccomp)");
+            None
+        };
+        Ok(Self(Arc::new(Inner { filters, selftest })))
+    }
+
+    /// Installs the filter of `kind` on the calling thread (`vcpu` is the vCPU index, shown
+    /// when a forbidden syscall is reported), then runs the self-test hook if it targets this
+    /// thread (vCPU 0 for `vcpu:`).
+    pub fn apply(&self, kind: ThreadKind, vcpu: u8) -> Result<(), SeccompError> {
+        if let Some((vmm, vcpu_filter)) = &self.0.filters {
+            let program = match kind {
+                ThreadKind::Vmm => vmm,
+                ThreadKind::Vcpu => vcpu_filter,
+            };
+            sigsys::set_thread(kind, vcpu);
+            seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind, e))?;
+            log::debug!("seccomp filter installed on the {kind} thread");
+        }
+        if let Some((target, nr)) = self.0.selftest {
+            if target == kind && (kind == ThreadKind::Vmm || vcpu == 0) {
+                run_selftest(nr);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_selftest(value: &str) -> Result<(ThreadKind, i64), SeccompError> {
+    let (kind, name) = match value.strip_prefix("vcpu:") {
+        Some(name) => (ThreadKind::Vcpu, name),
+        None => (ThreadKind::Vmm, value),
+    };
+    SELFTEST_SYSCALLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, nr)| (kind, nr))
+        .ok_or_else(|| SeccompError::SelfTest(value.to_string()))
+}
+
+#[allow(unsafe_code)]
+fn run_selftest(nr: i64) {
+    log::warn!("{SELFTEST_ENV}: calling syscall {nr} once");
+    // SAFETY: `nr` is one of SELFTEST_SYSCALLS, which take no arguments, touch no memory and
+    // change nothing.
+    let rc = unsafe { libc::syscall(nr) };
+    log::warn!("{SELFTEST_ENV}: syscall {nr} returned {rc}");
+}
+
+/// The allow-list of `kind`; `queue_io`: vCPU threads run virtqueues (no ioeventfd).
+pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
+    match kind {
+        ThreadKind::Vmm => lists::vmm(),
+        ThreadKind::Vcpu => lists::vcpu(queue_io),
+    }
+}
+
+/// Compiles the allow-list of `kind` into a BPF program for this architecture.
+fn compile(kind: ThreadKind, queue_io: bool) -> Result<BpfProgram, SeccompError> {
+    let err = |e| SeccompError::Compile(kind, e);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for allowed in allow_list(kind, queue_io) {
+        log::trace!("{kind} thread may call {}: {}", allowed.name, allowed.why);
+        let chain = rules.entry(allowed.nr).or_default();
+        if let Some((arg, values)) = &allowed.only {
+            for &value in values {
+                let condition =
+                    SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                        .map_err(err)?;
+                chain.push(SeccompRule::new(vec![condition]).map_err(err)?);
+            }
+        }
+    }
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch).map_err(err)?;
+    BpfProgram::try_from(filter).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every list: the VMM thread's, and the vCPU threads' with and without ioeventfds.
+    const ALL: [(ThreadKind, bool); 3] = [
+        (ThreadKind::Vmm, false),
+        (ThreadKind::Vcpu, false),
+        (ThreadKind::Vcpu, true),
+    ];
+
+    #[test]
+    fn both_filters_compile_for_this_architecture() {
+        for (kind, queue_io) in ALL {
+            let program = compile(kind, queue_io).expect("compiles");
+            assert!(!program.is_empty());
+            // The kernel refuses programs longer than BPF_MAXINSNS.
+            assert!(
+                program.len() < 4096,
+                "{kind:?}: {} instructions",
+                program.len()
+            );
+        }
+    }
+
+    #[test]
+    fn no_syscall_is_listed_twice() {
+        for (kind, queue_io) in ALL {
+            let mut seen = HashSet::new();
+            for allowed in allow_list(kind, queue_io) {
+                assert!(seen.insert(allowed.nr), "{kind:?}: {} twice", allowed.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_listed_syscall_has_its_name_and_a_reason() {
+        for (kind, queue_io) in ALL {
+            for allowed in allow_list(kind, queue_io) {
+                assert_eq!(names::syscall_name(allowed.nr), Some(allowed.name));
+                assert!(!allowed.why.is_empty(), "{}", allowed.name);
+            }
+        }
+    }
+
+    #[test]
+    fn vcpu_list_runs_kvm_and_nothing_that_opens_or_spawns() {
+        let nrs: Vec<i64> = allow_list(ThreadKind::Vcpu, true)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        for needed in [
+            libc::SYS_ioctl,
+            libc::SYS_futex,
+            libc::SYS_write,
+            libc::SYS_exit_group,
+        ] {
+            assert!(nrs.contains(&needed), "{needed}");
+        }
+        for forbidden in [
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+        ] {
+            assert!(!nrs.contains(&forbidden), "{forbidden}");
+        }
+    }
+
+    #[test]
+    fn vmm_list_has_the_event_loop_and_the_exit_path_but_cannot_open_files() {
+        let nrs: Vec<i64> = allow_list(ThreadKind::Vmm, false)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        for needed in [
+            libc::SYS_epoll_wait,
+            libc::SYS_accept4,
+            libc::SYS_unlink,
+            libc::SYS_exit_group,
+        ] {
+            assert!(nrs.contains(&needed), "{needed}");
+        }
+        for forbidden in [libc::SYS_openat, libc::SYS_execve, libc::SYS_connect] {
+            assert!(!nrs.contains(&forbidden), "{forbidden}");
+        }
+    }
+
+    #[test]
+    fn vcpu_ioctls_are_restricted_to_kvm_run_get_regs_and_tap_offloads() {
+        let ioctl = allow_list(ThreadKind::Vcpu, false)
+            .into_iter()
+            .find(|a| a.nr == libc::SYS_ioctl)
+            .expect("ioctl");
+        let (arg, values) = ioctl.only.expect("restricted");
+        assert_eq!(arg, 1);
+        assert_eq!(values, lists::vcpu_ioctls());
+        assert_eq!(values[..2], [lists::KVM_RUN, lists::KVM_GET_REGS]);
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers_match_the_kernel_headers() {
+        assert_eq!(lists::KVM_RUN, 0xae80);
+        assert_eq!(lists::KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(lists::KVM_GET_CLOCK, 0x8030_ae7c);
+        assert_eq!(lists::KVM_SET_CLOCK, 0x4030_ae7b);
+    }
+
+    #[test]
+    fn with_ioeventfd_vcpu_threads_do_no_disk_io() {
+        let with: Vec<i64> = allow_list(ThreadKind::Vcpu, false)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        let without: Vec<i64> = allow_list(ThreadKind::Vcpu, true)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        for io in [
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_io_uring_enter,
+        ] {
+            assert!(!with.contains(&io) && without.contains(&io), "{io}");
+        }
+    }
+
+    #[test]
+    fn selftest_hook_accepts_only_harmless_syscalls() {
+        assert_eq!(
+            parse_selftest("getppid").expect("ok"),
+            (ThreadKind::Vmm, libc::SYS_getppid)
+        );
+        assert_eq!(
+            parse_selftest("vcpu:getuid").expect("ok"),
+            (ThreadKind::Vcpu, libc::SYS_getuid)
+        );
+        assert!(parse_selftest("reboot").is_err());
+    }
+
+    /// `cargo test -p machine seccomp::tests::allow_list_counts -- --nocapture` prints the
+    /// numbers kept in docs/security.md.
+    #[test]
+    fn allow_list_counts() {
+        for (kind, queue_io) in ALL {
+            let list = allow_list(kind, queue_io);
+            let names: Vec<&str> = list.iter().map(|a| a.name).collect();
+            let when = if queue_io { " without ioeventfd" } else { "" };
+            println!(
+                "{kind:?}{when}: {} syscalls: {}",
+                list.len(),
+                names.join(" ")
+            );
+            assert!(list.len() < 50, "{kind:?} allows {} syscalls", list.len());
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The allow-lists: one table per thread kind, one line per syscall, each with why Nimbus
+//! needs it once the guest runs. Setup (opening /dev/kvm, images, sockets, mapping RAM,
+//! creating threads) happens before the filters are installed and needs no entry here.
+//!
+//! Extend these tables with every new syscall that code running after setup makes (and say
+//! why); the integration tests find the ones you miss (the VM dies with "forbidden syscall
+//! <name>"); then update the counts in docs/security.md
+//! (`cargo test -p machine allow_list_counts -- --nocapture` prints them).
+
+/// One allowed syscall.
+pub(crate) struct Allowed {
+    /// The syscall number (`libc::SYS_*`).
+    pub nr: i64,
+    /// Its name, as in `libc::SYS_<name>`.
+    pub name: &'static str,
+    /// `Some((arg, values))`: allowed only when argument `arg` (32-bit compare) is one of
+    /// `values`; `None`: any arguments.
+    pub only: Option<(u8, Vec<u64>)>,
+    /// Why it is needed.
+    pub why: &'static str,
+}
+
+const fn ioc(dir: u64, nr: u64, size: u64) -> u64 {
+    const KVMIO: u64 = 0xae;
+    (dir << 30) | (size << 16) | (KVMIO << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+const KVM_REGS_SIZE: u64 = std::mem::size_of::<kvm_bindings::kvm_regs>() as u64;
+const KVM_CLOCK_DATA_SIZE: u64 = std::mem::size_of::<kvm_bindings::kvm_clock_data>() as u64;
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
+pub(crate) const KVM_RUN: u64 = ioc(0, 0x80, 0);
+/// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+pub(crate) const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, KVM_REGS_SIZE);
+/// `KVM_GET_CLOCK`: `_IOR(KVMIO, 0x7c, struct kvm_clock_data)`.
+pub(crate) const KVM_GET_CLOCK: u64 = ioc(IOC_READ, 0x7c, KVM_CLOCK_DATA_SIZE);
+/// `KVM_SET_CLOCK`: `_IOW(KVMIO, 0x7b, struct kvm_clock_data)`.
+pub(crate) const KVM_SET_CLOCK: u64 = ioc(IOC_WRITE, 0x7b, KVM_CLOCK_DATA_SIZE);
+
+fn any(nr: i64, name: &'static str, why: &'static str) -> Allowed {
+    Allowed {
+        nr,
+        name,
+        only: None,
+        why,
+    }
+}
+
+fn only(nr: i64, name: &'static str, arg: u8, values: &[u64], why: &'static str) -> Allowed {
+    Allowed {
+        nr,
+        name,
+        only: Some((arg, values.to_vec())),
+        why,
+    }
+}
+
+/// The signal numbers `tgkill` may send: the vCPU kick and `abort`'s SIGABRT.
+fn tgkill_signals() -> Vec<u64> {
+    let kick = crate::vcpu::kick_signal();
+    [kick, libc::SIGABRT]
+        .iter()
+        .map(|&s| u64::try_from(s).expect("signal numbers are positive"))
+        .collect()
+}
+
+/// The VMM (main) thread from its event loop to the end of the process.
+#[rustfmt::skip]
+pub(crate) fn vmm() -> Vec<Allowed> {
+    use libc::*;
+    let ioctls = [KVM_GET_CLOCK, KVM_SET_CLOCK, TCGETS, TCSETS, FIONBIO];
+    vec![
+        any(SYS_epoll_wait, "epoll_wait", "the event loop"),
+        any(SYS_epoll_ctl, "epoll_ctl", "watch/unwatch QMP clients, stdin, device fds"),
+        any(SYS_read, "read", "stdin, eventfds, the signalfd, taps, the rng source"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+        any(SYS_write, "write", "console output, eventfds, taps, logs, error messages"),
+        any(SYS_accept4, "accept4", "QMP clients"),
+        any(SYS_recvmsg, "recvmsg", "QMP input, with SCM_RIGHTS for getfd"),
+        only(SYS_recvfrom, "recvfrom", 3, &[0], "QMP input over TCP (recv)"),
+        only(SYS_sendto, "sendto", 3, &[MSG_NOSIGNAL as u64], "QMP output (send without SIGPIPE)"),
+        any(SYS_close, "close", "QMP clients, closefd, every fd dropped on exit"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
+        any(SYS_futex, "futex", "mutexes shared with vCPU threads, channels"),
+        only(SYS_ioctl, "ioctl", 1, &ioctls, "stop/cont clock, terminal restore, QMP nonblocking"),
+        only(SYS_tgkill, "tgkill", 2, &tgkill_signals(), "kick vCPUs out of KVM_RUN; abort"),
+        any(SYS_getpid, "getpid", "pthread_kill (vCPU kicks) and abort"),
+        any(SYS_rt_sigprocmask, "rt_sigprocmask", "pthread_kill (vCPU kicks) and abort"),
+        any(SYS_clock_nanosleep, "clock_nanosleep", "waiting for vCPU threads to exit"),
+        any(SYS_clock_gettime, "clock_gettime", "log and QMP timestamps where the vDSO falls back"),
+        any(SYS_unlink, "unlink", "remove the QMP socket and the pid file on exit"),
+        any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests and the flush on exit"),
+        any(SYS_pread64, "pread64", "virtio-blk reads served on the event loop"),
+        any(SYS_pwrite64, "pwrite64", "virtio-blk writes served on the event loop"),
+        any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
+        any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions, drain on exit"),
+        any(SYS_mmap, "mmap", "memory allocation"),
+        any(SYS_munmap, "munmap", "memory allocation; guest RAM unmapped on exit"),
+        any(SYS_mprotect, "mprotect", "malloc growing a heap arena"),
+        any(SYS_mremap, "mremap", "realloc of large buffers (QMP output)"),
+        any(SYS_madvise, "madvise", "malloc returning memory"),
+        any(SYS_brk, "brk", "memory allocation"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from signal handlers"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the main signal stack at exit"),
+        any(SYS_exit_group, "exit_group", "process exit"),
+    ]
+}
+
+/// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and
+/// `TUNSETOFFLOAD` when the guest activates or resets a virtio-net device (an MMIO write).
+pub(crate) fn vcpu_ioctls() -> Vec<u64> {
+    vec![KVM_RUN, KVM_GET_REGS, u64::from(libc::TUNSETOFFLOAD)]
+}
+
+/// A vCPU thread from its start to its end. With `queue_io`, the syscalls of virtqueue
+/// processing too: without ioeventfds a QueueNotify write runs the device's queue on the vCPU
+/// thread that made it; with them the VMM thread does all device I/O.
+#[rustfmt::skip]
+pub(crate) fn vcpu(queue_io: bool) -> Vec<Allowed> {
+    use libc::*;
+    let mut list = vec![
+        only(SYS_ioctl, "ioctl", 1, &vcpu_ioctls(), "KVM_RUN; regs for internal errors; tap offloads"),
+        any(SYS_futex, "futex", "device mutexes, vCPU control condvar, stop channel"),
+        any(SYS_write, "write", "UART output, irqfd, stop and device eventfds, logs"),
+        any(SYS_close, "close", "the vCPU fd and stop eventfd dropped at thread exit"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
+        any(SYS_mmap, "mmap", "memory allocation"),
+        any(SYS_munmap, "munmap", "memory allocation; kvm_run and signal stack unmapped at exit"),
+        any(SYS_mprotect, "mprotect", "malloc growing this thread's arena"),
+        any(SYS_mremap, "mremap", "realloc of large buffers (device requests)"),
+        any(SYS_madvise, "madvise", "malloc and glibc freeing the thread stack"),
+        any(SYS_brk, "brk", "memory allocation"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit"),
+        any(SYS_clock_gettime, "clock_gettime", "log timestamps where the vDSO falls back"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from the kick signal handler"),
+        any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit; abort"),
+        only(SYS_tgkill, "tgkill", 2, &[SIGABRT as u64], "abort"),
+        any(SYS_getpid, "getpid", "abort"),
+        any(SYS_exit, "exit", "thread exit"),
+        any(SYS_exit_group, "exit_group", "process exit (SIGSYS handler, panics)"),
+    ];
+    if queue_io {
+        list.extend([
+            any(SYS_read, "read", "virtio-net tap RX and the virtio-rng source"),
+            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+            any(SYS_pread64, "pread64", "virtio-blk reads"),
+            any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
+            any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),
+            any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
+            any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions"),
+        ]);
+    }
+    list
+}

@@ -1,0 +1,499 @@
+//! `-netdev tap,...` and `-device virtio-net-device,...` into the machine's network devices.
+//!
+//! Only the command line is checked here; the taps are opened (or, for inherited descriptors,
+//! checked to be taps) when the machine builds the devices, before the guest runs.
+
+use crate::opts::{parse_bool, OptList};
+use crate::settings::{invalid, SettingsError};
+use machine::layout::VIRTIO_IRQS;
+
+/// The `-device` driver of a network device.
+pub const NET_DEVICE: &str = "virtio-net-device";
+
+const NETDEV_KEYS: &[&str] = &[
+    "type",
+    "id",
+    "ifname",
+    "fd",
+    "fds",
+    "vhost",
+    "vhostfd",
+    "vhostfds",
+    "queues",
+    "script",
+    "downscript",
+];
+const DEVICE_KEYS: &[&str] = &["driver", "netdev", "id", "mac", "iothread"];
+/// `-netdev` types of QEMU that Nimbus does not have.
+const OTHER_NETDEV_TYPES: &[&str] = &[
+    "user",
+    "bridge",
+    "socket",
+    "stream",
+    "dgram",
+    "l2tpv3",
+    "vde",
+    "vhost-user",
+    "vhost-vdpa",
+    "hubport",
+];
+
+/// Where a device's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// `ifname=`: opened (or created) by name through `/dev/net/tun`.
+    Name(String),
+    /// `fd=` or `fds=` with one descriptor: inherited, used as it is, never closed.
+    Fd(i32),
+}
+
+/// A network device: a `-netdev tap` and the `-device virtio-net-device` that shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The device id (`-device id=`, default the netdev id); the default MAC derives from it.
+    pub id: String,
+    /// The netdev id (`-netdev id=`), for messages.
+    pub netdev: String,
+    /// The tap.
+    pub tap: TapSource,
+    /// `mac=`, if given.
+    pub mac: Option<[u8; 6]>,
+    /// `vhost=on` (or a `vhostfd=`): vhost-net should move the frames.
+    pub vhost: bool,
+    /// `vhostfd=`: an inherited `/dev/vhost-net` descriptor.
+    pub vhostfd: Option<i32>,
+}
+
+/// A `-netdev` before a device claims it.
+struct Netdev {
+    value: String,
+    config: NetConfig,
+    claimed: bool,
+}
+
+/// Builds one network device per `-netdev`, in command-line order, with the MAC and id of the
+/// `-device virtio-net-device` that uses it. `devices` holds every `-device` value.
+pub fn parse_netdevs(
+    netdevs: &[String],
+    devices: &[String],
+) -> Result<Vec<NetConfig>, SettingsError> {
+    let mut parsed: Vec<Netdev> = Vec::with_capacity(netdevs.len());
+    for value in netdevs {
+        let config = parse_netdev(value)?;
+        if parsed.iter().any(|n| n.config.netdev == config.netdev) {
+            let reason = format!("netdev id '{}' used twice", config.netdev);
+            return Err(invalid("netdev", value, reason));
+        }
+        parsed.push(Netdev {
+            value: value.clone(),
+            config,
+            claimed: false,
+        });
+    }
+    for value in devices {
+        let opts = OptList::parse(value, Some("driver"));
+        if opts.get("driver") == Some(NET_DEVICE) {
+            claim(&mut parsed, value, &opts)?;
+        }
+    }
+    if let Some(unused) = parsed.iter().find(|n| !n.claimed) {
+        let reason = format!(
+            "no -device {NET_DEVICE},netdev={} uses it",
+            unused.config.netdev
+        );
+        return Err(invalid("netdev", &unused.value, reason));
+    }
+    check_fds_used_once(&parsed)?;
+    Ok(parsed.into_iter().map(|n| n.config).collect())
+}
+
+/// Refuses more virtio devices (`drives` disks, then `nets`) than there are interrupt lines.
+pub fn check_virtio_slots(drives: usize, nets: &[NetConfig]) -> Result<(), SettingsError> {
+    let free = VIRTIO_IRQS.len().saturating_sub(drives);
+    match nets.get(free) {
+        None => Ok(()),
+        Some(net) => {
+            let reason = format!(
+                "at most {} virtio devices (disks and network devices) fit the interrupt lines",
+                VIRTIO_IRQS.len()
+            );
+            Err(invalid("netdev", &net.netdev, reason))
+        }
+    }
+}
+
+/// The inherited descriptors the devices use (taps and vhost-net), to keep open at start.
+pub fn inherited_fds(nets: &[NetConfig]) -> Vec<i32> {
+    let mut fds = Vec::new();
+    for net in nets {
+        if let TapSource::Fd(fd) = net.tap {
+            fds.push(fd);
+        }
+        fds.extend(net.vhostfd);
+    }
+    fds
+}
+
+fn check_fds_used_once(parsed: &[Netdev]) -> Result<(), SettingsError> {
+    let mut seen: Vec<i32> = Vec::new();
+    for netdev in parsed {
+        let config = std::slice::from_ref(&netdev.config);
+        for fd in inherited_fds(config) {
+            if seen.contains(&fd) {
+                let reason = format!("fd {fd} is used twice");
+                return Err(invalid("netdev", &netdev.value, reason));
+            }
+            seen.push(fd);
+        }
+    }
+    Ok(())
+}
+
+fn parse_netdev(value: &str) -> Result<NetConfig, SettingsError> {
+    let opts = OptList::parse(value, Some("type"));
+    match opts.get("type") {
+        Some("tap") => {}
+        Some(kind) if OTHER_NETDEV_TYPES.contains(&kind) => {
+            return Err(SettingsError::NotSupported(format!("-netdev {kind}")))
+        }
+        Some(kind) => {
+            let reason = format!("unknown netdev type '{kind}' (only tap)");
+            return Err(invalid("netdev", value, reason));
+        }
+        None => return Err(invalid("netdev", value, "the type (tap) is required")),
+    }
+    if let Some(key) = opts.unknown_key(NETDEV_KEYS) {
+        return Err(invalid("netdev", value, format!("unknown option '{key}'")));
+    }
+    let netdev = opts
+        .get("id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| invalid("netdev", value, "id=<id> is required"))?;
+    for key in ["script", "downscript"] {
+        match opts.get(key) {
+            None | Some("no" | "") => {}
+            Some(_) => return Err(SettingsError::NotSupported(format!("-netdev {key}="))),
+        }
+    }
+    if let Some(queues) = opts.get("queues") {
+        if queues != "1" {
+            return Err(invalid("netdev", value, "multiqueue is not supported yet"));
+        }
+    }
+    let tap = tap_source(value, &opts)?;
+    let (vhost, vhostfd) = vhost_options(value, &opts)?;
+    Ok(NetConfig {
+        id: netdev.to_string(),
+        netdev: netdev.to_string(),
+        tap,
+        mac: None,
+        vhost,
+        vhostfd,
+    })
+}
+
+/// Exactly one of `ifname=`, `fd=` and `fds=` (with a single descriptor).
+fn tap_source(value: &str, opts: &OptList) -> Result<TapSource, SettingsError> {
+    match (opts.get("ifname"), opts.get("fd"), opts.get("fds")) {
+        (Some(name), None, None) if !name.is_empty() => Ok(TapSource::Name(name.to_string())),
+        (None, Some(fd), None) => Ok(TapSource::Fd(parse_fd(value, "fd", fd)?)),
+        (None, None, Some(fds)) => {
+            if fds.contains(':') {
+                return Err(invalid("netdev", value, "multiqueue is not supported yet"));
+            }
+            Ok(TapSource::Fd(parse_fd(value, "fds", fds)?))
+        }
+        (None, None, None) | (Some(_), None, None) => Err(invalid(
+            "netdev",
+            value,
+            "the tap is missing: give ifname=<tap>, fd=<N> or fds=<N>",
+        )),
+        _ => Err(invalid(
+            "netdev",
+            value,
+            "give only one of ifname=, fd= and fds=",
+        )),
+    }
+}
+
+/// `vhost=on|off` and `vhostfd=N` (which implies vhost=on, as in QEMU).
+fn vhost_options(value: &str, opts: &OptList) -> Result<(bool, Option<i32>), SettingsError> {
+    if let Some(fds) = opts.get("vhostfds") {
+        if fds.contains(':') {
+            return Err(invalid("netdev", value, "multiqueue is not supported yet"));
+        }
+    }
+    let vhostfd = match opts.get("vhostfd").or(opts.get("vhostfds")) {
+        Some(fd) => Some(parse_fd(value, "vhostfd", fd)?),
+        None => None,
+    };
+    let vhost = match opts.get("vhost") {
+        None => vhostfd.is_some(),
+        Some(v) => {
+            parse_bool(v).ok_or_else(|| invalid("netdev", value, "vhost must be on or off"))?
+        }
+    };
+    if !vhost && vhostfd.is_some() {
+        return Err(invalid("netdev", value, "vhostfd= needs vhost=on"));
+    }
+    Ok((vhost, vhostfd))
+}
+
+/// An inherited descriptor number: above stderr.
+fn parse_fd(value: &str, key: &str, text: &str) -> Result<i32, SettingsError> {
+    match text.parse::<i32>() {
+        Ok(fd) if fd > 2 => Ok(fd),
+        Ok(fd) if fd >= 0 => Err(invalid(
+            "netdev",
+            value,
+            format!("{key}={fd} is standard input, output or error, not a tap"),
+        )),
+        _ => Err(invalid(
+            "netdev",
+            value,
+            format!("{key} must be a descriptor number"),
+        )),
+    }
+}
+
+/// Attaches the netdev a `-device virtio-net-device` names, with its id and MAC.
+fn claim(netdevs: &mut [Netdev], value: &str, opts: &OptList) -> Result<(), SettingsError> {
+    if let Some(key) = opts.unknown_key(DEVICE_KEYS) {
+        return Err(invalid("device", value, format!("unknown option '{key}'")));
+    }
+    if opts.get("iothread").is_some() {
+        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
+    }
+    let id = opts
+        .get("netdev")
+        .ok_or_else(|| invalid("device", value, "netdev=<id> is required"))?;
+    let Some(netdev) = netdevs.iter_mut().find(|n| n.config.netdev == id) else {
+        let reason = format!("no -netdev with id '{id}'");
+        return Err(invalid("device", value, reason));
+    };
+    if netdev.claimed {
+        let reason = format!("netdev '{id}' is already in use");
+        return Err(invalid("device", value, reason));
+    }
+    if let Some(mac) = opts.get("mac") {
+        netdev.config.mac =
+            Some(parse_mac(mac).map_err(|reason| invalid("device", value, reason))?);
+    }
+    if let Some(device_id) = opts.get("id").filter(|i| !i.is_empty()) {
+        netdev.config.id = device_id.to_string();
+    }
+    netdev.claimed = true;
+    Ok(())
+}
+
+/// `xx:xx:xx:xx:xx:xx`, unicast.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let syntax = || format!("mac {text:?} is not six hex pairs like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(syntax)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
+    }
+    if parts.next().is_some() {
+        return Err(syntax());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("mac {text} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn parse(netdevs: &[&str], devices: &[&str]) -> Result<Vec<NetConfig>, SettingsError> {
+        parse_netdevs(&strings(netdevs), &strings(devices))
+    }
+
+    fn refusal(netdev: &str, device: &str) -> String {
+        parse(&[netdev], &[device]).expect_err(netdev).to_string()
+    }
+
+    const DEV: &str = "virtio-net-device,netdev=n0,id=net0";
+
+    #[test]
+    fn tap_by_name_with_mac_and_device_id() {
+        let nets = parse(
+            &["tap,id=n0,ifname=tap0"],
+            &["virtio-net-device,netdev=n0,id=net0,mac=52:54:00:12:34:56"],
+        )
+        .expect("ok");
+        assert_eq!(
+            nets,
+            vec![NetConfig {
+                id: "net0".into(),
+                netdev: "n0".into(),
+                tap: TapSource::Name("tap0".into()),
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                vhost: false,
+                vhostfd: None,
+            }]
+        );
+        assert!(inherited_fds(&nets).is_empty());
+    }
+
+    #[test]
+    fn device_id_defaults_to_the_netdev_id() {
+        let nets = parse(&["tap,id=n0,ifname=tap0"], &["virtio-net-device,netdev=n0"]);
+        assert_eq!(nets.expect("ok")[0].id, "n0");
+    }
+
+    #[test]
+    fn inherited_fd_and_single_fds_are_kept_open() {
+        let nets = parse(
+            &["tap,id=n0,fd=3", "tap,id=n1,fds=4"],
+            &[DEV, "virtio-net-device,netdev=n1,id=net1"],
+        )
+        .expect("ok");
+        assert_eq!(nets[0].tap, TapSource::Fd(3));
+        assert_eq!(nets[1].tap, TapSource::Fd(4));
+        assert_eq!(inherited_fds(&nets), vec![3, 4]);
+    }
+
+    #[test]
+    fn several_fds_are_multiqueue_which_is_not_supported_yet() {
+        let err = refusal("tap,id=n0,fds=3:4", DEV);
+        assert!(err.contains("multiqueue is not supported yet"), "{err}");
+        assert!(err.contains("-netdev"), "{err}");
+        let err = refusal("tap,id=n0,ifname=t,queues=2", DEV);
+        assert!(err.contains("multiqueue is not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn vhostfd_implies_vhost_and_is_kept_open() {
+        let nets = parse(&["tap,id=n0,fds=3,vhostfd=5"], &[DEV]).expect("ok");
+        assert!(nets[0].vhost);
+        assert_eq!(nets[0].vhostfd, Some(5));
+        assert_eq!(inherited_fds(&nets), vec![3, 5]);
+        let nets = parse(&["tap,id=n0,ifname=t,vhost=on"], &[DEV]).expect("ok");
+        assert!(nets[0].vhost && nets[0].vhostfd.is_none());
+        let nets = parse(&["tap,id=n0,ifname=t,vhost=off"], &[DEV]).expect("ok");
+        assert!(!nets[0].vhost);
+    }
+
+    #[test]
+    fn contradictory_vhost_options_are_refused() {
+        assert!(parse(&["tap,id=n0,ifname=t,vhost=off,vhostfd=5"], &[DEV]).is_err());
+        assert!(parse(&["tap,id=n0,ifname=t,vhost=maybe"], &[DEV]).is_err());
+    }
+
+    #[test]
+    fn missing_or_ambiguous_tap_is_refused_naming_the_netdev() {
+        let err = refusal("tap,id=n0", DEV);
+        assert!(
+            err.starts_with("invalid value 'tap,id=n0' for -netdev"),
+            "{err}"
+        );
+        assert!(err.contains("the tap is missing"), "{err}");
+        assert!(refusal("tap,id=n0,ifname=", DEV).contains("the tap is missing"));
+        let err = refusal("tap,id=n0,ifname=t,fd=3", DEV);
+        assert!(err.contains("only one of"), "{err}");
+    }
+
+    #[test]
+    fn bad_descriptor_numbers_are_refused() {
+        for netdev in ["tap,id=n0,fd=x", "tap,id=n0,fd=-1", "tap,id=n0,fd=1"] {
+            let err = refusal(netdev, DEV);
+            assert!(err.contains("for -netdev"), "{netdev}: {err}");
+        }
+        let twice = parse(
+            &["tap,id=n0,fd=3", "tap,id=n1,fd=3"],
+            &[DEV, "virtio-net-device,netdev=n1"],
+        );
+        assert!(twice
+            .expect_err("twice")
+            .to_string()
+            .contains("fd 3 is used twice"));
+    }
+
+    #[test]
+    fn other_netdev_types_are_not_supported_and_unknown_ones_invalid() {
+        let err = refusal("user,id=n0", DEV);
+        assert_eq!(err, "-netdev user is not supported yet");
+        assert!(refusal("frob,id=n0", DEV).contains("unknown netdev type 'frob'"));
+        assert!(refusal("tap,id=n0,ifname=t,bogus=1", DEV).contains("unknown option 'bogus'"));
+        assert!(refusal("tap,ifname=t", DEV).contains("id=<id> is required"));
+        assert!(matches!(
+            parse(&["tap,id=n0,ifname=t,script=/etc/qemu-ifup"], &[DEV]),
+            Err(SettingsError::NotSupported(_))
+        ));
+        assert!(parse(&["tap,id=n0,ifname=t,script=no,downscript=no"], &[DEV]).is_ok());
+    }
+
+    #[test]
+    fn netdev_and_device_must_pair_up() {
+        let err = parse(&["tap,id=n0,ifname=t"], &[]).expect_err("unused");
+        assert!(
+            err.to_string()
+                .contains("no -device virtio-net-device,netdev=n0 uses it"),
+            "{err}"
+        );
+        let err = parse(&[], &[DEV]).expect_err("no netdev");
+        assert!(err.to_string().contains("no -netdev with id 'n0'"), "{err}");
+        assert!(parse(&["tap,id=n0,ifname=t"], &[DEV, DEV]).is_err());
+        assert!(parse(&["tap,id=n0,ifname=t"], &["virtio-net-device,id=x"]).is_err());
+        assert!(parse(&["tap,id=n0,ifname=a", "tap,id=n0,ifname=b"], &[DEV]).is_err());
+    }
+
+    #[test]
+    fn device_options_are_checked() {
+        let err = refusal(
+            "tap,id=n0,ifname=t",
+            "virtio-net-device,netdev=n0,mac=52:54:00",
+        );
+        assert!(err.contains("six hex pairs"), "{err}");
+        let err = refusal(
+            "tap,id=n0,ifname=t",
+            "virtio-net-device,netdev=n0,mac=01:00:5e:00:00:01",
+        );
+        assert!(err.contains("multicast"), "{err}");
+        let err = refusal("tap,id=n0,ifname=t", "virtio-net-device,netdev=n0,bogus=1");
+        assert!(err.contains("unknown option 'bogus'"), "{err}");
+        assert!(matches!(
+            parse(
+                &["tap,id=n0,ifname=t"],
+                &["virtio-net-device,netdev=n0,iothread=io0"]
+            ),
+            Err(SettingsError::NotSupported(_))
+        ));
+    }
+
+    #[test]
+    fn disks_and_network_devices_share_the_eight_slots() {
+        let nets = parse(&["tap,id=n0,ifname=t"], &[DEV]).expect("ok");
+        assert!(check_virtio_slots(7, &nets).is_ok());
+        let err = check_virtio_slots(8, &nets).expect_err("full");
+        assert!(
+            err.to_string().contains("at most 8 virtio devices"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("02:AB:cd:00:00:ff"),
+            Ok([2, 0xab, 0xcd, 0, 0, 0xff])
+        );
+        for bad in [
+            "",
+            "02:ab:cd:00:00",
+            "02:ab:cd:00:00:ff:00",
+            "2:ab:cd:00:00:ff",
+            "zz:ab:cd:00:00:ff",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! virtio-net over a real tap: the test creates its own tap (`ip tuntap add`), starts nimbus
+//! with it (by name, or as an inherited fd 3), receives the test guest's frame
+//! (`nimbus.test=net`) on an AF_PACKET socket bound to that tap only, answers it, and checks
+//! that the guest got the answer. Bad netdevs are refused naming the netdev.
+//!
+//! Taps need root: without it the tap tests are skipped loudly, or fail when CI is set. Traffic
+//! only ever goes over the test's own tap.
+
+mod common;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use common::{kvm_usable, run, Format, Output, Vm, VmConfig, VM_TIMEOUT};
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const HOST_MAC: [u8; 6] = [0x02, 0x4e, 0x42, 0x00, 0x00, 0x01];
+const ETHERTYPE: u16 = 0x88b5;
+const PING: &[u8] = b"NIMBUS-GUEST-PING";
+const PONG: &str = "NIMBUS-HOST-PONG-0123";
+const APPEND: &str = "console=ttyS0 nimbus.test=net";
+
+/// Whether taps can be created. Without root the test returns after a loud SKIP message,
+/// except under CI (env `CI` set), where it fails.
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the virtio-net tests need root to create taps, and CI is set"
+    );
+    eprintln!("\n*** SKIP: not root; this virtio-net tap test did not run ***\n");
+    false
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// A tap created for one test and deleted when dropped, whatever the test's outcome.
+struct TapGuard {
+    name: String,
+}
+
+impl TapGuard {
+    fn create() -> TapGuard {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("nbt{}{n}", std::process::id());
+        assert!(name.len() < 16, "tap name {name} too long");
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).expect("create the test tap");
+        let guard = TapGuard { name };
+        // Fewer frames of the host's own (IPv6 router solicitations, ...) on the tap; best effort.
+        let sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", guard.name);
+        let _ = std::fs::write(sysctl, "1");
+        ip(&["link", "set", "dev", &guard.name, "up"]).expect("bring the test tap up");
+        guard
+    }
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["tuntap", "del", "dev", &self.name, "mode", "tap"]) {
+            eprintln!("cannot delete test tap {}: {e}", self.name);
+        }
+    }
+}
+
+/// An AF_PACKET socket that sees and sends every frame of one interface only.
+struct PacketSocket {
+    fd: OwnedFd,
+}
+
+impl PacketSocket {
+    fn bind(ifname: &str) -> PacketSocket {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) takes no pointers; the result is checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(protocol),
+            )
+        };
+        assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let cname = CString::new(ifname).expect("no NUL in the tap name");
+        // SAFETY: if_nametoindex reads the NUL-terminated string, valid for the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert!(
+            ifindex != 0,
+            "if_nametoindex({ifname}): {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: bind reads `size_of::<sockaddr_ll>()` bytes from `addr`, which lives across
+        // the call.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind to {ifname}: {}", io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: setsockopt reads one timeval from `timeout`, which lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+        PacketSocket { fd }
+    }
+
+    /// One frame, or `None` after the receive timeout.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, valid for the call.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: send reads `frame.len()` bytes from `frame`, valid for the call.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn is_ping(frame: &[u8]) -> bool {
+    frame.len() >= 14 + PING.len()
+        && frame[6..12] == GUEST_MAC
+        && frame[12..14] == ETHERTYPE.to_be_bytes()
+        && frame[14..].starts_with(PING)
+}
+
+/// Waits for the guest's frame on `socket` and checks it; fails the test with the VM's output
+/// if it does not come.
+fn receive_ping(socket: &PacketSocket, vm: &mut Vm) -> Vec<u8> {
+    let deadline = Instant::now() + VM_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(frame) = socket.recv() {
+            if is_ping(&frame) {
+                return frame;
+            }
+        }
+    }
+    vm.fail("the guest's frame never reached the tap")
+}
+
+fn pong_frame() -> Vec<u8> {
+    let mut frame = Vec::with_capacity(60);
+    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&HOST_MAC);
+    frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+    frame.extend_from_slice(PONG.as_bytes());
+    frame.resize(60, 0);
+    frame
+}
+
+fn net_args(netdev: &str) -> Vec<String> {
+    let mut args = VmConfig::new(Format::Elf, 128, APPEND).args();
+    args.extend([
+        "-netdev".to_string(),
+        netdev.to_string(),
+        "-device".to_string(),
+        "virtio-net-device,netdev=n0,id=n0,mac=52:54:00:12:34:56".to_string(),
+    ]);
+    args
+}
+
+/// A frame the guest must skip (and give its buffer back).
+fn noise_frame(n: usize) -> Vec<u8> {
+    let mut frame = pong_frame();
+    let text = format!("NIMBUS-HOST-NOISE-{n}");
+    frame[14..14 + text.len()].copy_from_slice(text.as_bytes());
+    frame
+}
+
+/// The frame exchange with a running VM, then its end: `noise` other frames go before the
+/// answer.
+fn exchange(tap: &TapGuard, socket: &PacketSocket, mut vm: Vm, noise: usize) -> Output {
+    vm.wait_for_line("net: mac=52:54:00:12:34:56", VM_TIMEOUT);
+    let ping = receive_ping(socket, &mut vm);
+    assert_eq!(ping[0..6], [0xff; 6], "the guest broadcasts its frame");
+    assert_eq!(ping.len(), 60, "the guest pads its frame to 60 bytes");
+    for n in 0..noise {
+        socket.send(&noise_frame(n));
+    }
+    socket.send(&pong_frame());
+    let out = vm.wait(VM_TIMEOUT);
+    let got = format!("net: got {PONG}");
+    assert!(
+        out.guest_lines().contains(&got.as_str()),
+        "the guest did not get the answer over {}\n{}",
+        tap.name,
+        out.describe()
+    );
+    assert_eq!(
+        out.guest_lines().last(),
+        Some(&"NIMBUS-GUEST done"),
+        "{}",
+        out.describe()
+    );
+    out.assert_exit_code(0);
+    out
+}
+
+#[test]
+fn guest_frame_reaches_a_tap_opened_by_name_and_the_answer_comes_back() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let vm = Vm::spawn(&net_args(&format!("tap,id=n0,ifname={}", tap.name)));
+    exchange(&tap, &socket, vm, 0);
+}
+
+/// Five times as many frames as the guest has receive buffers arrive at once: the device
+/// stops reading the tap while the guest has none and goes on when it gives them back, so the
+/// answer behind them still arrives.
+#[test]
+fn answer_behind_more_frames_than_the_guest_has_buffers_still_arrives() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let vm = Vm::spawn(&net_args(&format!("tap,id=n0,ifname={}", tap.name)));
+    exchange(&tap, &socket, vm, 40);
+}
+
+/// Opens `name` through /dev/net/tun as a container runtime would hand it over.
+fn open_tap(name: &str) -> OwnedFd {
+    let path = CString::new("/dev/net/tun").expect("no NUL");
+    // SAFETY: open reads the NUL-terminated path, valid for the call.
+    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(
+        raw >= 0,
+        "open /dev/net/tun: {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq (40 bytes, name then flags); `req`
+    // has that layout and lives across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETIFF as _,
+            std::ptr::addr_of_mut!(req),
+        )
+    };
+    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", io::Error::last_os_error());
+    fd
+}
+
+/// Starts nimbus with `fd` as its descriptor 3, inheritable.
+fn spawn_with_fd3(args: &[String], fd: RawFd) -> Vm {
+    Vm::spawn_with(args, |command| {
+        // SAFETY: the closure runs in the child between fork and exec and only calls dup2 and
+        // fcntl, which are async-signal-safe; `fd` stays open in the parent until the child
+        // has exec'd (the caller keeps it).
+        unsafe {
+            command.pre_exec(move || {
+                if fd == 3 {
+                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+#[test]
+fn guest_frame_reaches_a_tap_inherited_as_fd_3_and_the_answer_comes_back() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let tap_fd = open_tap(&tap.name);
+    let vm = spawn_with_fd3(&net_args("tap,id=n0,fds=3"), tap_fd.as_raw_fd());
+    exchange(&tap, &socket, vm, 0);
+    drop(tap_fd);
+}
+
+fn assert_refused_naming_netdev(out: &Output, what: &str) {
+    out.assert_exit_code(1);
+    let first = out.first_stderr_line();
+    assert!(
+        first.contains("n0") && first.contains("netdev"),
+        "the first stderr line must name netdev n0\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(what),
+        "stderr must say {what:?}\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn netdev_without_a_tap_is_refused_naming_it() {
+    let out = run(&net_args("tap,id=n0"));
+    assert_refused_naming_netdev(&out, "the tap is missing");
+}
+
+#[test]
+fn inherited_fd_that_is_no_tap_is_refused_naming_the_netdev() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, an array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and nothing else owns them.
+    let (read, _write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let out = spawn_with_fd3(&net_args("tap,id=n0,fd=3"), read.as_raw_fd()).wait(VM_TIMEOUT);
+    assert_refused_naming_netdev(&out, "fd 3 is not a tap device");
+    assert!(!out.stdout.contains("NIMBUS-GUEST"), "{}", out.describe());
+}
+
+#[test]
+fn interface_that_is_no_tap_is_refused_naming_the_netdev() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    // `lo` exists and is no tap: attaching fails, nothing is sent anywhere.
+    let out = run(&net_args("tap,id=n0,ifname=lo"));
+    assert_refused_naming_netdev(&out, "\"lo\"");
+}
+
+#[test]
+fn vhost_on_is_refused_clearly() {
+    if !kvm_usable() {
+        return;
+    }
+    let out = run(&net_args("tap,id=n0,ifname=nbtvhost,vhost=on"));
+    assert_refused_naming_netdev(&out, "vhost=on");
+    if !std::path::Path::new("/dev/vhost-net").exists() {
+        assert!(out.stderr.contains("/dev/vhost-net"), "{}", out.describe());
+    }
+}
+
+#[test]
+fn several_tap_fds_are_refused_as_multiqueue() {
+    let out = run(&net_args("tap,id=n0,fds=3:4"));
+    assert_refused_naming_netdev(&out, "multiqueue is not supported yet");
+}

@@ -1,0 +1,256 @@
+//! An io_uring submission engine: reads, writes and data syncs on one file descriptor, several
+//! in flight, completions signalled on an eventfd registered with the ring.
+//!
+//! Every buffer handed to the kernel is owned by its in-flight slot until the completion for it
+//! has been reaped (or, when the engine is dropped, until every submission has completed).
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use log::warn;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::aligned::AlignedBuf;
+
+/// What one submission does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// Fill the buffer from the offset.
+    Read,
+    /// Write the buffer at the offset.
+    Write,
+    /// fdatasync, after every earlier submission completed (IOSQE_IO_DRAIN).
+    Flush,
+}
+
+struct InFlight<T> {
+    buf: Option<AlignedBuf>,
+    data: T,
+}
+
+/// A finished submission: what it carried and the kernel's result (bytes, or -errno).
+pub struct Completion<T> {
+    /// The caller's data given to [`Uring::submit`].
+    pub data: T,
+    /// The buffer given to [`Uring::submit`].
+    pub buf: Option<AlignedBuf>,
+    /// Bytes transferred, or a negative errno.
+    pub result: i32,
+}
+
+/// An io_uring with at most `capacity` submissions in flight.
+pub struct Uring<T> {
+    ring: IoUring,
+    evt: EventFd,
+    slots: Vec<Option<InFlight<T>>>,
+    free: Vec<usize>,
+}
+
+impl<T> Uring<T> {
+    /// A ring for `capacity` requests in flight whose completions write an eventfd.
+    pub fn new(capacity: u16) -> io::Result<Uring<T>> {
+        let capacity = usize::from(capacity.max(1));
+        let ring = IoUring::new(capacity.next_power_of_two() as u32)?;
+        let evt = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(evt.as_raw_fd())?;
+        Ok(Uring {
+            ring,
+            evt,
+            slots: (0..capacity).map(|_| None).collect(),
+            free: (0..capacity).rev().collect(),
+        })
+    }
+
+    /// The eventfd the ring writes when completions are posted.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// Whether another request can be submitted.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Submissions not reaped yet.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Submits `kind` on `fd` at `offset` with `buf` (none for a flush); `data` comes back with
+    /// the completion. On error nothing is in flight and `data` is returned with the error.
+    pub fn submit(
+        &mut self,
+        fd: RawFd,
+        kind: IoKind,
+        offset: u64,
+        mut buf: Option<AlignedBuf>,
+        data: T,
+    ) -> Result<(), (io::Error, T)> {
+        let Some(slot) = self.free.pop() else {
+            return Err((io::Error::from_raw_os_error(libc::EBUSY), data));
+        };
+        let (ptr, len) = match buf.as_mut() {
+            Some(b) => (b.as_mut_slice().as_mut_ptr(), b.len()),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let Ok(len) = u32::try_from(len) else {
+            self.free.push(slot);
+            return Err((io::Error::from_raw_os_error(libc::EINVAL), data));
+        };
+        let fd = types::Fd(fd);
+        let entry = match kind {
+            IoKind::Read => opcode::Read::new(fd, ptr, len).offset(offset).build(),
+            IoKind::Write => opcode::Write::new(fd, ptr, len).offset(offset).build(),
+            IoKind::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .flags(squeue::Flags::IO_DRAIN),
+        }
+        .user_data(slot as u64);
+        // SAFETY: `push` requires the entry's buffer to stay valid until its completion. The
+        // buffer is moved into `slots[slot]` below and stays there (its heap allocation does
+        // not move with it) until `reap` took that slot's completion, or `drop` waited for
+        // every completion; `ptr`/`len` describe exactly that buffer, or nothing for a flush.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            self.free.push(slot);
+            return Err((io::Error::from_raw_os_error(libc::EBUSY), data));
+        }
+        self.slots[slot] = Some(InFlight { buf, data });
+        if let Err(e) = self.ring.submit() {
+            // The entry stays in the submission queue; the next submit or drop sends it.
+            warn!("io_uring submit: {e}");
+        }
+        Ok(())
+    }
+
+    /// Takes every posted completion (and clears the eventfd).
+    pub fn reap(&mut self) -> Vec<Completion<T>> {
+        let _ = self.evt.read();
+        let posted: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        let mut done = Vec::with_capacity(posted.len());
+        for (user_data, result) in posted {
+            let Some(slot) = usize::try_from(user_data).ok() else {
+                continue;
+            };
+            if let Some(InFlight { buf, data }) = self.slots.get_mut(slot).and_then(Option::take) {
+                self.free.push(slot);
+                done.push(Completion { data, buf, result });
+            }
+        }
+        done
+    }
+}
+
+impl<T> Drop for Uring<T> {
+    fn drop(&mut self) {
+        // The kernel may still write into in-flight buffers: wait for them before freeing.
+        while self.in_flight() > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!("io_uring: cannot wait for in-flight requests: {e}; leaking them");
+                    std::mem::forget(std::mem::take(&mut self.slots));
+                    return;
+                }
+            }
+            let _ = self.reap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::FileExt;
+
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    fn wait_all<T>(ring: &mut Uring<T>, n: usize) -> Vec<Completion<T>> {
+        let mut done = Vec::new();
+        while done.len() < n {
+            ring.ring.submit_and_wait(1).unwrap();
+            done.extend(ring.reap());
+        }
+        done
+    }
+
+    #[test]
+    fn several_reads_in_flight_complete_with_their_data() {
+        let f = TempFile::new().unwrap();
+        let bytes: Vec<u8> = (0..4 * 4096).map(|i| (i / 4096) as u8 + 1).collect();
+        f.as_file().write_all_at(&bytes, 0).unwrap();
+        let mut ring = Uring::new(4).unwrap();
+        let fd = f.as_file().as_raw_fd();
+        for i in 0..4u64 {
+            let buf = AlignedBuf::new(4096);
+            ring.submit(fd, IoKind::Read, i * 4096, Some(buf), i)
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        assert!(!ring.has_room());
+        for c in wait_all(&mut ring, 4) {
+            assert_eq!(c.result, 4096);
+            let buf = c.buf.unwrap();
+            assert!(buf.as_slice().iter().all(|&b| b == c.data as u8 + 1));
+        }
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn completion_writes_the_eventfd() {
+        let f = TempFile::new().unwrap();
+        let mut ring = Uring::new(2).unwrap();
+        ring.submit(f.as_file().as_raw_fd(), IoKind::Flush, 0, None, ())
+            .map_err(|(e, _)| e)
+            .unwrap();
+        ring.ring.submit_and_wait(1).unwrap();
+        assert!(ring.eventfd().read().unwrap() >= 1);
+        assert_eq!(ring.reap().len(), 1);
+    }
+
+    #[test]
+    fn host_errors_come_back_as_negative_results() {
+        let f = TempFile::new().unwrap();
+        let ro = std::fs::File::open(f.as_path()).unwrap();
+        let mut ring = Uring::new(1).unwrap();
+        ring.submit(
+            ro.as_raw_fd(),
+            IoKind::Write,
+            0,
+            Some(AlignedBuf::new(512)),
+            (),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        let c = wait_all(&mut ring, 1);
+        assert_eq!(c[0].result, -libc::EBADF);
+    }
+
+    #[test]
+    fn dropping_with_requests_in_flight_waits_for_them() {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let mut ring = Uring::new(8).unwrap();
+        for i in 0..8u64 {
+            ring.submit(
+                f.as_file().as_raw_fd(),
+                IoKind::Read,
+                i * 4096,
+                Some(AlignedBuf::new(4096)),
+                (),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        drop(ring);
+    }
+}

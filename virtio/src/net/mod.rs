@@ -1,0 +1,725 @@
+//! virtio-net over a tap: receive queue 0, transmit queue 1, no control queue.
+//!
+//! Transmit runs on the thread that notified queue 1. Receive runs when the machine's event
+//! loop sees the tap readable and calls [`Net::rx_ready`]; when the guest has no buffers left
+//! the device keeps the frame it read, asks the loop to stop polling the tap
+//! ([`RxOutcome::NeedBuffers`]), and writes [`Net::rx_resume_event`] once the guest posted
+//! buffers (queue 0 notification) and the frame is delivered. The machine shares the device
+//! with its transport through [`SharedNet`].
+
+mod header;
+mod rx;
+pub mod tap;
+mod tx;
+pub mod vhost;
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use address_space::vm_memory::GuestMemoryMmap;
+use log::warn;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use self::header::{MAX_FRAME_LEN, MAX_PACKET_LEN, VNET_HDR_LEN};
+use self::rx::{deliver, Delivery, RxDrop, RxFrame};
+pub use self::tap::{Tap, TapError, TapIo};
+use self::tx::{transmit, TxDrop, TxResult};
+pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
+use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
+
+/// Virtio device ID of a network device.
+pub const DEVICE_TYPE_NET: u32 = 1;
+/// The receive queue.
+pub const RX_QUEUE: u16 = 0;
+/// The transmit queue.
+pub const TX_QUEUE: u16 = 1;
+/// The size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
+/// Frames read from the tap per [`Net::rx_ready`] call, so one busy tap cannot hold the loop.
+pub const RX_BUDGET: usize = 256;
+
+/// Feature: the device completes checksums of frames the guest sends.
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// Feature: the guest accepts frames with partial checksums.
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// Feature: config `mtu` is valid.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
+/// Feature: config `mac` is valid.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Feature: the guest accepts TSOv4 frames.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// Feature: the guest accepts TSOv6 frames.
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// Feature: the guest accepts UFO frames.
+pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
+/// Feature: the device accepts TSOv4 frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// Feature: the device accepts TSOv6 frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// Feature: the device accepts UFO frames.
+pub const VIRTIO_NET_F_HOST_UFO: u64 = 1 << 14;
+/// Feature: the guest can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// Feature: config `status` is valid.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// Feature: event-index notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Config status bit: the link is up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// Features every net device offers (VIRTIO_NET_F_MTU is added when an MTU is set).
+pub const NET_FEATURES: u64 = VIRTIO_NET_F_CSUM
+    | VIRTIO_NET_F_GUEST_CSUM
+    | VIRTIO_NET_F_MAC
+    | VIRTIO_NET_F_GUEST_TSO4
+    | VIRTIO_NET_F_GUEST_TSO6
+    | VIRTIO_NET_F_GUEST_UFO
+    | VIRTIO_NET_F_HOST_TSO4
+    | VIRTIO_NET_F_HOST_TSO6
+    | VIRTIO_NET_F_HOST_UFO
+    | VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_NET_F_STATUS
+    | VIRTIO_RING_F_EVENT_IDX;
+
+/// Bytes of configuration space: mac, status, max_virtqueue_pairs, mtu.
+const CONFIG_SIZE: usize = 12;
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A stable, locally administered unicast address derived from the device id (FNV-1a of
+    /// the id): the same id gives the same address on every run.
+    pub fn default_for_id(id: &str) -> MacAddr {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in id.as_bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let h = hash.to_le_bytes();
+        MacAddr([(h[0] & 0xfc) | 0x02, h[1], h[2], h[3], h[4], h[5]])
+    }
+}
+
+/// Why a `mac=` value was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    /// Not six hexadecimal pairs separated by colons.
+    #[error("MAC address {0:?} is not six hex pairs like 52:54:00:12:34:56")]
+    Syntax(String),
+    /// The group bit is set.
+    #[error("MAC address {0:?} is a multicast address")]
+    Multicast(String),
+}
+
+impl FromStr for MacAddr {
+    type Err = MacError;
+
+    fn from_str(s: &str) -> Result<MacAddr, MacError> {
+        let syntax = || MacError::Syntax(s.to_owned());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(syntax)?;
+            if part.len() != 2 {
+                return Err(syntax());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
+        }
+        if parts.next().is_some() {
+            return Err(syntax());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(MacError::Multicast(s.to_owned()));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// How to build a net device (`-device virtio-net-device,...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetOptions {
+    /// The device id; the default MAC derives from it.
+    pub id: String,
+    /// `mac=`.
+    pub mac: Option<MacAddr>,
+    /// The MTU to offer (VIRTIO_NET_F_MTU), if any.
+    pub mtu: Option<u16>,
+}
+
+/// Why a net device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The MTU is below the 68 bytes IPv4 needs or above what a frame can hold.
+    #[error("net device {id:?}: MTU {mtu} outside 68..={max}")]
+    Mtu {
+        /// The device.
+        id: String,
+        /// The MTU asked for.
+        mtu: u16,
+        /// The largest MTU.
+        max: usize,
+    },
+    /// The receive-resume event could not be created.
+    #[error("net device {id:?}: cannot create an eventfd")]
+    EventFd {
+        /// The device.
+        id: String,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What [`Net::rx_ready`] tells the event loop.
+#[derive(Debug)]
+pub enum RxOutcome {
+    /// The tap is empty or this call's budget is used: keep polling the tap (level-triggered).
+    KeepPolling,
+    /// The guest has no receive buffers (or the device is not running): stop polling the tap
+    /// until [`Net::rx_resume_event`] is written; the frame already read is kept.
+    NeedBuffers,
+    /// A receive chain was malformed; the device needs a reset. Stop polling the tap until
+    /// [`Net::rx_resume_event`] is written (at the next activation).
+    NeedsReset,
+    /// Reading the tap failed (not EAGAIN); stop polling it.
+    TapFailed(io::Error),
+}
+
+/// Frames and bytes moved, and frames dropped by reason. Frame bytes exclude the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames the guest sent that reached the tap.
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames from the tap that reached the guest.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Guest frames larger than [`MAX_PACKET_LEN`] with their header.
+    pub tx_dropped_oversize: u64,
+    /// Guest frames with a nonsense or non-negotiated header, or runts.
+    pub tx_dropped_bad_header: u64,
+    /// Guest frames in malformed chains (writable descriptors, outside RAM, loops).
+    pub tx_dropped_bad_chain: u64,
+    /// Guest frames the tap refused.
+    pub tx_dropped_tap_error: u64,
+    /// Tap frames no receive chain could hold.
+    pub rx_dropped_too_big: u64,
+    /// Tap frames shorter than the header, or needing offloads the guest refused.
+    pub rx_dropped_bad_header: u64,
+    /// Tap frames lost to a malformed receive chain.
+    pub rx_dropped_bad_chain: u64,
+    /// A pending tap frame lost to a device reset.
+    pub rx_dropped_reset: u64,
+}
+
+/// What an activated device holds.
+struct Active {
+    mem: Arc<GuestMemoryMmap>,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Interrupt,
+    acked: u64,
+}
+
+/// A virtio network device over a tap.
+pub struct Net {
+    tap: Box<dyn TapIo>,
+    features: u64,
+    config: [u8; CONFIG_SIZE],
+    counters: NetCounters,
+    active: Option<Active>,
+    frame: RxFrame,
+    scratch: Vec<u8>,
+    /// Rx stopped for lack of buffers; the loop does not poll the tap.
+    rx_paused: bool,
+    rx_resume: EventFd,
+    /// The head of a malformed chain: the device waits for a reset.
+    broken: Option<(u16, u16)>,
+}
+
+impl Net {
+    /// A device over `tap` (a [`Tap`], or a stand-in in tests).
+    pub fn new(options: &NetOptions, tap: Box<dyn TapIo>) -> Result<Net, NetError> {
+        let mut features = NET_FEATURES;
+        let mac = options
+            .mac
+            .unwrap_or_else(|| MacAddr::default_for_id(&options.id));
+        let mut config = [0u8; CONFIG_SIZE];
+        config[0..6].copy_from_slice(&mac.0);
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        if let Some(mtu) = options.mtu {
+            let max = MAX_FRAME_LEN - header::ETH_HLEN;
+            if mtu < 68 || usize::from(mtu) > max {
+                return Err(NetError::Mtu {
+                    id: options.id.clone(),
+                    mtu,
+                    max,
+                });
+            }
+            features |= VIRTIO_NET_F_MTU;
+            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        }
+        let rx_resume = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::EventFd {
+            id: options.id.clone(),
+            source,
+        })?;
+        Ok(Net {
+            tap,
+            features,
+            config,
+            counters: NetCounters::default(),
+            active: None,
+            frame: RxFrame::new(),
+            scratch: Vec::with_capacity(MAX_PACKET_LEN),
+            rx_paused: true,
+            rx_resume,
+            broken: None,
+        })
+    }
+
+    /// The MAC address in config space.
+    pub fn mac(&self) -> MacAddr {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[0..6]);
+        MacAddr(mac)
+    }
+
+    /// The tap descriptor, to poll for readability (then call [`Net::rx_ready`]).
+    pub fn tap_fd(&self) -> RawFd {
+        self.tap.raw_fd()
+    }
+
+    /// Written when receive can go on after [`RxOutcome::NeedBuffers`] or
+    /// [`RxOutcome::NeedsReset`]: poll the tap again (and read this eventfd to clear it).
+    pub fn rx_resume_event(&self) -> &EventFd {
+        &self.rx_resume
+    }
+
+    /// The counters so far (they survive device resets).
+    pub fn counters(&self) -> NetCounters {
+        self.counters
+    }
+
+    /// Moves frames from the tap into the guest until the tap is empty, the guest has no
+    /// buffers, or [`RX_BUDGET`] frames were read; interrupts the guest if it asked.
+    pub fn rx_ready(&mut self) -> RxOutcome {
+        if self.broken.is_some() {
+            return RxOutcome::NeedsReset;
+        }
+        let Some(active) = self.active.as_mut().filter(|a| a.rx.ready()) else {
+            self.rx_paused = true;
+            return RxOutcome::NeedBuffers;
+        };
+        let used_before = active.rx.next_used();
+        let mut moved = 0usize;
+        let outcome = loop {
+            if moved >= RX_BUDGET {
+                break RxOutcome::KeepPolling;
+            }
+            if !self.frame.is_pending() {
+                moved += 1;
+                match self.tap.read_frame(self.frame.buffer()) {
+                    Ok(n) => {
+                        if let Err(drop) = self.frame.load(n, active.acked) {
+                            count_rx_drop(&mut self.counters, drop);
+                            continue;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break RxOutcome::KeepPolling
+                    }
+                    Err(e) => break RxOutcome::TapFailed(e),
+                }
+            }
+            match rx_step(active, &mut self.frame, &mut self.counters) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    self.rx_paused = true;
+                    break RxOutcome::NeedBuffers;
+                }
+                Err(head) => {
+                    self.broken = Some((RX_QUEUE, head));
+                    break RxOutcome::NeedsReset;
+                }
+            }
+        };
+        if active.rx.next_used() != used_before {
+            signal_used(&mut active.rx, &active.mem, &active.interrupt);
+        }
+        outcome
+    }
+
+    /// Queue 0 was notified: the guest posted receive buffers.
+    fn process_rx(&mut self) -> Result<(), QueueError> {
+        let Some(active) = self.active.as_mut().filter(|a| a.rx.ready()) else {
+            return Ok(());
+        };
+        if !self.rx_paused {
+            // Not waiting: the buffers are used on the next tap read.
+            return Ok(());
+        }
+        let used_before = active.rx.next_used();
+        let mut result = Ok(());
+        while self.frame.is_pending() {
+            match rx_step(active, &mut self.frame, &mut self.counters) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(head) => {
+                    self.broken = Some((RX_QUEUE, head));
+                    result = Err(QueueError::MalformedChain {
+                        queue: RX_QUEUE,
+                        head,
+                    });
+                    break;
+                }
+            }
+        }
+        if active.rx.next_used() != used_before {
+            signal_used(&mut active.rx, &active.mem, &active.interrupt);
+        }
+        if result.is_ok() && !self.frame.is_pending() {
+            // Back to polling the tap: guest notifications are not needed until buffers run out.
+            let _ = active.rx.disable_notification(active.mem.as_ref());
+            self.resume_rx();
+        }
+        result
+    }
+
+    fn resume_rx(&mut self) {
+        self.rx_paused = false;
+        if let Err(e) = self.rx_resume.write(1) {
+            warn!("virtio-net: cannot write the rx resume event: {e}");
+        }
+    }
+
+    /// Queue 1 was notified: send every frame the guest made available.
+    fn process_tx(&mut self) -> Result<(), QueueError> {
+        let Some(active) = self.active.as_mut().filter(|a| a.tx.ready()) else {
+            return Ok(());
+        };
+        let used_before = active.tx.next_used();
+        let result = drain_tx(
+            active,
+            self.tap.as_mut(),
+            &mut self.scratch,
+            &mut self.counters,
+        );
+        if active.tx.next_used() != used_before {
+            signal_used(&mut active.tx, &active.mem, &active.interrupt);
+        }
+        if let Err(QueueError::MalformedChain { queue, head }) = &result {
+            self.broken = Some((*queue, *head));
+        }
+        result
+    }
+}
+
+/// Tries to deliver the pending frame: `Some(true)` delivered, `Some(false)` dropped (counted),
+/// `None` no buffers and notifications re-enabled, `Err(head)` a malformed chain.
+fn rx_step(
+    active: &mut Active,
+    frame: &mut RxFrame,
+    counters: &mut NetCounters,
+) -> Result<Option<bool>, u16> {
+    let mergeable = active.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+    let mem = active.mem.as_ref();
+    // Retries after re-enabling notifications; bounded so a ring that reports buffers it does
+    // not yield cannot spin.
+    for _ in 0..=QUEUE_SIZE {
+        let len = frame.frame_len() as u64;
+        match deliver(mem, &mut active.rx, frame, mergeable) {
+            Ok(Delivery::Delivered) => {
+                counters.rx_frames += 1;
+                counters.rx_bytes += len;
+                return Ok(Some(true));
+            }
+            Ok(Delivery::Dropped(drop)) => {
+                count_rx_drop(counters, drop);
+                return Ok(Some(false));
+            }
+            Ok(Delivery::NoBuffers) => match active.rx.enable_notification(mem) {
+                // Buffers arrived while notifications were off: turn them off again, retry.
+                Ok(true) => {
+                    let _ = active.rx.disable_notification(mem);
+                }
+                Ok(false) => return Ok(None),
+                Err(_) => return Err(active.rx.next_avail()),
+            },
+            Ok(Delivery::Broken { head }) => {
+                counters.rx_dropped_bad_chain += 1;
+                return Err(head);
+            }
+            Err(e) => {
+                warn!("virtio-net: rx ring access failed: {e}");
+                frame.clear();
+                counters.rx_dropped_bad_chain += 1;
+                return Err(active.rx.next_avail());
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn count_rx_drop(counters: &mut NetCounters, drop: RxDrop) {
+    match drop {
+        RxDrop::TooBig => counters.rx_dropped_too_big += 1,
+        RxDrop::BadHeader => counters.rx_dropped_bad_header += 1,
+        RxDrop::BadChain => counters.rx_dropped_bad_chain += 1,
+    }
+}
+
+/// Sends every available tx chain, with guest notifications off while it works.
+fn drain_tx(
+    active: &mut Active,
+    tap: &mut dyn TapIo,
+    scratch: &mut Vec<u8>,
+    counters: &mut NetCounters,
+) -> Result<(), QueueError> {
+    let ring = |source| QueueError::Ring {
+        queue: TX_QUEUE,
+        source,
+    };
+    let mem = active.mem.as_ref();
+    loop {
+        active.tx.disable_notification(mem).map_err(ring)?;
+        let mut progress = false;
+        while let Some(chain) = active.tx.iter(mem).map_err(ring)?.next() {
+            progress = true;
+            let head = chain.head_index();
+            let result = transmit(mem, chain, active.acked, tap, scratch);
+            active.tx.add_used(mem, head, 0).map_err(ring)?;
+            match result {
+                TxResult::Sent(len) => {
+                    counters.tx_frames += 1;
+                    counters.tx_bytes += len as u64;
+                }
+                TxResult::Dropped(TxDrop::Oversize) => counters.tx_dropped_oversize += 1,
+                TxResult::Dropped(TxDrop::BadHeader) => counters.tx_dropped_bad_header += 1,
+                TxResult::Dropped(TxDrop::BadChain) => counters.tx_dropped_bad_chain += 1,
+                TxResult::Dropped(TxDrop::Tap) => counters.tx_dropped_tap_error += 1,
+                TxResult::Malformed => {
+                    counters.tx_dropped_bad_chain += 1;
+                    return Err(QueueError::MalformedChain {
+                        queue: TX_QUEUE,
+                        head,
+                    });
+                }
+            }
+        }
+        // Stop if a pass found nothing although the ring said there was more: no spinning.
+        if !active.tx.enable_notification(mem).map_err(ring)? || !progress {
+            return Ok(());
+        }
+    }
+}
+
+/// Interrupts the guest if the queue's notification suppression (EVENT_IDX) allows it.
+fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    if queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.trigger(INT_USED_BUFFER) {
+            warn!("virtio-net: cannot raise interrupt: {e}");
+        }
+    }
+}
+
+/// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
+/// queue, or a descriptor could not be read).
+fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
+    let descs: Vec<Descriptor> = chain.collect();
+    match descs.last() {
+        Some(last) if !last.has_next() => Some(descs),
+        _ => None,
+    }
+}
+
+/// The TUN_F_* offloads matching what the guest accepts on receive.
+pub fn tap_offloads(acked: u64) -> u32 {
+    if acked & VIRTIO_NET_F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut flags = libc::TUN_F_CSUM;
+    for (feature, flag) in [
+        (VIRTIO_NET_F_GUEST_TSO4, libc::TUN_F_TSO4),
+        (VIRTIO_NET_F_GUEST_TSO6, libc::TUN_F_TSO6),
+        (VIRTIO_NET_F_GUEST_UFO, libc::TUN_F_UFO),
+    ] {
+        if acked & feature != 0 {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset
+                .checked_add(i as u64)
+                .and_then(|a| usize::try_from(a).ok());
+            *byte = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The MAC is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR (legacy), not offered.
+        log::debug!(
+            "virtio-net: {}-byte config write at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        let [mut rx, mut tx] =
+            <[Queue; 2]>::try_from(queues).map_err(|queues| ActivateError::QueueCount {
+                expected: 2,
+                got: queues.len(),
+            })?;
+        let event_idx = acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for (index, queue) in [&mut rx, &mut tx].into_iter().enumerate() {
+            if queue.ready() && !queue.is_valid(mem.as_ref()) {
+                return Err(ActivateError::InvalidQueue(index));
+            }
+            queue.set_event_idx(event_idx);
+        }
+        if rx.ready() {
+            // The device polls the tap; it wants rx notifications only once buffers run out.
+            let _ = rx.disable_notification(mem.as_ref());
+        }
+        let offloads = tap_offloads(acked_features);
+        if let Err(e) = self.tap.set_offload(offloads) {
+            warn!("virtio-net: {e}; the guest gets no receive offloads");
+            let _ = self.tap.set_offload(0);
+        }
+        self.frame.clear();
+        self.broken = None;
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            acked: acked_features,
+        });
+        self.resume_rx();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if self.frame.is_pending() {
+            self.counters.rx_dropped_reset += 1;
+        }
+        self.frame.clear();
+        self.active = None;
+        self.broken = None;
+        self.rx_paused = true;
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
+        if let Some((queue, head)) = self.broken {
+            return Err(QueueError::MalformedChain { queue, head });
+        }
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A [`Net`] shared between its transport (which owns a clone as its `VirtioDevice`) and the
+/// event loop (which calls [`Net::rx_ready`] through [`SharedNet::lock`]).
+#[derive(Clone)]
+pub struct SharedNet(Arc<Mutex<Net>>);
+
+impl SharedNet {
+    /// Shares `net`.
+    pub fn new(net: Net) -> SharedNet {
+        SharedNet(Arc::new(Mutex::new(net)))
+    }
+
+    /// The device. A panic while it was held leaves it usable: its state is plain data.
+    pub fn lock(&self) -> MutexGuard<'_, Net> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl VirtioDevice for SharedNet {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.lock().features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.lock().read_config(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.lock().write_config(offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        self.lock().activate(acked_features, mem, queues, interrupt)
+    }
+
+    fn reset(&mut self) {
+        self.lock().reset();
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
+        self.lock().process_queue(index)
+    }
+}
+
+#[cfg(test)]
+mod tests;
