@@ -14,6 +14,7 @@ mod logger;
 mod monitor_opts;
 mod netdevs;
 mod opts;
+mod rng_opts;
 mod settings;
 
 use settings::LogTarget;

@@ -4,6 +4,7 @@ use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::netdevs::{check_virtio_slots, inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_bool, parse_size, OptList};
+use crate::rng_opts::{parse_rng, RNG_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
 use std::path::PathBuf;
@@ -72,7 +73,6 @@ const FUTURE_DEVICES: &[&str] = &[
     "virtio-blk-device",
     "virtio-net-device",
     "vhost-vsock-device",
-    "virtio-rng-device",
     "virtio-balloon-device",
     "virtio-serial-device",
     "virtconsole",
@@ -112,6 +112,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             .last("serial")
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
+        rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         seccomp: !parsed.has("disable-seccomp"),
     };
@@ -156,7 +157,10 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
         let driver = OptList::parse(d, Some("driver"))
             .get("driver")
             .map(str::to_owned);
-        !matches!(driver.as_deref(), Some(BLOCK_DEVICE | NET_DEVICE))
+        !matches!(
+            driver.as_deref(),
+            Some(BLOCK_DEVICE | NET_DEVICE | RNG_DEVICE)
+        )
     });
     if let Some(device) = other_device {
         let opts = OptList::parse(device, Some("driver"));
@@ -169,10 +173,6 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
             ));
         }
         return Err(SettingsError::NotSupported(format!("device '{kind}'")));
-    }
-    if let Some(value) = parsed.last("object") {
-        let first = value.split(',').next().unwrap_or_default();
-        return Err(SettingsError::NotSupported(format!("-object {first}")));
     }
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct MachineConfig {
     pub serial: SerialConfig,
     /// virtio-blk disks, in command-line order (the first is the guest's vda).
     pub drives: Vec<DriveConfig>,
+    /// The virtio-rng device, if any.
+    pub rng: Option<virtio::RngOptions>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
@@ -73,6 +75,7 @@ impl Default for MachineConfig {
             cmdline: String::new(),
             serial: SerialConfig::None,
             drives: Vec::new(),
+            rng: None,
             qmp: None,
             seccomp: true,
         }

@@ -111,6 +111,9 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// The entropy device could not be created.
+    #[error("cannot create the virtio-rng device")]
+    Rng(#[source] virtio::RngError),
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

@@ -15,7 +15,9 @@ use address_space::{AddressSpace, Region, SharedIo};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use virtio::{Block, BlockOptions, Interrupt, MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
+use virtio::{
+    Block, BlockOptions, Interrupt, MmioTransport, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -29,58 +31,89 @@ pub struct VirtioDevices {
     pub events: DeviceEvents,
 }
 
-/// Creates a virtio-blk device for each drive, maps it and wires its IRQ and, with
-/// `ioeventfd`, its queue notifications.
+/// Creates the virtio devices (the drives in command-line order, so the first is the guest's
+/// vda, then the entropy device), maps each and wires its IRQ and, with `ioeventfd`, its queue
+/// notifications.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
     drives: &[DriveConfig],
+    rng: Option<&RngOptions>,
     ioeventfd: bool,
 ) -> Result<VirtioDevices, MachineError> {
-    if drives.len() > VIRTIO_IRQS.len() {
+    let mut devices = block_devices(drives)?;
+    if let Some(options) = rng {
+        devices.push(rng_device(options)?);
+    }
+    if devices.len() > VIRTIO_IRQS.len() {
         return Err(MachineError::TooManyVirtioDevices {
             max: VIRTIO_IRQS.len(),
         });
     }
     let mut out = VirtioDevices {
-        cmdline: Vec::with_capacity(drives.len()),
+        cmdline: Vec::with_capacity(devices.len()),
         events: DeviceEvents::default(),
     };
-    for (index, (drive, irq)) in drives.iter().zip(VIRTIO_IRQS).enumerate() {
-        let options = BlockOptions {
-            path: drive.path.clone(),
-            readonly: drive.readonly,
-            serial: drive.serial.clone(),
-            aio: drive.aio,
-            direct: drive.direct,
-        };
-        let block = Block::new(&options).map_err(|source| MachineError::Drive {
-            id: drive.id.clone(),
-            source,
-        })?;
+    for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
-        let device = Device {
+        let slot = Device {
             base,
             irq,
             ioeventfd,
         };
-        device.add(vm, mmio, Box::new(block), &mut out.events)?;
+        slot.add(vm, mmio, device, &mut out.events)?;
         log::info!(
-            "drive '{}': {:?}{} aio={:?}{} at {base:#x}, IRQ {irq}{}",
-            drive.id,
-            drive.path,
-            if drive.readonly { " (read-only)" } else { "" },
-            drive.aio,
-            if drive.direct { " direct" } else { "" },
-            if ioeventfd { ", ioeventfd" } else { "" },
+            "{label} at {base:#x}, IRQ {irq}{}",
+            if ioeventfd { ", ioeventfd" } else { "" }
         );
         out.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
-    if !drives.is_empty() {
+    if !out.cmdline.is_empty() {
         mmio.commit()?;
     }
     Ok(out)
+}
+
+/// A device to place, with a description for the log.
+type Labelled = (String, Box<dyn VirtioDevice>);
+
+fn block_devices(drives: &[DriveConfig]) -> Result<Vec<Labelled>, MachineError> {
+    drives
+        .iter()
+        .map(|drive| {
+            let options = BlockOptions {
+                path: drive.path.clone(),
+                readonly: drive.readonly,
+                serial: drive.serial.clone(),
+                aio: drive.aio,
+                direct: drive.direct,
+            };
+            let block = Block::new(&options).map_err(|source| MachineError::Drive {
+                id: drive.id.clone(),
+                source,
+            })?;
+            let label = format!(
+                "drive '{}': {:?}{} aio={:?}{}",
+                drive.id,
+                drive.path,
+                if drive.readonly { " (read-only)" } else { "" },
+                drive.aio,
+                if drive.direct { " direct" } else { "" },
+            );
+            Ok((label, Box::new(block) as Box<dyn VirtioDevice>))
+        })
+        .collect()
+}
+
+fn rng_device(options: &RngOptions) -> Result<Labelled, MachineError> {
+    let rng = Rng::new(options).map_err(MachineError::Rng)?;
+    let limit = match options.max_bytes {
+        Some(max) => format!(", at most {max} bytes per {} ms", options.period_ms),
+        None => String::new(),
+    };
+    let label = format!("virtio-rng from {:?}{limit}", options.source);
+    Ok((label, Box::new(rng)))
 }
 
 /// Where one virtio-mmio device goes.

@@ -69,7 +69,7 @@ pub fn run_notifying(
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
     }
     let seccomp = Seccomp::new(config.seccomp, ioeventfd).map_err(MachineError::Seccomp)?;
-    let virtio = build_virtio_devices(&vm, &mmio, &config.drives, ioeventfd)?;
+    let virtio = build_virtio_devices(&vm, &mmio, &config.drives, config.rng.as_ref(), ioeventfd)?;
     let boot = load_guest(
         &mmio,
         config,
