@@ -17,6 +17,8 @@ use qmp::{AfterReply, Event, Incoming, QmpHandler, Session};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use virtio::MmioTransport;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Everything the VMM thread owns once the guest runs.
@@ -37,6 +39,8 @@ pub struct RunningVm {
     pub console: bool,
     /// Device event sources (virtqueue ioeventfds, I/O completions, taps).
     pub device_events: DeviceEvents,
+    /// The virtio devices, shut down (disks flushed) when the VM ends.
+    pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// The seccomp filters: each vCPU thread installs its own, the VMM thread its own right
     /// before the event loop.
     pub seccomp: Seccomp,
@@ -68,6 +72,12 @@ impl RunningVm {
         }
         let result = self.event_loop();
         self.state.stop_vcpus();
+        for transport in &self.virtio {
+            transport
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shutdown();
+        }
         if let Some(qmp) = self.qmp.as_mut() {
             qmp.send_event(&Event::Shutdown(shutdown_info(&result)));
             qmp.flush_blocking();

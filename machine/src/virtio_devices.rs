@@ -29,6 +29,8 @@ pub struct VirtioDevices {
     pub cmdline: Vec<String>,
     /// Event sources for the VMM thread's loop.
     pub events: DeviceEvents,
+    /// Every transport, to shut the devices down (flush disks) when the VM ends.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// Creates the virtio devices (the drives in command-line order, so the first is the guest's
@@ -53,6 +55,7 @@ pub fn build_virtio_devices(
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
         events: DeviceEvents::default(),
+        transports: Vec::new(),
     };
     for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
@@ -61,7 +64,8 @@ pub fn build_virtio_devices(
             irq,
             ioeventfd,
         };
-        slot.add(vm, mmio, device, &mut out.events)?;
+        out.transports
+            .push(slot.add(vm, mmio, device, &mut out.events)?);
         log::info!(
             "{label} at {base:#x}, IRQ {irq}{}",
             if ioeventfd { ", ioeventfd" } else { "" }
@@ -131,7 +135,7 @@ impl Device {
         mmio: &AddressSpace,
         device: Box<dyn VirtioDevice>,
         events: &mut DeviceEvents,
-    ) -> Result<(), MachineError> {
+    ) -> Result<Arc<Mutex<MmioTransport>>, MachineError> {
         let (base, irq) = (self.base, self.irq);
         let irq_err = |source| MachineError::Irq { irq, source };
         let evt = EventFd::new(EFD_NONBLOCK).map_err(irq_err)?;
@@ -158,7 +162,7 @@ impl Device {
         let fds: Vec<_> = queue_evts.iter().map(AsRawFd::as_raw_fd).collect();
         let queues = fds.len() as u32;
         let handler: SharedHandler = Arc::new(Mutex::new(VirtioEvents {
-            transport,
+            transport: transport.clone(),
             queue_evts,
         }));
         for (n, fd) in fds.into_iter().enumerate() {
@@ -167,7 +171,7 @@ impl Device {
         for (n, fd) in device_fds.into_iter().enumerate() {
             events.add(fd, handler.clone(), queues + n as u32);
         }
-        Ok(())
+        Ok(transport)
     }
 
     /// One eventfd per queue, written by KVM when the guest writes the queue's index to

@@ -133,6 +133,7 @@ pub fn run_notifying(
         qmp,
         console: config.serial == SerialConfig::Stdio,
         device_events: virtio.events,
+        virtio: virtio.transports,
         seccomp,
     };
     on_ready();

@@ -142,6 +142,9 @@ pub trait VirtioDevice: Send {
     fn event_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
+    /// The VM is ending: finish in-flight work and make written data durable (a disk flushes
+    /// its image). Called once, after the vCPUs stopped.
+    fn shutdown(&mut self) {}
     /// Event source `index` of [`VirtioDevice::event_fds`] is readable; the device reads it.
     /// Called whether or not the device is activated.
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {

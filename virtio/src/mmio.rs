@@ -181,6 +181,11 @@ impl MmioTransport {
         self.device.event_fds()
     }
 
+    /// The VM is ending: the device finishes in-flight work and flushes what it wrote.
+    pub fn shutdown(&mut self) {
+        self.device.shutdown();
+    }
+
     /// Device event source `index` is readable: the device handles it; an error it reports
     /// while activated marks the device as needing a reset.
     pub fn device_event(&mut self, index: usize) {

@@ -264,6 +264,16 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn shutdown(&mut self) {
+        // Dropping the engine waits for the requests still in flight.
+        self.engine = None;
+        if !self.readonly {
+            if let Err(e) = self.disk.flush() {
+                warn!("virtio-blk: cannot flush the image at exit: {e}");
+            }
+        }
+    }
+
     fn reset(&mut self) {
         // Requests still in the engine belong to the old queue: their completions are dropped.
         self.active = None;

@@ -644,6 +644,22 @@ fn flush_completes_only_after_the_backend_synced() {
 }
 
 #[test]
+fn shutdown_flushes_a_writable_image() {
+    let (mut r, seen) = probe_rig(false);
+    assert_eq!(r.request(T_OUT, 0, Some((DATA, 512, false))), (S_OK, 1));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing flushed before the VM ends"
+    );
+    r.t.shutdown();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the image was flushed at shutdown"
+    );
+}
+
+#[test]
 fn host_io_errors_reach_the_guest_as_ioerr() {
     let (mut r, _) = probe_rig(true);
     assert_eq!(r.request(T_IN, 0, Some((DATA, 512, true))), (S_IOERR, 1));
