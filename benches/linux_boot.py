@@ -33,7 +33,7 @@ def nimbus_cmd(args, disk, append):
 
 
 def qemu_cmd(args, disk, append):
-    return ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+    return ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
             "-enable-kvm", "-cpu", "host,-arch-capabilities", "-smp", "1", "-m", "256",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-kernel", os.path.join(args.kit, "vmlinux"), "-append", append,

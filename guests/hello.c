@@ -867,6 +867,68 @@ static void action_blkbench(void)
 	putc('\n');
 }
 
+/* The base of the `n`th (from 0) `virtio_mmio.device=` of the command line, or 0. */
+static u64 find_virtio_mmio_nth(const char *p, u64 n)
+{
+	static const char key[] = "virtio_mmio.device=";
+
+	while (p && *p) {
+		if (!starts_with(p, key)) {
+			p++;
+			continue;
+		}
+		if (!n)
+			return find_virtio_mmio(p);
+		n--;
+		p += sizeof(key) - 1;
+	}
+	return 0;
+}
+
+/* `nimbus.test=blkwatch`: drives the block device of virtio-mmio slot `nimbus.blkslot=N`
+   (N >= 1, default 1: the second device, QMP's addr "0x1") and reports its capacity each time
+   it changes as QMP device_add / device_del swap the medium behind it, with " config-change"
+   when the configuration-change interrupt bit was set, then reads sector 0. Returns after
+   `nimbus.blkchanges=N` changes (default 2). */
+static void action_blkwatch(void)
+{
+	u64 changes = cmdline_number(info.cmdline, "nimbus.blkchanges=", 2);
+	u64 slot = cmdline_number(info.cmdline, "nimbus.blkslot=", 1);
+	u64 seen, capacity;
+	u32 isr, i;
+
+	vdev_base = find_virtio_mmio_nth(info.cmdline, slot);
+	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
+		puts("blkwatch: no device\n");
+		return;
+	}
+	if (blk_probe())
+		return;
+	seen = vr(0x100) | (u64)vr(0x104) << 32;
+	puts("blkwatch: capacity=");
+	put_dec(seen);
+	putc('\n');
+	while (changes) {
+		capacity = vr(0x100) | (u64)vr(0x104) << 32;
+		if (capacity == seen) {
+			for (i = 0; i < 20000; i++)
+				__asm__ volatile("pause");
+			continue;
+		}
+		/* The host writes the capacity, then raises the interrupt, under one lock that the
+		   configuration read above waited for: the status bit is set by now. */
+		isr = vr(0x60);
+		vw(0x64, isr);
+		seen = capacity;
+		changes--;
+		puts("blkwatch: capacity=");
+		put_dec(capacity);
+		puts(isr & 2 ? " config-change\n" : "\n");
+		memset((u8 *)BLK_DATA, 0, 512);
+		blk_print_text("marker", blk_request(BLK_T_IN, 0, 512, 1), 32);
+	}
+}
+
 /* ---- virtio-net, polled ------------------------------------------------------------------- */
 
 #define VIRTIO_MMIO_BASE 0xd0000000UL
@@ -1076,6 +1138,8 @@ static void run_action(const char *name, u64 len)
 		action_blk();
 	else if (str_eq_n(name, len, "blkbench"))
 		action_blkbench();
+	else if (str_eq_n(name, len, "blkwatch"))
+		action_blkwatch();
 	else if (str_eq_n(name, len, "net"))
 		action_net();
 	else {

@@ -114,6 +114,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
+        blk_slots: machine::DEFAULT_BLK_SLOTS,
         seccomp: !parsed.has("disable-seccomp"),
     };
     let nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;

@@ -54,6 +54,10 @@ pub struct MachineConfig {
     pub serial: SerialConfig,
     /// virtio-blk disks, in command-line order (the first is the guest's vda).
     pub drives: Vec<DriveConfig>,
+    /// Replaceable virtio-blk devices for QMP hot-plug (`device_add`), created only with a QMP
+    /// monitor: the drives fill slots 0.., the rest start empty. More drives than slots get one
+    /// slot each. Default [`crate::hotplug::DEFAULT_BLK_SLOTS`] (4).
+    pub blk_slots: usize,
     /// The virtio-rng device, if any.
     pub rng: Option<virtio::RngOptions>,
     /// Where the QMP monitor listens, if anywhere.
@@ -75,6 +79,7 @@ impl Default for MachineConfig {
             cmdline: String::new(),
             serial: SerialConfig::None,
             drives: Vec::new(),
+            blk_slots: crate::hotplug::DEFAULT_BLK_SLOTS,
             rng: None,
             qmp: None,
             seccomp: true,

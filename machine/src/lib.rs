@@ -11,6 +11,7 @@ mod cpuid;
 mod device_events;
 mod error;
 mod event_loop;
+mod hotplug;
 pub mod layout;
 mod legacy;
 mod memory;
@@ -27,6 +28,7 @@ mod vm;
 pub use address_space::{RamBacking, RamOptions};
 pub use config::{DriveConfig, MachineConfig, SerialConfig};
 pub use error::MachineError;
+pub use hotplug::DEFAULT_BLK_SLOTS;
 pub use qmp_server::QmpEndpoint;
 pub use seccomp::{
     also_report_to as seccomp_also_report_to, SELFTEST_ENV as SECCOMP_SELFTEST_ENV,

@@ -1,5 +1,6 @@
 //! The machine's side of QMP: carries out each command on the running VM.
 
+use crate::hotplug::BlockSlots;
 use crate::vcpu::{Request, VcpuControl, VcpuHandle};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
@@ -38,6 +39,8 @@ pub struct VmState {
     pub frozen_clock: Option<kvm_clock_data>,
     /// Descriptors stored by `getfd`.
     pub fds: HashMap<String, File>,
+    /// The replaceable block devices and the backends `blockdev-add` registered.
+    pub block_slots: BlockSlots,
 }
 
 impl VmState {
@@ -263,10 +266,27 @@ impl QmpHandler for Monitor<'_> {
             Command::QueryHotpluggableCpus => json(&self.query_hotpluggable_cpus()),
             Command::Getfd(args) => self.getfd(args.fdname),
             Command::Closefd(args) => self.closefd(&args.fdname),
-            Command::BlockdevAdd(_) | Command::BlockdevDel(_) => Err(not_yet("block hot-plug")),
+            Command::BlockdevAdd(options) => {
+                self.state.block_slots.blockdev_add(&options)?;
+                Ok(Response::empty())
+            }
+            Command::BlockdevDel(args) => {
+                self.state.block_slots.blockdev_del(&args.node_name)?;
+                Ok(Response::empty())
+            }
             Command::NetdevAdd(_) | Command::NetdevDel(_) => Err(not_yet("network hot-plug")),
+            Command::DeviceAdd(args) if BlockSlots::is_block_driver(&args.driver) => {
+                self.state.block_slots.device_add(&args)?;
+                Ok(Response::empty())
+            }
             Command::DeviceAdd(_) => Err(not_yet("device hot-plug")),
-            Command::DeviceDel(args) => Err(QmpError::device_not_found(&args.id)),
+            Command::DeviceDel(args) => match self.state.block_slots.device_del(&args.id) {
+                Some(deleted) => {
+                    self.events.push(deleted?);
+                    Ok(Response::empty())
+                }
+                None => Err(QmpError::device_not_found(&args.id)),
+            },
             Command::Balloon(BalloonArgs { .. }) | Command::QueryBalloon => Err(no_balloon()),
             Command::QueryVersion => json(&self.state.version),
             Command::QueryCommands => json(&qmp::query_commands()),
@@ -279,7 +299,7 @@ impl QmpHandler for Monitor<'_> {
             Command::QueryTarget => json(&TargetInfo {
                 arch: "x86_64".to_string(),
             }),
-            Command::QueryBlock => Ok(Response::new(serde_json::Value::Array(Vec::new()))),
+            Command::QueryBlock => json(&self.state.block_slots.query_block()),
             Command::QueryChardev => json(&vec![ChardevInfo {
                 label: "serial0".to_string(),
                 filename: self.state.serial_backend.clone(),

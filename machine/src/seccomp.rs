@@ -260,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn vmm_list_has_the_event_loop_and_the_exit_path_but_cannot_open_files() {
+    fn vmm_list_has_the_event_loop_and_the_exit_path_but_cannot_create_files() {
         let nrs: Vec<i64> = allow_list(ThreadKind::Vmm, false)
             .iter()
             .map(|a| a.nr)
@@ -273,8 +273,25 @@ mod tests {
         ] {
             assert!(nrs.contains(&needed), "{needed}");
         }
-        for forbidden in [libc::SYS_openat, libc::SYS_execve, libc::SYS_connect] {
+        for forbidden in [
+            libc::SYS_open,
+            libc::SYS_creat,
+            libc::SYS_execve,
+            libc::SYS_connect,
+        ] {
             assert!(!nrs.contains(&forbidden), "{forbidden}");
+        }
+        // QMP blockdev-add opens existing images; nothing may be created or truncated.
+        let openat = allow_list(ThreadKind::Vmm, false)
+            .into_iter()
+            .find(|a| a.nr == libc::SYS_openat)
+            .expect("openat");
+        let (arg, flags) = openat.only.expect("openat is restricted by its flags");
+        assert_eq!(arg, 2);
+        for f in flags {
+            let forbidden = u64::try_from(libc::O_CREAT | libc::O_TRUNC | libc::O_PATH)
+                .expect("open flags are positive");
+            assert_eq!(f & forbidden, 0, "{f:#o}");
         }
     }
 

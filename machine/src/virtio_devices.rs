@@ -10,14 +10,13 @@
 use crate::config::DriveConfig;
 use crate::device_events::{DeviceEvents, EventHandler, SharedHandler};
 use crate::error::MachineError;
+use crate::hotplug::{block_devices, BlockSlots, Labelled};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use address_space::{AddressSpace, Region, SharedIo};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use virtio::{
-    Block, BlockOptions, Interrupt, MmioTransport, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE,
-};
+use virtio::{Interrupt, MmioTransport, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
@@ -31,19 +30,23 @@ pub struct VirtioDevices {
     pub events: DeviceEvents,
     /// Every transport, to shut the devices down (flush disks) when the VM ends.
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The replaceable block devices (QMP hot-plug), see `hotplug.rs`.
+    pub block_slots: BlockSlots,
 }
 
-/// Creates the virtio devices (the drives in command-line order, so the first is the guest's
-/// vda, then the entropy device), maps each and wires its IRQ and, with `ioeventfd`, its queue
+/// Creates the virtio devices (`blk_slots` block slots, or one per drive if there are more, the
+/// drives filling them in command-line order so the first is the guest's vda, then the entropy
+/// device), maps each and wires its IRQ and, with `ioeventfd`, its queue
 /// notifications.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
     drives: &[DriveConfig],
+    blk_slots: usize,
     rng: Option<&RngOptions>,
     ioeventfd: bool,
 ) -> Result<VirtioDevices, MachineError> {
-    let mut devices = block_devices(drives)?;
+    let (block_slots, mut devices) = block_devices(drives, blk_slots)?;
     if let Some(options) = rng {
         devices.push(rng_device(options)?);
     }
@@ -56,6 +59,7 @@ pub fn build_virtio_devices(
         cmdline: Vec::with_capacity(devices.len()),
         events: DeviceEvents::default(),
         transports: Vec::new(),
+        block_slots,
     };
     for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
@@ -77,37 +81,6 @@ pub fn build_virtio_devices(
         mmio.commit()?;
     }
     Ok(out)
-}
-
-/// A device to place, with a description for the log.
-type Labelled = (String, Box<dyn VirtioDevice>);
-
-fn block_devices(drives: &[DriveConfig]) -> Result<Vec<Labelled>, MachineError> {
-    drives
-        .iter()
-        .map(|drive| {
-            let options = BlockOptions {
-                path: drive.path.clone(),
-                readonly: drive.readonly,
-                serial: drive.serial.clone(),
-                aio: drive.aio,
-                direct: drive.direct,
-            };
-            let block = Block::new(&options).map_err(|source| MachineError::Drive {
-                id: drive.id.clone(),
-                source,
-            })?;
-            let label = format!(
-                "drive '{}': {:?}{} aio={:?}{}",
-                drive.id,
-                drive.path,
-                if drive.readonly { " (read-only)" } else { "" },
-                drive.aio,
-                if drive.direct { " direct" } else { "" },
-            );
-            Ok((label, Box::new(block) as Box<dyn VirtioDevice>))
-        })
-        .collect()
 }
 
 fn rng_device(options: &RngOptions) -> Result<Labelled, MachineError> {

@@ -69,7 +69,20 @@ pub fn run_notifying(
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
     }
     let seccomp = Seccomp::new(config.seccomp, ioeventfd).map_err(MachineError::Seccomp)?;
-    let virtio = build_virtio_devices(&vm, &mmio, &config.drives, config.rng.as_ref(), ioeventfd)?;
+    // Without a monitor nothing can hot-plug: no empty slots then.
+    let blk_slots = if config.qmp.is_some() {
+        config.blk_slots
+    } else {
+        0
+    };
+    let virtio = build_virtio_devices(
+        &vm,
+        &mmio,
+        &config.drives,
+        blk_slots,
+        config.rng.as_ref(),
+        ioeventfd,
+    )?;
     let boot = load_guest(
         &mmio,
         config,
@@ -123,6 +136,7 @@ pub fn run_notifying(
         paused: false,
         frozen_clock: None,
         fds: HashMap::new(),
+        block_slots: virtio.block_slots,
     };
     let running = RunningVm {
         state,

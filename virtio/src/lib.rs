@@ -16,7 +16,7 @@ pub mod rng;
 #[cfg(test)]
 mod testing;
 
-pub use block::{Aio, Block, BlockError, BlockOptions};
+pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
 pub use device::{
     ActivateError, Interrupt, QueueError, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_BUFFER,
 };

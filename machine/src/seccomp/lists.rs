@@ -65,6 +65,18 @@ fn tgkill_signals() -> Vec<u64> {
         .collect()
 }
 
+/// The `openat` flags of QMP `blockdev-add` (`RawFile::open_with` through std's `File::open`):
+/// read-only or read-write, with or without O_DIRECT, always O_CLOEXEC; no O_CREAT, O_TRUNC,
+/// O_PATH, so the VMM thread can open an existing image but never create or truncate a file.
+pub(crate) fn image_open_flags() -> Vec<u64> {
+    use libc::{O_CLOEXEC, O_DIRECT, O_RDONLY, O_RDWR};
+    [O_RDONLY, O_RDWR]
+        .into_iter()
+        .flat_map(|mode| [mode | O_CLOEXEC, mode | O_CLOEXEC | O_DIRECT])
+        .map(|flags| u64::try_from(flags).expect("open flags are positive"))
+        .collect()
+}
+
 /// The VMM (main) thread from its event loop to the end of the process.
 #[rustfmt::skip]
 pub(crate) fn vmm() -> Vec<Allowed> {
@@ -95,6 +107,12 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_pwrite64, "pwrite64", "virtio-blk writes served on the event loop"),
         any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
         any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions, drain on exit"),
+        // QMP blockdev-add opens the image on the VMM thread (hotplug.rs, RawFile::open_with).
+        only(SYS_openat, "openat", 2, &image_open_flags(), "QMP blockdev-add opens the image (and again with O_DIRECT); never creates a file"),
+        any(SYS_statx, "statx", "QMP blockdev-add checks the image is a file or block device"),
+        any(SYS_fstat, "fstat", "QMP blockdev-add: std's fallback where statx is missing"),
+        any(SYS_newfstatat, "newfstatat", "QMP blockdev-add: std's fallback where statx is missing"),
+        any(SYS_lseek, "lseek", "QMP blockdev-add sizes the image (seek to the end)"),
         any(SYS_mmap, "mmap", "memory allocation"),
         any(SYS_munmap, "munmap", "memory allocation; guest RAM unmapped on exit"),
         any(SYS_mprotect, "mprotect", "malloc growing a heap arena"),

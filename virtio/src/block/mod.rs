@@ -5,12 +5,13 @@
 mod aligned;
 mod disk;
 mod request;
+mod slot;
 mod uring;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use address_space::vm_memory::GuestMemoryMmap;
 use log::{debug, warn};
@@ -19,7 +20,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 pub use self::disk::{DiskBackend, RawFile};
 use self::request::{execute, finish, start, AsyncRequest, Disk, Outcome, Started, MAX_SEGMENTS};
 pub use self::request::{ID_BYTES, SECTOR_SIZE};
-use self::uring::Uring;
+pub use self::slot::{BlockHandle, NoMedium, SlotError};
+use self::uring::{Completion, Uring};
 use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
 use crate::DEVICE_TYPE_BLOCK;
 
@@ -108,9 +110,20 @@ struct Active {
     interrupt: Interrupt,
 }
 
-/// A virtio block device.
+/// A virtio block device. The device state sits behind a mutex it shares with its
+/// [`BlockHandle`]s, through which the machine attaches and detaches the medium (hot-plug).
 pub struct Block {
+    state: Arc<Mutex<State>>,
+}
+
+/// What a [`Block`] holds: the medium (a backend, or [`NoMedium`] in an empty slot), the
+/// configuration space, the queue once activated and the io_uring engine.
+struct State {
     disk: Box<dyn DiskBackend>,
+    /// A backend is attached (false in an empty slot).
+    attached: bool,
+    /// Requests of the attached backend go through `engine`.
+    async_io: bool,
     readonly: bool,
     serial: [u8; ID_BYTES],
     capacity: u64,
@@ -131,20 +144,23 @@ impl Block {
                 source,
             },
         )?;
-        let mut block = Block::with_backend(Box::new(disk), options.readonly, &options.serial)?;
+        let block = Block::with_backend(Box::new(disk), options.readonly, &options.serial)?;
         if options.aio != Aio::Off {
             let engine = Uring::new(QUEUE_SIZE).map_err(|source| BlockError::IoUring {
                 path: options.path.clone(),
                 source,
             })?;
-            block.engine = Some(engine);
+            let mut state = block.lock();
+            state.engine = Some(engine);
+            state.async_io = true;
         }
         Ok(block)
     }
 
     /// Whether requests go through the asynchronous engine.
     pub fn is_async(&self) -> bool {
-        self.engine.is_some()
+        let state = self.lock();
+        state.async_io && state.engine.is_some()
     }
 
     /// A block device over any backend (tests use instrumented ones).
@@ -153,11 +169,7 @@ impl Block {
         readonly: bool,
         serial: &str,
     ) -> Result<Block, BlockError> {
-        if serial.len() > ID_BYTES {
-            return Err(BlockError::SerialTooLong(serial.to_owned()));
-        }
-        let mut id = [0u8; ID_BYTES];
-        id[..serial.len()].copy_from_slice(serial.as_bytes());
+        let id = serial_id(serial)?;
         let capacity = disk.size() / SECTOR_SIZE;
         let mut features = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
         if readonly {
@@ -168,8 +180,10 @@ impl Block {
                 features |= VIRTIO_BLK_F_DISCARD;
             }
         }
-        Ok(Block {
+        Ok(Block::from_state(State {
             disk,
+            attached: true,
+            async_io: false,
             readonly,
             serial: id,
             capacity,
@@ -178,14 +192,37 @@ impl Block {
             active: None,
             engine: None,
             generation: 0,
-        })
+        }))
+    }
+
+    fn from_state(state: State) -> Block {
+        Block {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// The state. A panic while it was held leaves it usable: its state is plain data.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.lock().capacity
     }
+}
 
+/// The GET_ID answer for `serial`, NUL-padded.
+fn serial_id(serial: &str) -> Result<[u8; ID_BYTES], BlockError> {
+    if serial.len() > ID_BYTES {
+        return Err(BlockError::SerialTooLong(serial.to_owned()));
+    }
+    let mut id = [0u8; ID_BYTES];
+    id[..serial.len()].copy_from_slice(serial.as_bytes());
+    Ok(id)
+}
+
+impl State {
     fn has(&self, feature: u64) -> bool {
         self.features & feature != 0
     }
@@ -209,7 +246,7 @@ fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
     c
 }
 
-impl VirtioDevice for Block {
+impl VirtioDevice for State {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE_BLOCK
     }
@@ -267,7 +304,8 @@ impl VirtioDevice for Block {
     fn shutdown(&mut self) {
         // Dropping the engine waits for the requests still in flight.
         self.engine = None;
-        if !self.readonly {
+        // An empty slot (hot-plug) has nothing to flush.
+        if !self.readonly && self.attached {
             if let Err(e) = self.disk.flush() {
                 warn!("virtio-blk: cannot flush the image at exit: {e}");
             }
@@ -289,8 +327,8 @@ impl VirtioDevice for Block {
             capacity: self.capacity,
             readonly: self.readonly,
             serial: &self.serial,
-            discard: self.has(VIRTIO_BLK_F_DISCARD),
-            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES),
+            discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
+            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
         };
         let Some(active) = self.active.as_mut() else {
             return Ok(());
@@ -299,7 +337,7 @@ impl VirtioDevice for Block {
             return Ok(());
         }
         let mut completed = 0usize;
-        let result = match self.engine.as_mut() {
+        let result = match self.engine.as_mut().filter(|_| self.async_io) {
             Some(engine) => drain_async(&disk, active, (engine, self.generation), &mut completed),
             None => drain(&disk, active, &mut completed),
         };
@@ -320,8 +358,8 @@ impl VirtioDevice for Block {
             capacity: self.capacity,
             readonly: self.readonly,
             serial: &self.serial,
-            discard: self.has(VIRTIO_BLK_F_DISCARD),
-            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES),
+            discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
+            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
         };
         let Some(engine) = self.engine.as_mut().filter(|_| index == 0) else {
             return Ok(());
@@ -331,26 +369,12 @@ impl VirtioDevice for Block {
             return Ok(());
         };
         let mut completed = 0usize;
-        let ring = |source| QueueError::Ring { queue: 0, source };
-        for c in done {
-            let (generation, mut request) = c.data;
-            if generation != self.generation {
-                continue;
-            }
-            request.buf = c.buf;
-            let head = request.head;
-            let used_len = match finish(&disk, active.mem.as_ref(), request, c.result) {
-                Outcome::Completed { used_len } => used_len,
-                Outcome::NoStatus | Outcome::Malformed => 0,
-            };
-            active
-                .queue
-                .add_used(active.mem.as_ref(), head, used_len)
-                .map_err(ring)?;
-            completed += 1;
+        if let Err(e) = finish_all(&disk, active, done, self.generation, &mut completed) {
+            notify(active, completed);
+            return Err(e);
         }
         // Room in the engine again: serve what waited for it.
-        let result = if active.queue.ready() {
+        let result = if active.queue.ready() && self.async_io {
             drain_async(&disk, active, (engine, self.generation), &mut completed)
         } else {
             Ok(())
@@ -358,6 +382,37 @@ impl VirtioDevice for Block {
         notify(active, completed);
         result
     }
+}
+
+/// Writes the outcome of reaped completions to the guest and puts them in the used ring,
+/// counting them in `completed`; completions of an older generation than `generation` are
+/// dropped.
+fn finish_all(
+    disk: &Disk<'_>,
+    active: &mut Active,
+    done: Vec<Completion<InFlight>>,
+    generation: u64,
+    completed: &mut usize,
+) -> Result<(), QueueError> {
+    let ring = |source| QueueError::Ring { queue: 0, source };
+    for c in done {
+        let (submitted_in, mut request) = c.data;
+        if submitted_in != generation {
+            continue;
+        }
+        request.buf = c.buf;
+        let head = request.head;
+        let used_len = match finish(disk, active.mem.as_ref(), request, c.result) {
+            Outcome::Completed { used_len } => used_len,
+            Outcome::NoStatus | Outcome::Malformed => 0,
+        };
+        active
+            .queue
+            .add_used(active.mem.as_ref(), head, used_len)
+            .map_err(ring)?;
+        *completed += 1;
+    }
+    Ok(())
 }
 
 /// Raises the used-buffer interrupt after `completed` requests, unless the driver suppressed it.

@@ -148,6 +148,23 @@ impl<T> Uring<T> {
     }
 }
 
+impl<T> Uring<T> {
+    /// Waits for every submission in flight and takes all completions (a detaching medium
+    /// drains its requests this way).
+    pub fn drain(&mut self) -> io::Result<Vec<Completion<T>>> {
+        let mut done = Vec::new();
+        while self.in_flight() > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            done.extend(self.reap());
+        }
+        Ok(done)
+    }
+}
+
 impl<T> Drop for Uring<T> {
     fn drop(&mut self) {
         // The kernel may still write into in-flight buffers: wait for them before freeing.
@@ -233,6 +250,28 @@ mod tests {
         .unwrap();
         let c = wait_all(&mut ring, 1);
         assert_eq!(c[0].result, -libc::EBADF);
+    }
+
+    #[test]
+    fn drain_returns_every_request_in_flight() {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let mut ring = Uring::new(8).unwrap();
+        for i in 0..8u64 {
+            ring.submit(
+                f.as_file().as_raw_fd(),
+                IoKind::Read,
+                i * 4096,
+                Some(AlignedBuf::new(4096)),
+                i,
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        let done = ring.drain().unwrap();
+        assert_eq!(done.len(), 8);
+        assert!(done.iter().all(|c| c.result == 4096));
+        assert_eq!(ring.in_flight(), 0);
     }
 
     #[test]
