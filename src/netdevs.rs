@@ -6,6 +6,7 @@
 use crate::opts::{parse_bool, OptList};
 use crate::settings::{invalid, SettingsError};
 use machine::layout::VIRTIO_IRQS;
+use machine::{NetConfig, TapSource};
 
 /// The `-device` driver of a network device.
 pub const NET_DEVICE: &str = "virtio-net-device";
@@ -37,32 +38,6 @@ const OTHER_NETDEV_TYPES: &[&str] = &[
     "vhost-vdpa",
     "hubport",
 ];
-
-/// Where a device's tap comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TapSource {
-    /// `ifname=`: opened (or created) by name through `/dev/net/tun`.
-    Name(String),
-    /// `fd=` or `fds=` with one descriptor: inherited, used as it is, never closed.
-    Fd(i32),
-}
-
-/// A network device: a `-netdev tap` and the `-device virtio-net-device` that shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetConfig {
-    /// The device id (`-device id=`, default the netdev id); the default MAC derives from it.
-    pub id: String,
-    /// The netdev id (`-netdev id=`), for messages.
-    pub netdev: String,
-    /// The tap.
-    pub tap: TapSource,
-    /// `mac=`, if given.
-    pub mac: Option<[u8; 6]>,
-    /// `vhost=on` (or a `vhostfd=`): vhost-net should move the frames.
-    pub vhost: bool,
-    /// `vhostfd=`: an inherited `/dev/vhost-net` descriptor.
-    pub vhostfd: Option<i32>,
-}
 
 /// A `-netdev` before a device claims it.
 struct Netdev {
@@ -107,9 +82,10 @@ pub fn parse_netdevs(
     Ok(parsed.into_iter().map(|n| n.config).collect())
 }
 
-/// Refuses more virtio devices (`drives` disks, then `nets`) than there are interrupt lines.
-pub fn check_virtio_slots(drives: usize, nets: &[NetConfig]) -> Result<(), SettingsError> {
-    let free = VIRTIO_IRQS.len().saturating_sub(drives);
+/// Refuses more virtio devices (`others` disks and the like, and `nets`) than there are
+/// interrupt lines.
+pub fn check_virtio_slots(others: usize, nets: &[NetConfig]) -> Result<(), SettingsError> {
+    let free = VIRTIO_IRQS.len().saturating_sub(others);
     match nets.get(free) {
         None => Ok(()),
         Some(net) => {

@@ -97,7 +97,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
     }
-    let machine = MachineConfig {
+    let mut machine = MachineConfig {
         name: parsed.last("name").map(|n| name_of(&n)),
         uuid: parsed.last("uuid"),
         cpus: parsed.last("smp").map_or(Ok(1), |s| parse_smp(&s))?,
@@ -112,19 +112,16 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             .last("serial")
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
+        nets: Vec::new(),
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine::DEFAULT_BLK_SLOTS,
         seccomp: !parsed.has("disable-seccomp"),
     };
-    let nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
-    check_virtio_slots(machine.drives.len(), &nets)?;
-    if !nets.is_empty() {
-        // Stage A: the machine does not build network devices yet.
-        return Err(SettingsError::NotSupported(format!(
-            "device '{NET_DEVICE}'"
-        )));
-    }
+    machine.nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
+    let other_virtio = machine.drives.len() + usize::from(machine.rng.is_some());
+    check_virtio_slots(other_virtio, &machine.nets)?;
+    let inherited_fds = inherited_fds(&machine.nets);
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
         _ => LogTarget::Stderr,
@@ -145,7 +142,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         log,
         daemonize,
         pidfile: parsed.last("pidfile").map(PathBuf::from),
-        inherited_fds: inherited_fds(&nets),
+        inherited_fds,
     })
 }
 

@@ -99,6 +99,7 @@ fn daemon_reports_ready_keeps_a_pid_file_and_quits_cleanly_over_qmp() {
         .trim()
         .parse()
         .expect("a pid");
+    let _guard = KillOnDrop(pid);
     let mode = std::fs::metadata(&pidfile)
         .expect("meta")
         .permissions()

@@ -31,6 +31,32 @@ pub struct DriveConfig {
     pub direct: bool,
 }
 
+/// Where a network device's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// `ifname=`: opened (or created) by name through `/dev/net/tun`.
+    Name(String),
+    /// `fd=` or `fds=` with one descriptor: inherited, used as it is, never closed.
+    Fd(i32),
+}
+
+/// A network device: a `-netdev tap` and the `-device virtio-net-device` that shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The device id (`-device id=`, default the netdev id); the default MAC derives from it.
+    pub id: String,
+    /// The netdev id (`-netdev id=`), for messages.
+    pub netdev: String,
+    /// The tap.
+    pub tap: TapSource,
+    /// `mac=`, if given.
+    pub mac: Option<[u8; 6]>,
+    /// `vhost=on` (or a `vhostfd=`): vhost-net should move the frames.
+    pub vhost: bool,
+    /// `vhostfd=`: an inherited `/dev/vhost-net` descriptor.
+    pub vhostfd: Option<i32>,
+}
+
 /// The whole machine description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -58,6 +84,8 @@ pub struct MachineConfig {
     /// monitor: the drives fill slots 0.., the rest start empty. More drives than slots get one
     /// slot each. Default [`crate::hotplug::DEFAULT_BLK_SLOTS`] (4).
     pub blk_slots: usize,
+    /// virtio-net devices, in command-line order; their slots follow the disks'.
+    pub nets: Vec<NetConfig>,
     /// The virtio-rng device, if any.
     pub rng: Option<virtio::RngOptions>,
     /// Where the QMP monitor listens, if anywhere.
@@ -80,6 +108,7 @@ impl Default for MachineConfig {
             serial: SerialConfig::None,
             drives: Vec::new(),
             blk_slots: crate::hotplug::DEFAULT_BLK_SLOTS,
+            nets: Vec::new(),
             rng: None,
             qmp: None,
             seccomp: true,

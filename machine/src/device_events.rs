@@ -13,6 +13,23 @@ pub trait EventHandler: Send {
     /// Source `source` (the number given to [`DeviceEvents::add`]) is readable; the handler
     /// reads or drains it.
     fn handle_event(&mut self, source: u32);
+
+    /// Which of this handler's sources the loop should start or stop watching, as decided by
+    /// the `handle_event` calls since the last call (in order; the last word about a source
+    /// wins). A handler uses it for backpressure: stop watching a tap while the guest has no
+    /// buffers, watch it again when another of its sources says there are.
+    fn watch_changes(&mut self) -> Vec<WatchChange> {
+        Vec::new()
+    }
+}
+
+/// Start (`watch`) or stop watching one of a handler's sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchChange {
+    /// The source, as given to [`DeviceEvents::add`].
+    pub source: u32,
+    /// Whether the loop should watch it.
+    pub watch: bool,
 }
 
 /// A shared handler.
@@ -22,6 +39,8 @@ struct Source {
     fd: RawFd,
     handler: SharedHandler,
     source: u32,
+    /// Whether the loop watches it (every source starts watched).
+    watched: bool,
 }
 
 /// Every device event source of the machine, in registration order.
@@ -38,6 +57,7 @@ impl DeviceEvents {
             fd,
             handler,
             source,
+            watched: true,
         });
     }
 
@@ -50,16 +70,51 @@ impl DeviceEvents {
         Ok(())
     }
 
-    /// Runs the handler of source `n` (from `Token::Device(n)`).
-    pub fn dispatch(&self, n: u32) {
+    /// Runs the handler of source `n` (from `Token::Device(n)`), then starts or stops
+    /// watching the handler's sources on `events` as it asked.
+    pub fn dispatch(&mut self, n: u32, events: &EventLoop) {
         let Some(s) = usize::try_from(n).ok().and_then(|n| self.sources.get(n)) else {
             log::warn!("event for unknown device source {n}");
             return;
         };
-        s.handler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .handle_event(s.source);
+        let handler = s.handler.clone();
+        let changes = {
+            let mut h = handler.lock().unwrap_or_else(|p| p.into_inner());
+            h.handle_event(s.source);
+            h.watch_changes()
+        };
+        for change in changes {
+            self.apply(&handler, change, events);
+        }
+    }
+
+    fn apply(&mut self, handler: &SharedHandler, change: WatchChange, events: &EventLoop) {
+        let found = self
+            .sources
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| Arc::ptr_eq(&s.handler, handler) && s.source == change.source);
+        let Some((n, s)) = found else {
+            log::warn!(
+                "a device asked to (un)watch its unknown source {}",
+                change.source
+            );
+            return;
+        };
+        if s.watched == change.watch {
+            return;
+        }
+        let result = match change.watch {
+            true => events.add(s.fd, Token::Device(n as u32)),
+            false => events.remove(s.fd),
+        };
+        match result {
+            Ok(()) => {
+                log::debug!("device event source {n}: watched={}", change.watch);
+                s.watched = change.watch;
+            }
+            Err(e) => log::warn!("cannot (un)watch device event source {n}: {e}"),
+        }
     }
 }
 
@@ -104,8 +159,80 @@ mod tests {
             let Token::Device(n) = token else {
                 panic!("unexpected {token:?}")
             };
-            sources.dispatch(n);
+            sources.dispatch(n, &lp);
         }
         assert_eq!(recorder.lock().expect("lock").seen, vec![2]);
+    }
+
+    /// Source 0 is a "tap" that stays readable; the handler stops watching it on its event and
+    /// watches it again when source 1 (a "resume" eventfd) is readable.
+    struct Pausing {
+        resume: EventFd,
+        changes: Vec<WatchChange>,
+        seen: Vec<u32>,
+    }
+
+    impl EventHandler for Pausing {
+        fn handle_event(&mut self, source: u32) {
+            self.seen.push(source);
+            if source == 1 {
+                let _ = self.resume.read();
+            }
+            self.changes.push(WatchChange {
+                source: 0,
+                watch: source == 1,
+            });
+        }
+
+        fn watch_changes(&mut self) -> Vec<WatchChange> {
+            std::mem::take(&mut self.changes)
+        }
+    }
+
+    fn dispatch_all(sources: &mut DeviceEvents, lp: &EventLoop) -> Vec<u32> {
+        let tokens = lp.wait().expect("wait");
+        for token in &tokens {
+            let Token::Device(n) = *token else {
+                panic!("unexpected {token:?}")
+            };
+            sources.dispatch(n, lp);
+        }
+        tokens
+            .iter()
+            .map(|t| match t {
+                Token::Device(n) => *n,
+                _ => u32::MAX,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn paused_source_is_not_watched_until_its_handler_resumes_it() {
+        let tap = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let resume = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let resume_fd = resume.as_raw_fd();
+        let handler = Arc::new(Mutex::new(Pausing {
+            resume,
+            changes: Vec::new(),
+            seen: Vec::new(),
+        }));
+        let mut sources = DeviceEvents::default();
+        sources.add(tap.as_raw_fd(), handler.clone(), 0);
+        sources.add(resume_fd, handler.clone(), 1);
+        let lp = EventLoop::new().expect("epoll");
+        sources.register(&lp).expect("register");
+        tap.write(1).expect("write");
+        assert_eq!(dispatch_all(&mut sources, &lp), vec![0]);
+        // The tap is still readable but no longer watched: only the resume event comes.
+        handler
+            .lock()
+            .expect("lock")
+            .resume
+            .write(1)
+            .expect("write");
+        assert_eq!(dispatch_all(&mut sources, &lp), vec![1]);
+        // Watched again, and still readable.
+        assert_eq!(dispatch_all(&mut sources, &lp), vec![0]);
+        assert_eq!(handler.lock().expect("lock").seen, vec![0, 1, 0]);
     }
 }

@@ -96,6 +96,15 @@ pub enum MachineError {
         #[source]
         source: virtio::BlockError,
     },
+    /// A network device could not be set up (its tap, vhost-net, its options).
+    #[error("cannot set up netdev '{netdev}'")]
+    Netdev {
+        /// The netdev id.
+        netdev: String,
+        /// Why.
+        #[source]
+        source: crate::net_devices::NetdevError,
+    },
     /// More virtio devices than IRQ lines set aside for them.
     #[error("too many virtio devices: at most {max} fit the interrupt lines")]
     TooManyVirtioDevices {

@@ -16,6 +16,7 @@ pub mod layout;
 mod legacy;
 mod memory;
 mod monitor;
+mod net_devices;
 mod qmp_server;
 mod running;
 mod seccomp;
@@ -26,7 +27,7 @@ mod virtio_devices;
 mod vm;
 
 pub use address_space::{RamBacking, RamOptions};
-pub use config::{DriveConfig, MachineConfig, SerialConfig};
+pub use config::{DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource};
 pub use error::MachineError;
 pub use hotplug::DEFAULT_BLK_SLOTS;
 pub use qmp_server::QmpEndpoint;

@@ -149,7 +149,7 @@ impl RunningVm {
             }
             Token::QmpListener => self.accept_qmp_client(events),
             Token::QmpClient => return self.serve_qmp_client(events),
-            Token::Device(n) => self.device_events.dispatch(n),
+            Token::Device(n) => self.device_events.dispatch(n, events),
         }
         Step::Continue
     }

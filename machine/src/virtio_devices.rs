@@ -7,11 +7,12 @@
 //! is a register write handled on the vCPU thread that made it. The device's own event sources
 //! (an io_uring completion eventfd, a tap) are watched by the same loop.
 
-use crate::config::DriveConfig;
+use crate::config::{DriveConfig, NetConfig};
 use crate::device_events::{DeviceEvents, EventHandler, SharedHandler};
 use crate::error::MachineError;
 use crate::hotplug::{block_devices, BlockSlots, Labelled};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
+use crate::net_devices::{create_net, watch_net};
 use address_space::{AddressSpace, Region, SharedIo};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::os::fd::AsRawFd;
@@ -35,18 +36,30 @@ pub struct VirtioDevices {
 }
 
 /// Creates the virtio devices (`blk_slots` block slots, or one per drive if there are more, the
-/// drives filling them in command-line order so the first is the guest's vda, then the entropy
-/// device), maps each and wires its IRQ and, with `ioeventfd`, its queue
-/// notifications.
+/// drives filling them in command-line order so the first is the guest's vda, then one
+/// virtio-net device per net, then the entropy device), maps each and wires its IRQ and, with
+/// `ioeventfd`, its queue notifications; a net's tap is watched by the VMM thread's loop.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
     drives: &[DriveConfig],
     blk_slots: usize,
+    nets: &[NetConfig],
     rng: Option<&RngOptions>,
     ioeventfd: bool,
 ) -> Result<VirtioDevices, MachineError> {
     let (block_slots, mut devices) = block_devices(drives, blk_slots)?;
+    let mut events = DeviceEvents::default();
+    for net in nets {
+        let device = create_net(net).map_err(|source| MachineError::Netdev {
+            netdev: net.netdev.clone(),
+            source,
+        })?;
+        watch_net(&device, &net.id, &mut events);
+        let mac = device.lock().mac();
+        let label = format!("netdev '{}': {:?} mac={mac}", net.netdev, net.tap);
+        devices.push((label, Box::new(device)));
+    }
     if let Some(options) = rng {
         devices.push(rng_device(options)?);
     }
@@ -57,7 +70,7 @@ pub fn build_virtio_devices(
     }
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
-        events: DeviceEvents::default(),
+        events,
         transports: Vec::new(),
         block_slots,
     };

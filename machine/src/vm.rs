@@ -80,6 +80,7 @@ pub fn run_notifying(
         &mmio,
         &config.drives,
         blk_slots,
+        &config.nets,
         config.rng.as_ref(),
         ioeventfd,
     )?;

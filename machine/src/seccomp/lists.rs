@@ -128,7 +128,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
 /// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and
 /// `TUNSETOFFLOAD` when the guest activates or resets a virtio-net device (an MMIO write).
 pub(crate) fn vcpu_ioctls() -> Vec<u64> {
-    vec![KVM_RUN, KVM_GET_REGS, u64::from(libc::TUNSETOFFLOAD)]
+    vec![KVM_RUN, KVM_GET_REGS, libc::TUNSETOFFLOAD]
 }
 
 /// A vCPU thread from its start to its end. With `queue_io`, the syscalls of virtqueue
