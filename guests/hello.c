@@ -1120,6 +1120,79 @@ static void action_net(void)
 	vw(0x70, 0);
 }
 
+/* ---- virtio-rng: one 16-byte request, printed as text ------------------------------------ */
+
+#define VIRTIO_ID_RNG 4
+#define RNG_AREA 0x600000UL
+#define RNG_DESC (RNG_AREA)
+#define RNG_AVAIL (RNG_AREA + 0x100)
+#define RNG_USED (RNG_AREA + 0x1000)
+#define RNG_BUF (RNG_AREA + 0x2000)
+#define RNG_WANT 16
+
+/* The first virtio-mmio slot holding an entropy device, or 0. */
+static u64 find_virtio_rng(void)
+{
+	u64 base;
+	u32 i;
+
+	for (i = 0; i < VIRTIO_MMIO_SLOTS; i++) {
+		base = VIRTIO_MMIO_BASE + (u64)i * 0x1000;
+		if (mmio_read32(base) == VIRTIO_MAGIC && mmio_read32(base + 8) == VIRTIO_ID_RNG)
+			return base;
+	}
+	return 0;
+}
+
+/* Probes the device, asks for RNG_WANT bytes once and prints `rng: <n> bytes: <text>` (bytes
+   outside printable ASCII as '.'), or why it could not. */
+static void action_rng(void)
+{
+	volatile u16 *avail = (volatile u16 *)RNG_AVAIL;
+	volatile u16 *used_idx = (volatile u16 *)(RNG_USED + 2);
+	volatile u32 *used_len = (volatile u32 *)(RNG_USED + 8);
+	u8 *buf = (u8 *)RNG_BUF;
+	u32 offered, polls = 0, i, n;
+
+	vdev_base = find_virtio_rng();
+	if (!vdev_base || vr(4) != 2) {
+		puts("rng: no device\n");
+		return;
+	}
+	if (virtio_negotiate(0, &offered) || virtio_queue(0, RNG_DESC, RNG_AVAIL, RNG_USED)) {
+		puts("rng: setup refused\n");
+		return;
+	}
+	vw(0x70, 0xf);
+	for (i = 0; i < RNG_WANT; i++)
+		buf[i] = 0;
+	{
+		volatile struct vq_desc *d = (volatile struct vq_desc *)RNG_DESC;
+		d->addr = RNG_BUF;
+		d->len = RNG_WANT;
+		d->flags = VQ_F_WRITE;
+		d->next = 0;
+	}
+	avail[2] = 0;
+	__asm__ volatile("" ::: "memory");
+	avail[1] = 1;
+	__asm__ volatile("" ::: "memory");
+	vw(0x50, 0);
+	while (*used_idx == 0)
+		if (++polls == BLK_POLLS) {
+			puts("rng: timeout\n");
+			return;
+		}
+	n = *used_len;
+	puts("rng: ");
+	put_dec(n);
+	puts(" bytes: ");
+	for (i = 0; i < n && i < RNG_WANT; i++)
+		putc(is_printable(buf[i]) ? (char)buf[i] : '.');
+	putc('\n');
+	vw(0x70, 0);
+}
+
 static void run_action(const char *name, u64 len)
 {
 	if (str_eq_n(name, len, "smp"))
@@ -1142,6 +1215,8 @@ static void run_action(const char *name, u64 len)
 		action_blkwatch();
 	else if (str_eq_n(name, len, "net"))
 		action_net();
+	else if (str_eq_n(name, len, "rng"))
+		action_rng();
 	else {
 		puts("action: unknown ");
 		while (len--)
