@@ -1120,6 +1120,161 @@ static void action_net(void)
 	vw(0x70, 0);
 }
 
+/* ---- virtio-net throughput: `nettx` / `netrx` ------------------------------------------- */
+
+#define NET_BENCH_POLLS 1000000 /* idle polls (each a port exit) before giving up */
+#define NET_BENCH_TXBUF 128     /* per tx slot: header and a 60-byte frame */
+
+/* The network device: the fixed slots first (Nimbus), then the `virtio_mmio.device=` entries
+   of the command line (QEMU's microvm with acpi=off). */
+static u64 find_virtio_net_any(void)
+{
+	u64 base = find_virtio_net(), n;
+
+	for (n = 0; !base && n < VIRTIO_MMIO_SLOTS; n++) {
+		base = find_virtio_mmio_nth(info.cmdline, n);
+		if (!base)
+			break;
+		if (mmio_read32(base) != VIRTIO_MAGIC || mmio_read32(base + 8) != VIRTIO_ID_NET)
+			base = 0;
+	}
+	return base;
+}
+
+static int net_bench_probe(u8 *mac, const char *who)
+{
+	vdev_base = find_virtio_net_any();
+	if (!vdev_base || vr(4) != 2) {
+		puts(who);
+		puts(": no device\n");
+		return -1;
+	}
+	return net_probe(mac);
+}
+
+/* Writes the decimal `v` at `p` followed by a NUL. */
+static void net_put_number(u8 *p, u64 v)
+{
+	u8 tmp[20];
+	u32 n = 0;
+
+	do {
+		tmp[n++] = (u8)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = tmp[--n];
+	*p = 0;
+}
+
+/* `nimbus.test=nettx nimbus.frames=N`: N broadcast 60-byte 0x88b5 frames carrying
+   "NIMBUS-BENCH-<n>", as fast as the tx ring takes them (VQ_SIZE in flight, one notification
+   per batch, completions polled). */
+static void action_nettx(void)
+{
+	static const char payload[] = "NIMBUS-BENCH-";
+	u64 n = cmdline_number(info.cmdline, "nimbus.frames=", 1000), sent = 0;
+	volatile u16 *avail = (volatile u16 *)NET_TX_AVAIL;
+	volatile u16 *used_idx = (volatile u16 *)(NET_TX_USED + 2);
+	u16 avail_idx = 0, added;
+	u32 i, j, idle = 0;
+	u8 mac[6];
+
+	if (net_bench_probe(mac, "nettx"))
+		return;
+	for (i = 0; i < VQ_SIZE; i++) {
+		u8 *hdr = (u8 *)(NET_TX_BUF + (u64)i * NET_BENCH_TXBUF), *frame = hdr + NET_HDR_LEN;
+		memset(hdr, 0, NET_BENCH_TXBUF);
+		memset(frame, 0xff, 6);
+		memcpy(frame + 6, mac, 6);
+		frame[12] = NET_ETHERTYPE_HI;
+		frame[13] = NET_ETHERTYPE_LO;
+		for (j = 0; payload[j]; j++)
+			frame[14 + j] = (u8)payload[j];
+		net_desc(NET_TX_DESC, (u16)i, (u64)hdr, NET_HDR_LEN + NET_FRAME_MIN, 0);
+	}
+	while (sent < n || *used_idx != avail_idx) {
+		added = 0;
+		while (sent < n && (u16)(avail_idx - *used_idx) < VQ_SIZE) {
+			u16 id = avail_idx % VQ_SIZE;
+			net_put_number((u8 *)(NET_TX_BUF + (u64)id * NET_BENCH_TXBUF + NET_HDR_LEN + 14 +
+					      sizeof(payload) - 1),
+				       sent);
+			avail[2 + id] = id;
+			__asm__ volatile("" ::: "memory");
+			avail[1] = ++avail_idx;
+			sent++;
+			added++;
+		}
+		__asm__ volatile("" ::: "memory");
+		if (added) {
+			vw(0x50, 1);
+			idle = 0;
+		} else if (++idle == NET_BENCH_POLLS) {
+			puts("nettx: timeout sent=");
+			put_dec(sent);
+			puts(" used=");
+			put_dec(*used_idx);
+			putc('\n');
+			vw(0x70, 0);
+			return;
+		} else {
+			(void)inb(UART_LSR);
+		}
+	}
+	puts("nettx: sent ");
+	put_dec(sent);
+	putc('\n');
+	vw(0x70, 0);
+}
+
+/* `nimbus.test=netrx nimbus.frames=N`: counts received 0x88b5 frames until N, giving every
+   buffer back (one notification per batch); gives up after NET_BENCH_POLLS idle polls. */
+static void action_netrx(void)
+{
+	u64 n = cmdline_number(info.cmdline, "nimbus.frames=", 1000), got = 0;
+	volatile u16 *used_idx = (volatile u16 *)(NET_RX_USED + 2);
+	volatile u32 *used_ring = (volatile u32 *)(NET_RX_USED + 4);
+	u16 seen = 0, now;
+	u32 idle = 0;
+	u8 mac[6];
+
+	if (net_bench_probe(mac, "netrx"))
+		return;
+	puts("netrx: ready\n");
+	while (got < n) {
+		now = *used_idx;
+		if (now == seen) {
+			if (++idle == NET_BENCH_POLLS) {
+				puts("netrx: timeout got=");
+				put_dec(got);
+				putc('\n');
+				vw(0x70, 0);
+				return;
+			}
+			(void)inb(UART_LSR);
+			continue;
+		}
+		__asm__ volatile("" ::: "memory");
+		idle = 0;
+		while (seen != now) {
+			u16 id = (u16)used_ring[2 * (seen % VQ_SIZE)];
+			const u8 *frame = (const u8 *)(NET_RX_BUF + (u64)id * NET_BUF_LEN + NET_HDR_LEN);
+			seen++;
+			if (id >= VQ_SIZE)
+				continue;
+			if (frame[12] == NET_ETHERTYPE_HI && frame[13] == NET_ETHERTYPE_LO)
+				got++;
+			net_post_rx(id);
+		}
+		vw(0x50, 0);
+	}
+	puts("netrx: got ");
+	put_dec(got);
+	putc('\n');
+	vw(0x70, 0);
+}
+
 /* ---- virtio-rng: one 16-byte request, printed as text ------------------------------------ */
 
 #define VIRTIO_ID_RNG 4
@@ -1217,6 +1372,10 @@ static void run_action(const char *name, u64 len)
 		action_net();
 	else if (str_eq_n(name, len, "rng"))
 		action_rng();
+	else if (str_eq_n(name, len, "nettx"))
+		action_nettx();
+	else if (str_eq_n(name, len, "netrx"))
+		action_netrx();
 	else {
 		puts("action: unknown ");
 		while (len--)

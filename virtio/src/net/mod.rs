@@ -723,3 +723,6 @@ impl VirtioDevice for SharedNet {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod bench;
