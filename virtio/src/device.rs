@@ -109,6 +109,28 @@ impl Interrupt {
     }
 }
 
+/// Copies configuration space bytes from `config` at `offset` into `data`; bytes past its end
+/// (or at offsets that overflow) read as 0.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        let at = offset
+            .checked_add(i as u64)
+            .and_then(|a| usize::try_from(a).ok());
+        *byte = at.and_then(|a| config.get(a)).copied().unwrap_or(0);
+    }
+}
+
+/// The one queue of a single-queue device, or the error for any other count.
+pub(crate) fn single_queue(mut queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+    if queues.len() != 1 {
+        return Err(ActivateError::QueueCount {
+            expected: 1,
+            got: queues.len(),
+        });
+    }
+    Ok(queues.remove(0))
+}
+
 /// A virtio device behind a transport. The transport owns the register state and the queues
 /// until the driver sets DRIVER_OK; then it hands the queues to [`VirtioDevice::activate`].
 pub trait VirtioDevice: Send {

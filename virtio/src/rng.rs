@@ -18,7 +18,9 @@ use log::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
+use crate::device::{
+    single_queue, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+};
 
 /// Virtio device ID of an entropy source.
 pub const DEVICE_TYPE_RNG: u32 = 4;
@@ -285,16 +287,10 @@ impl VirtioDevice for Rng {
         &mut self,
         _acked_features: u64,
         mem: Arc<GuestMemoryMmap>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        let queue = single_queue(queues)?;
         self.active = Some(Active {
             mem,
             queue,
@@ -342,9 +338,12 @@ mod tests {
     const QUEUE_BASE: u64 = 0x1000;
     const BUF: u64 = 0x8000;
 
-    /// A "source" of known bytes: a temp file of 0xab.
+    /// A "source" of known bytes: a temp file of 0xab, its own for each call (tests run in
+    /// parallel).
     fn source(len: usize) -> File {
-        let path = std::env::temp_dir().join(format!("nimbus-rng-{}-{len}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("nimbus-rng-{}-{n}", std::process::id()));
         std::fs::write(&path, vec![0xab; len]).expect("write");
         let file = File::open(&path).expect("open");
         let _ = std::fs::remove_file(&path);

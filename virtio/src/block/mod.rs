@@ -22,7 +22,10 @@ use self::request::{execute, finish, start, AsyncRequest, Disk, Outcome, Started
 pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::uring::{Completion, Uring};
-use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
+use crate::device::{
+    read_config_bytes, single_queue, ActivateError, Interrupt, QueueError, VirtioDevice,
+    INT_USED_BUFFER,
+};
 use crate::DEVICE_TYPE_BLOCK;
 
 /// The size of the one request queue.
@@ -260,12 +263,7 @@ impl VirtioDevice for State {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -280,16 +278,10 @@ impl VirtioDevice for State {
         &mut self,
         _acked_features: u64,
         mem: Arc<GuestMemoryMmap>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        let queue = single_queue(queues)?;
         if queue.ready() && !queue.is_valid(mem.as_ref()) {
             return Err(ActivateError::InvalidQueue(0));
         }

@@ -30,7 +30,9 @@ use self::rx::{deliver, Delivery, RxDrop, RxFrame};
 pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
 pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
-use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER};
+use crate::device::{
+    read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+};
 
 /// Virtio device ID of a network device.
 pub const DEVICE_TYPE_NET: u32 = 1;
@@ -585,12 +587,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at.and_then(|a| self.config.get(a)).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
