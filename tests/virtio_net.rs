@@ -10,13 +10,17 @@ mod common;
 
 use std::ffi::CString;
 use std::io;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use common::{kvm_usable, run, Format, Output, Vm, VmConfig, VM_TIMEOUT};
+use common::{kvm_usable, lines, run, scratch_dir, Format, Output, Vm, VmConfig, VM_TIMEOUT};
+use serde_json::{json, Value};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const HOST_MAC: [u8; 6] = [0x02, 0x4e, 0x42, 0x00, 0x00, 0x01];
@@ -251,6 +255,115 @@ fn guest_frame_reaches_a_tap_opened_by_name_and_the_answer_comes_back() {
     let socket = PacketSocket::bind(&tap.name);
     let vm = Vm::spawn(&net_args(&format!("tap,id=n0,ifname={}", tap.name)));
     exchange(&tap, &socket, vm, 0);
+}
+
+/// A bare QMP client over a Unix socket.
+struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects (the socket may not exist yet), reads the greeting, negotiates capabilities.
+    fn connect(path: &Path) -> Qmp {
+        let deadline = Instant::now() + VM_TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("connect to {}: {e}", path.display()),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut qmp = Qmp {
+            writer: stream,
+            reader,
+        };
+        assert!(qmp.line().get("QMP").is_some(), "greeting");
+        assert_eq!(qmp.execute("qmp_capabilities"), json!({"return": {}}));
+        qmp
+    }
+
+    fn line(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read a QMP line");
+        serde_json::from_str(&line).expect("a JSON object")
+    }
+
+    /// Sends a command without arguments and returns its reply (events are skipped).
+    fn execute(&mut self, command: &str) -> Value {
+        let request = json!({ "execute": command });
+        self.writer
+            .write_all(request.to_string().as_bytes())
+            .expect("send");
+        loop {
+            let message = self.line();
+            if message.get("event").is_none() {
+                return message;
+            }
+        }
+    }
+}
+
+/// QMP `stop` stops the devices too, not only the vCPUs: the answer sent while the VM is
+/// stopped stays in the tap (the device no longer watches it) and reaches the guest after
+/// `cont`.
+#[test]
+fn frame_sent_while_stopped_reaches_the_guest_only_after_cont() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let qmp_path = scratch_dir().join(format!("net-stop-{}.qmp", std::process::id()));
+    let mut args = net_args(&format!("tap,id=n0,ifname={}", tap.name));
+    args.extend([
+        "-qmp".to_string(),
+        format!("unix:{},server,nowait", qmp_path.display()),
+    ]);
+    let mut vm = Vm::spawn_with(&args, |c| {
+        c.env("NIMBUS_LOG", "debug");
+    });
+    vm.wait_for_line("net: mac=52:54:00:12:34:56", VM_TIMEOUT);
+    receive_ping(&socket, &mut vm);
+    let mut qmp = Qmp::connect(&qmp_path);
+    assert_eq!(qmp.execute("stop"), json!({"return": {}}));
+    socket.send(&pong_frame());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        vm.stderr_text()
+            .contains("device event sources paused=true"),
+        "stop did not pause the device event sources\n{}",
+        vm.stderr_text()
+    );
+    assert_eq!(
+        qmp.execute("query-status")["return"]["status"],
+        json!("paused")
+    );
+    let got = format!("net: got {PONG}");
+    let so_far = vm.stdout_text();
+    assert!(
+        !lines(&so_far).contains(&got.as_str()),
+        "the guest got the answer while stopped\n{so_far}"
+    );
+    assert_eq!(qmp.execute("cont"), json!({"return": {}}));
+    let out = vm.wait(VM_TIMEOUT);
+    assert!(
+        out.guest_lines().contains(&got.as_str()),
+        "the guest did not get the answer after cont\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("device event sources paused=false"),
+        "{}",
+        out.describe()
+    );
+    out.assert_exit_code(0);
 }
 
 /// Five times as many frames as the guest has receive buffers arrive at once: the device

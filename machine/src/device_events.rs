@@ -39,7 +39,8 @@ struct Source {
     fd: RawFd,
     handler: SharedHandler,
     source: u32,
-    /// Whether the loop watches it (every source starts watched).
+    /// Whether its handler wants it watched (every source starts watched). While the
+    /// machine is paused, no source is on the loop whatever this says.
     watched: bool,
 }
 
@@ -47,6 +48,8 @@ struct Source {
 #[derive(Default)]
 pub struct DeviceEvents {
     sources: Vec<Source>,
+    /// The VM is stopped (QMP `stop`): no source is watched and no handler runs.
+    paused: bool,
 }
 
 impl DeviceEvents {
@@ -70,9 +73,33 @@ impl DeviceEvents {
         Ok(())
     }
 
+    /// Stops (`paused`) or resumes watching every source its handler wants watched: while the
+    /// VM is stopped devices process nothing; on resume the level-triggered loop reports
+    /// whatever became readable meanwhile.
+    pub fn set_paused(&mut self, paused: bool, events: &EventLoop) {
+        if self.paused == paused {
+            return;
+        }
+        self.paused = paused;
+        for (n, s) in self.sources.iter().enumerate().filter(|(_, s)| s.watched) {
+            let result = match paused {
+                true => events.remove(s.fd),
+                false => events.add(s.fd, Token::Device(n as u32)),
+            };
+            if let Err(e) = result {
+                log::warn!("cannot (un)watch device event source {n} (paused={paused}): {e}");
+            }
+        }
+        log::debug!("device event sources paused={paused}");
+    }
+
     /// Runs the handler of source `n` (from `Token::Device(n)`), then starts or stops
-    /// watching the handler's sources on `events` as it asked.
+    /// watching the handler's sources on `events` as it asked. Does nothing while paused (an
+    /// event reported in the same wait as the pause).
     pub fn dispatch(&mut self, n: u32, events: &EventLoop) {
+        if self.paused {
+            return;
+        }
         let Some(s) = usize::try_from(n).ok().and_then(|n| self.sources.get(n)) else {
             log::warn!("event for unknown device source {n}");
             return;
@@ -102,6 +129,10 @@ impl DeviceEvents {
             return;
         };
         if s.watched == change.watch {
+            return;
+        }
+        if self.paused {
+            s.watched = change.watch;
             return;
         }
         let result = match change.watch {
@@ -234,5 +265,40 @@ mod tests {
         // Watched again, and still readable.
         assert_eq!(dispatch_all(&mut sources, &lp), vec![0]);
         assert_eq!(handler.lock().expect("lock").seen, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn paused_sources_are_not_dispatched_until_resumed() {
+        let evts: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect();
+        let fds: Vec<RawFd> = evts.iter().map(AsRawFd::as_raw_fd).collect();
+        let recorder = Arc::new(Mutex::new(Recorder {
+            evts,
+            seen: Vec::new(),
+        }));
+        let mut sources = DeviceEvents::default();
+        for (i, fd) in fds.iter().enumerate() {
+            sources.add(*fd, recorder.clone(), i as u32);
+        }
+        let lp = EventLoop::new().expect("epoll");
+        sources.register(&lp).expect("register");
+        sources.set_paused(true, &lp);
+        assert!(sources.paused);
+        recorder.lock().expect("lock").evts[1]
+            .write(1)
+            .expect("write");
+        // Nothing is watched: a sentinel fd is the only thing the loop reports.
+        let sentinel = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        lp.add(sentinel.as_raw_fd(), Token::Stdin).expect("add");
+        sentinel.write(1).expect("write");
+        assert_eq!(lp.wait().expect("wait"), vec![Token::Stdin]);
+        // A token from before the pause is ignored.
+        sources.dispatch(1, &lp);
+        assert!(recorder.lock().expect("lock").seen.is_empty());
+        lp.remove(sentinel.as_raw_fd()).expect("remove");
+        sources.set_paused(false, &lp);
+        assert_eq!(dispatch_all(&mut sources, &lp), vec![1]);
+        assert_eq!(recorder.lock().expect("lock").seen, vec![1]);
     }
 }

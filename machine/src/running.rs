@@ -240,6 +240,8 @@ impl RunningVm {
                     let mut monitor = Monitor::new(&mut self.state, &mut received_fd);
                     let result = monitor.execute(request.command);
                     let events_out = monitor.take_events();
+                    // Devices process nothing while the VM is stopped.
+                    self.device_events.set_paused(self.state.paused, events);
                     if let (Some(slot), Some(fd)) = (qmp.pending_fd(), received_fd) {
                         slot.get_or_insert(fd);
                     }

@@ -326,6 +326,16 @@ impl Vm {
         }
     }
 
+    /// What nimbus wrote to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        self.stdout.text()
+    }
+
+    /// What nimbus wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.text()
+    }
+
     /// Sends `signal` (libc::SIGTERM, ...) to nimbus.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) only sends a signal; the pid is our own child, which cannot have
