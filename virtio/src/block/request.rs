@@ -438,6 +438,39 @@ fn sector_range(disk: &Disk<'_>, sector: u64, sectors: u64) -> Result<u64, Reque
     }
 }
 
+/// The checks every read shares: no device-readable data, and a data range inside the disk.
+/// Returns the data length and its byte offset in the image.
+fn check_read(
+    disk: &Disk<'_>,
+    sector: u64,
+    reader: &Reader<'_>,
+    writer: &Writer<'_>,
+) -> Result<(usize, u64), RequestError> {
+    if reader.available_bytes() != 0 {
+        return Err(RequestError::Malformed("device-readable data on a read"));
+    }
+    let len = writer.available_bytes();
+    Ok((len, data_range(disk, sector, len)?))
+}
+
+/// The checks every write shares: no device-writable data, a writable disk, and a data range
+/// inside it. Returns the data length and its byte offset in the image.
+fn check_write(
+    disk: &Disk<'_>,
+    sector: u64,
+    reader: &Reader<'_>,
+    data_in: usize,
+) -> Result<(usize, u64), RequestError> {
+    if data_in != 0 {
+        return Err(RequestError::Malformed("device-writable data on a write"));
+    }
+    if disk.readonly {
+        return Err(RequestError::ReadOnly);
+    }
+    let len = reader.available_bytes();
+    Ok((len, data_range(disk, sector, len)?))
+}
+
 /// Checks a read and lists the guest segments its data goes to (every writable byte but the
 /// status byte, in chain order).
 fn start_read(
@@ -447,11 +480,7 @@ fn start_read(
     (reader, writer): (&Reader<'_>, &Writer<'_>),
     descs: &[Descriptor],
 ) -> Result<Served, RequestError> {
-    if reader.available_bytes() != 0 {
-        return Err(RequestError::Malformed("device-readable data on a read"));
-    }
-    let len = writer.available_bytes();
-    let offset = data_range(disk, sector, len)?;
+    let (len, offset) = check_read(disk, sector, reader, writer)?;
     let mut segments = Vec::new();
     let mut left = len;
     for d in descs.iter().filter(|d| d.is_write_only()) {
@@ -477,14 +506,7 @@ fn start_write(
     reader: &mut Reader<'_>,
     data_in: usize,
 ) -> Result<Served, RequestError> {
-    if data_in != 0 {
-        return Err(RequestError::Malformed("device-writable data on a write"));
-    }
-    if disk.readonly {
-        return Err(RequestError::ReadOnly);
-    }
-    let len = reader.available_bytes();
-    let offset = data_range(disk, sector, len)?;
+    let (len, offset) = check_write(disk, sector, reader, data_in)?;
     let mut buf = AlignedBuf::new(len);
     reader
         .read_exact(buf.as_mut_slice())
@@ -498,11 +520,7 @@ fn read(
     reader: &mut Reader<'_>,
     writer: &mut Writer<'_>,
 ) -> Result<u32, RequestError> {
-    if reader.available_bytes() != 0 {
-        return Err(RequestError::Malformed("device-readable data on a read"));
-    }
-    let len = writer.available_bytes();
-    let offset = data_range(disk, sector, len)?;
+    let (len, offset) = check_read(disk, sector, reader, writer)?;
     let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
@@ -524,14 +542,7 @@ fn write(
     reader: &mut Reader<'_>,
     data_in: usize,
 ) -> Result<u32, RequestError> {
-    if data_in != 0 {
-        return Err(RequestError::Malformed("device-writable data on a write"));
-    }
-    if disk.readonly {
-        return Err(RequestError::ReadOnly);
-    }
-    let len = reader.available_bytes();
-    let offset = data_range(disk, sector, len)?;
+    let (len, offset) = check_write(disk, sector, reader, data_in)?;
     let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
