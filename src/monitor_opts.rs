@@ -3,17 +3,9 @@
 
 use crate::cli::Parsed;
 use crate::opts::{parse_bool, OptList};
-use crate::settings::SettingsError;
+use crate::settings::{invalid, SettingsError};
 use machine::QmpEndpoint;
 use std::path::PathBuf;
-
-fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::InvalidValue {
-        flag,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
 
 /// Whether the options make this end the listening side (`server`, `server=on`), without
 /// waiting for a client first (`nowait`, `wait=off`; waiting is not supported).

@@ -3,7 +3,7 @@
 
 use crate::cli::Parsed;
 use crate::opts::OptList;
-use crate::settings::SettingsError;
+use crate::settings::{invalid, SettingsError};
 use machine::RngOptions;
 use std::path::PathBuf;
 
@@ -13,14 +13,6 @@ pub const RNG_DEVICE: &str = "virtio-rng-device";
 pub const RNG_OBJECT: &str = "rng-random";
 /// QEMU's default rate-limit period in milliseconds.
 const DEFAULT_PERIOD_MS: u64 = 1000;
-
-fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::InvalidValue {
-        flag,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
 
 /// Checks every `-object` (only `rng-random` exists; `iothread` and others are refused by name)
 /// and returns the rng objects as (id, filename).

@@ -70,8 +70,6 @@ pub struct Settings {
 
 /// Device types of the grammar that later versions implement.
 const FUTURE_DEVICES: &[&str] = &[
-    "virtio-blk-device",
-    "virtio-net-device",
     "vhost-vsock-device",
     "virtio-balloon-device",
     "virtio-serial-device",
