@@ -1120,6 +1120,59 @@ static void action_net(void)
 	vw(0x70, 0);
 }
 
+/* Bit 0 of the net config `status` field (offset 6): the link is up. */
+static u32 net_link_up(void)
+{
+	return (vr(0x104) >> 16) & 1;
+}
+
+/* Waits (pausing between reads, not spinning on exits) until the link is `up`; prints the
+   link, whether a configuration-change interrupt came with it, and the MAC in config. */
+static void net_wait_link(u32 up, u8 *mac)
+{
+	u32 isr, i, cfg[2];
+
+	while (net_link_up() != up)
+		for (i = 0; i < 20000; i++)
+			__asm__ volatile("pause");
+	isr = vr(0x60);
+	vw(0x64, isr);
+	cfg[0] = vr(0x100);
+	cfg[1] = vr(0x104);
+	for (i = 0; i < 6; i++)
+		mac[i] = (u8)(cfg[i / 4] >> (8 * (i % 4)));
+	puts(up ? "netwatch: link up" : "netwatch: link down");
+	puts(isr & 2 ? " config-change mac=" : " mac=");
+	for (i = 0; i < 6; i++) {
+		if (i)
+			putc(':');
+		put_byte_hex(mac[i]);
+	}
+	putc('\n');
+}
+
+/* `nimbus.test=netwatch`: drives the first net device, an empty hot-plug slot at boot: prints
+   its link, waits for a backend to be plugged (link up), pings through it, then waits for the
+   backend to be unplugged (link down). */
+static void action_netwatch(void)
+{
+	u8 mac[6];
+
+	vdev_base = find_virtio_net();
+	if (!vdev_base || vr(4) != 2) {
+		puts("netwatch: no device\n");
+		return;
+	}
+	if (net_probe(mac))
+		return;
+	puts(net_link_up() ? "netwatch: link=1\n" : "netwatch: link=0\n");
+	net_wait_link(1, mac);
+	net_send_ping(mac);
+	net_wait_pong();
+	net_wait_link(0, mac);
+	vw(0x70, 0);
+}
+
 /* ---- virtio-net throughput: `nettx` / `netrx` ------------------------------------------- */
 
 #define NET_BENCH_POLLS 1000000 /* idle polls (each a port exit) before giving up */
@@ -1372,6 +1425,8 @@ static void run_action(const char *name, u64 len)
 		action_net();
 	else if (str_eq_n(name, len, "rng"))
 		action_rng();
+	else if (str_eq_n(name, len, "netwatch"))
+		action_netwatch();
 	else if (str_eq_n(name, len, "nettx"))
 		action_nettx();
 	else if (str_eq_n(name, len, "netrx"))

@@ -113,7 +113,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         nets: Vec::new(),
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
-        blk_slots: machine::DEFAULT_BLK_SLOTS,
+        blk_slots: machine_opts(parsed)?.blk_slots,
+        net_slots: machine_opts(parsed)?.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
     };
     machine.nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
@@ -173,10 +174,42 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Checks `-machine` and returns its memory options (dump-guest-core, mem-share).
-fn parse_machine(value: &str) -> Result<(bool, bool), SettingsError> {
+/// What `-machine` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MachineOpts {
+    /// `dump-guest-core` (default on).
+    dump: bool,
+    /// `mem-share` (default off).
+    shared: bool,
+    /// `blk-slots`: replaceable block devices for QMP hot-plug.
+    blk_slots: usize,
+    /// `net-slots`: replaceable net devices for QMP hot-plug.
+    net_slots: usize,
+}
+
+impl Default for MachineOpts {
+    fn default() -> Self {
+        MachineOpts {
+            dump: true,
+            shared: false,
+            blk_slots: machine::DEFAULT_BLK_SLOTS,
+            net_slots: machine::DEFAULT_NET_SLOTS,
+        }
+    }
+}
+
+/// Checks `-machine` and returns its options.
+fn parse_machine(value: &str) -> Result<MachineOpts, SettingsError> {
     let opts = OptList::parse(value, Some("type"));
-    if let Some(key) = opts.unknown_key(&["type", "dump-guest-core", "mem-share", "accel"]) {
+    let keys = [
+        "type",
+        "dump-guest-core",
+        "mem-share",
+        "accel",
+        "blk-slots",
+        "net-slots",
+    ];
+    if let Some(key) = opts.unknown_key(&keys) {
         return Err(invalid("machine", value, format!("unknown option '{key}'")));
     }
     match opts.get("type") {
@@ -195,15 +228,39 @@ fn parse_machine(value: &str) -> Result<(bool, bool), SettingsError> {
                 .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))
         })
     };
-    Ok((flag("dump-guest-core", true)?, flag("mem-share", false)?))
+    let slots = |key: &str, default: usize| -> Result<usize, SettingsError> {
+        opts.get(key).map_or(Ok(default), |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n <= machine::layout::VIRTIO_IRQS.len())
+                .ok_or_else(|| {
+                    let max = machine::layout::VIRTIO_IRQS.len();
+                    invalid(
+                        "machine",
+                        value,
+                        format!("{key} must be a number from 0 to {max}"),
+                    )
+                })
+        })
+    };
+    let defaults = MachineOpts::default();
+    Ok(MachineOpts {
+        dump: flag("dump-guest-core", defaults.dump)?,
+        shared: flag("mem-share", defaults.shared)?,
+        blk_slots: slots("blk-slots", defaults.blk_slots)?,
+        net_slots: slots("net-slots", defaults.net_slots)?,
+    })
+}
+
+fn machine_opts(parsed: &Parsed) -> Result<MachineOpts, SettingsError> {
+    parsed
+        .last("machine")
+        .map_or(Ok(MachineOpts::default()), |m| parse_machine(&m))
 }
 
 /// Guest RAM backing from `-machine`, `-mem-path` and `-mem-prealloc`.
 fn ram_options(parsed: &Parsed) -> Result<RamOptions, SettingsError> {
-    let (dump, shared) = match parsed.last("machine") {
-        Some(machine) => parse_machine(&machine)?,
-        None => (true, false),
-    };
+    let MachineOpts { dump, shared, .. } = machine_opts(parsed)?;
     let backing = match (parsed.last("mem-path"), shared) {
         (Some(dir), _) => RamBacking::Hugetlbfs(PathBuf::from(dir)),
         (None, true) => RamBacking::SharedMemfd,
@@ -389,16 +446,28 @@ mod tests {
 
     #[test]
     fn machine_type_must_be_microvm() {
-        assert_eq!(
-            parse_machine("microvm,dump-guest-core=off").expect("ok"),
-            (false, false)
-        );
-        assert_eq!(
-            parse_machine("type=microvm,mem-share=on").expect("ok"),
-            (true, true)
-        );
+        let opts = parse_machine("microvm,dump-guest-core=off").expect("ok");
+        assert_eq!((opts.dump, opts.shared), (false, false));
+        let opts = parse_machine("type=microvm,mem-share=on").expect("ok");
+        assert_eq!((opts.dump, opts.shared), (true, true));
         assert!(parse_machine("q35").is_err());
         assert!(parse_machine("microvm,dump-guest-core=perhaps").is_err());
+    }
+
+    #[test]
+    fn hotplug_slot_counts_are_machine_options() {
+        let opts = parse_machine("microvm").expect("ok");
+        assert_eq!((opts.blk_slots, opts.net_slots), (4, 2));
+        let opts = parse_machine("microvm,blk-slots=2,net-slots=0").expect("ok");
+        assert_eq!((opts.blk_slots, opts.net_slots), (2, 0));
+        for bad in [
+            "microvm,blk-slots=9",
+            "microvm,net-slots=-1",
+            "microvm,net-slots=two",
+        ] {
+            let err = parse_machine(bad).expect_err(bad).to_string();
+            assert!(err.contains("must be a number from 0 to 8"), "{err}");
+        }
     }
 
     #[test]

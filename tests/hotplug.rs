@@ -6,34 +6,15 @@
 
 mod common;
 
-use common::{kvm_usable, run, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
+use common::{kvm_usable, qemu_qmp_available, run, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const KATA_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp/hotplug.py");
-
-/// Installs QEMU's client library once per test binary (as tests/qmp.rs does).
-fn qemu_qmp_available() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let has = Command::new("python3")
-            .args(["-c", "import qemu.qmp"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "qemu.qmp"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "pip install qemu.qmp failed");
-        }
-    });
-}
 
 fn socket_path(name: &str) -> PathBuf {
     scratch_dir().join(format!("hotplug-{name}-{}.sock", std::process::id()))
@@ -240,7 +221,18 @@ fn hotplug_errors_use_qemu_wording_and_change_nothing() {
     );
     let net = json!({"driver": "virtio-net-mmio", "id": "net0", "netdev": "n0", "addr": "0x0"});
     let desc = c.error("device_add", net, "GenericError");
+    assert_eq!(
+        desc,
+        "Property 'virtio-net-mmio.netdev' can't find value 'n0'"
+    );
+    let desc = c.error(
+        "device_add",
+        json!({"driver": "virtio-balloon-device", "id": "b0"}),
+        "GenericError",
+    );
     assert!(desc.contains("not supported yet"), "{desc}");
+    let desc = c.error("netdev_del", json!({"id": "n0"}), "DeviceNotFound");
+    assert_eq!(desc, "Device 'n0' not found");
     let desc = c.error(
         "blockdev-del",
         json!({"node-name": "drive-a"}),

@@ -4,35 +4,14 @@
 
 mod common;
 
-use common::{kvm_usable, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
+use common::{kvm_usable, qemu_qmp_available, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp/client.py");
-
-/// Installs QEMU's client library once per test binary.
-fn qemu_qmp_available() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let has = |py: &str| {
-            Command::new("python3")
-                .args(["-c", py])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !has("import qemu.qmp") {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "qemu.qmp"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "pip install qemu.qmp failed");
-        }
-    });
-}
 
 fn socket_path(name: &str) -> PathBuf {
     scratch_dir().join(format!("qmp-{name}-{}.sock", std::process::id()))

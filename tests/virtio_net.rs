@@ -297,7 +297,12 @@ impl Qmp {
 
     /// Sends a command without arguments and returns its reply (events are skipped).
     fn execute(&mut self, command: &str) -> Value {
-        let request = json!({ "execute": command });
+        self.execute_with(command, json!({}))
+    }
+
+    /// Sends a command with `arguments` and returns its reply (events are skipped).
+    fn execute_with(&mut self, command: &str, arguments: Value) -> Value {
+        let request = json!({ "execute": command, "arguments": arguments });
         self.writer
             .write_all(request.to_string().as_bytes())
             .expect("send");
@@ -604,4 +609,132 @@ fn kata_argument_list_with_its_tap_as_fd_3_boots_the_guest() {
     assert!(!qmp.exists(), "the QMP socket is removed on exit");
     let _ = std::fs::remove_file(&image);
     drop(tap_fd);
+}
+
+const NET_HOTPLUG_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp/nethotplug.py");
+
+/// Waits for `line` on the client's stdout; fails with what it printed otherwise.
+fn client_says(client: &mut std::process::Child, out: &mut impl BufRead, line: &str) {
+    let mut seen = String::new();
+    loop {
+        let mut next = String::new();
+        if out.read_line(&mut next).unwrap_or(0) == 0 {
+            let _ = client.kill();
+            let mut err = String::new();
+            if let Some(mut stderr) = client.stderr.take() {
+                let _ = io::Read::read_to_string(&mut stderr, &mut err);
+            }
+            panic!("the qemu.qmp client ended before {line:?}:\n{seen}\n--- stderr ---\n{err}");
+        }
+        seen.push_str(&next);
+        if next.trim_end() == line {
+            return;
+        }
+    }
+}
+
+/// Network hot-plug as a container runtime does it, with QEMU's own client library: the tap's
+/// descriptor goes over the QMP socket (SCM_RIGHTS + `getfd`), `netdev_add fds=` and
+/// `device_add driver=virtio-net-mmio addr=0x0` put it behind the empty net slot the guest's
+/// driver already runs on; the guest sees the link come up with the MAC given, its frame
+/// reaches the tap and the answer comes back; `device_del` takes the link down again
+/// (DEVICE_DELETED) and `netdev_del` closes the tap.
+#[test]
+fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    common::qemu_qmp_available();
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let path = scratch_dir().join(format!("net-hotplug-{}.sock", std::process::id()));
+    let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=netwatch").args();
+    args.extend([
+        "-qmp".into(),
+        format!("unix:{},server,nowait", path.display()),
+    ]);
+    let mut vm = Vm::spawn(&args);
+    vm.wait_for_line("netwatch: link=0", VM_TIMEOUT);
+
+    let mut client = Command::new("timeout")
+        .args(["120", "python3", NET_HOTPLUG_CLIENT])
+        .arg(&path)
+        .arg(&tap.name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the qemu.qmp client");
+    let mut to_client = client.stdin.take().expect("piped");
+    let mut from_client = BufReader::new(client.stdout.take().expect("piped"));
+    client_says(&mut client, &mut from_client, "plugged");
+
+    vm.wait_for_line(
+        "netwatch: link up config-change mac=52:54:00:12:34:56",
+        VM_TIMEOUT,
+    );
+    let ping = receive_ping(&socket, &mut vm);
+    assert_eq!(ping[0..6], [0xff; 6], "the guest broadcasts its frame");
+    socket.send(&pong_frame());
+    vm.wait_for_line(&format!("net: got {PONG}"), VM_TIMEOUT);
+
+    to_client.write_all(b"unplug\n").expect("tell the client");
+    client_says(&mut client, &mut from_client, "unplugged");
+    vm.wait_for_line(
+        "netwatch: link down config-change mac=52:54:00:12:34:56",
+        VM_TIMEOUT,
+    );
+    to_client.write_all(b"quit\n").expect("tell the client");
+    client_says(&mut client, &mut from_client, "done");
+    let status = client.wait().expect("client status");
+    assert!(status.success(), "the qemu.qmp client failed: {status}");
+    let out = vm.wait(VM_TIMEOUT);
+    out.assert_exit_code(0);
+}
+
+/// `netdev_add ifname=` opens the tap on the VMM thread at run time, inside its seccomp filter;
+/// `-machine net-slots=` sets how many net slots there are.
+#[test]
+fn tap_opened_by_name_at_run_time_fills_the_last_of_the_configured_net_slots() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let path = scratch_dir().join(format!("net-slots-{}.sock", std::process::id()));
+    let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=hang").args();
+    args.extend([
+        "-machine".into(),
+        "microvm,net-slots=2,blk-slots=1".into(),
+        "-qmp".into(),
+        format!("unix:{},server,nowait", path.display()),
+    ]);
+    let mut vm = Vm::spawn(&args);
+    vm.wait_for_line("hang: now", VM_TIMEOUT);
+    let mut qmp = Qmp::connect(&path);
+    let ok = json!({"return": {}});
+    let netdev = json!({"type": "tap", "id": "n1", "ifname": tap.name});
+    assert_eq!(qmp.execute_with("netdev_add", netdev), ok);
+    let device = |addr: &str| json!({"driver": "virtio-net-device", "id": "eth1", "netdev": "n1", "addr": addr});
+    let reply = qmp.execute_with("device_add", device("0x2"));
+    assert_eq!(
+        reply["error"]["desc"], "Net slot 0x2 does not exist: the machine has 2 net slots",
+        "{reply}"
+    );
+    assert_eq!(qmp.execute_with("device_add", device("0x1")), ok);
+    assert_eq!(qmp.execute_with("device_del", json!({"id": "eth1"})), ok);
+    assert_eq!(qmp.execute_with("netdev_del", json!({"id": "n1"})), ok);
+    assert_eq!(qmp.execute("quit"), ok);
+    let out = vm.wait(VM_TIMEOUT);
+    out.assert_exit_code(0);
+    let cmdline = out
+        .guest_lines()
+        .into_iter()
+        .find(|l| l.starts_with("cmdline:"))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        cmdline.matches("virtio_mmio.device=").count(),
+        3,
+        "one block and two net slots: {cmdline}"
+    );
 }

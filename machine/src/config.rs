@@ -84,6 +84,10 @@ pub struct MachineConfig {
     /// monitor: the drives fill slots 0.., the rest start empty. More drives than slots get one
     /// slot each. Default [`crate::hotplug::DEFAULT_BLK_SLOTS`] (4).
     pub blk_slots: usize,
+    /// Replaceable virtio-net devices for QMP hot-plug, like `blk_slots`: the nets fill slots
+    /// 0.., the rest start empty with their link down. Default
+    /// [`crate::net_slots::DEFAULT_NET_SLOTS`] (2).
+    pub net_slots: usize,
     /// virtio-net devices, in command-line order; their slots follow the disks'.
     pub nets: Vec<NetConfig>,
     /// The virtio-rng device, if any.
@@ -108,6 +112,7 @@ impl Default for MachineConfig {
             serial: SerialConfig::None,
             drives: Vec::new(),
             blk_slots: crate::hotplug::DEFAULT_BLK_SLOTS,
+            net_slots: crate::net_slots::DEFAULT_NET_SLOTS,
             nets: Vec::new(),
             rng: None,
             qmp: None,

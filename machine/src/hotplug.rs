@@ -248,35 +248,12 @@ impl BlockSlots {
 
     /// The slot `addr` names, or the first free one; it must exist and be free.
     fn pick_slot(&self, id: &str, addr: Option<&str>) -> Result<usize, QmpError> {
-        let Some(addr) = addr else {
-            return self
-                .slots
-                .iter()
-                .position(|s| s.device.is_none())
-                .ok_or_else(|| {
-                    QmpError::generic(format!(
-                        "No free block slot for '{id}': all {} are in use",
-                        self.slots.len()
-                    ))
-                });
-        };
-        let index = parse_addr(addr).ok_or_else(|| {
-            QmpError::generic(format!(
-                "Property 'addr' doesn't take value '{addr}' (expected a slot number such as 0x1)"
-            ))
-        })?;
-        let slot = self.slots.get(index).ok_or_else(|| {
-            QmpError::generic(format!(
-                "Block slot {index:#x} does not exist: the machine has {} block slots",
-                self.slots.len()
-            ))
-        })?;
-        match &slot.device {
-            Some((other, _)) => Err(QmpError::generic(format!(
-                "Block slot {index:#x} not available for {id}, in use by {other}"
-            ))),
-            None => Ok(index),
-        }
+        let occupants: Vec<Option<&str>> = self
+            .slots
+            .iter()
+            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
+            .collect();
+        pick_slot("Block", &occupants, id, addr)
     }
 
     fn device_slot(&self, id: &str) -> Option<usize> {
@@ -391,6 +368,40 @@ fn file_options(
     }
 }
 
+/// The slot of kind `kind` (`"Block"`, `"Net"`) that `addr` names, or the first free one when
+/// there is no `addr`; `occupants` says which device holds each slot. It must exist and be free.
+pub(crate) fn pick_slot(
+    kind: &str,
+    occupants: &[Option<&str>],
+    id: &str,
+    addr: Option<&str>,
+) -> Result<usize, QmpError> {
+    let lower = kind.to_lowercase();
+    let Some(addr) = addr else {
+        return occupants.iter().position(Option::is_none).ok_or_else(|| {
+            QmpError::generic(format!(
+                "No free {lower} slot for '{id}': all {} are in use",
+                occupants.len()
+            ))
+        });
+    };
+    let index = parse_addr(addr).ok_or_else(|| {
+        QmpError::generic(format!(
+            "Property 'addr' doesn't take value '{addr}' (expected a slot number such as 0x1)"
+        ))
+    })?;
+    match occupants.get(index) {
+        None => Err(QmpError::generic(format!(
+            "{kind} slot {index:#x} does not exist: the machine has {} {lower} slots",
+            occupants.len()
+        ))),
+        Some(Some(other)) => Err(QmpError::generic(format!(
+            "{kind} slot {index:#x} not available for {id}, in use by {other}"
+        ))),
+        Some(None) => Ok(index),
+    }
+}
+
 /// `"0x1"`, `"0X1"` or `"1"` (hex, as QEMU reads a device address).
 fn parse_addr(addr: &str) -> Option<usize> {
     let digits = addr
@@ -401,7 +412,7 @@ fn parse_addr(addr: &str) -> Option<usize> {
 }
 
 /// The system's text for an error, without Rust's " (os error N)".
-fn os_text(e: &std::io::Error) -> String {
+pub(crate) fn os_text(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(at) => text[..at].to_owned(),

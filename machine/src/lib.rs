@@ -17,6 +17,7 @@ mod legacy;
 mod memory;
 mod monitor;
 mod net_devices;
+mod net_slots;
 mod qmp_server;
 mod running;
 mod seccomp;
@@ -30,6 +31,7 @@ pub use address_space::{RamBacking, RamOptions};
 pub use config::{DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource};
 pub use error::MachineError;
 pub use hotplug::DEFAULT_BLK_SLOTS;
+pub use net_slots::DEFAULT_NET_SLOTS;
 pub use qmp_server::QmpEndpoint;
 pub use seccomp::{
     also_report_to as seccomp_also_report_to, SELFTEST_ENV as SECCOMP_SELFTEST_ENV,

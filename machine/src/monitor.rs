@@ -1,6 +1,7 @@
 //! The machine's side of QMP: carries out each command on the running VM.
 
 use crate::hotplug::BlockSlots;
+use crate::net_slots::NetSlots;
 use crate::vcpu::{Request, VcpuControl, VcpuHandle};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
@@ -41,6 +42,8 @@ pub struct VmState {
     pub fds: HashMap<String, File>,
     /// The replaceable block devices and the backends `blockdev-add` registered.
     pub block_slots: BlockSlots,
+    /// The replaceable net devices and the backends `netdev_add` registered.
+    pub net_slots: NetSlots,
 }
 
 impl VmState {
@@ -274,19 +277,37 @@ impl QmpHandler for Monitor<'_> {
                 self.state.block_slots.blockdev_del(&args.node_name)?;
                 Ok(Response::empty())
             }
-            Command::NetdevAdd(_) | Command::NetdevDel(_) => Err(not_yet("network hot-plug")),
+            Command::NetdevAdd(args) => {
+                let state = &mut *self.state;
+                state.net_slots.netdev_add(&args, &mut state.fds)?;
+                Ok(Response::empty())
+            }
+            Command::NetdevDel(args) => {
+                self.state.net_slots.netdev_del(&args.id)?;
+                Ok(Response::empty())
+            }
             Command::DeviceAdd(args) if BlockSlots::is_block_driver(&args.driver) => {
                 self.state.block_slots.device_add(&args)?;
                 Ok(Response::empty())
             }
-            Command::DeviceAdd(_) => Err(not_yet("device hot-plug")),
-            Command::DeviceDel(args) => match self.state.block_slots.device_del(&args.id) {
-                Some(deleted) => {
-                    self.events.push(deleted?);
-                    Ok(Response::empty())
+            Command::DeviceAdd(args) if NetSlots::is_net_driver(&args.driver) => {
+                self.state.net_slots.device_add(&args)?;
+                Ok(Response::empty())
+            }
+            Command::DeviceAdd(args) => Err(not_yet(&format!("device_add of '{}'", args.driver))),
+            Command::DeviceDel(args) => {
+                let deleted = match self.state.block_slots.device_del(&args.id) {
+                    Some(deleted) => Some(deleted),
+                    None => self.state.net_slots.device_del(&args.id),
+                };
+                match deleted {
+                    Some(deleted) => {
+                        self.events.push(deleted?);
+                        Ok(Response::empty())
+                    }
+                    None => Err(QmpError::device_not_found(&args.id)),
                 }
-                None => Err(QmpError::device_not_found(&args.id)),
-            },
+            }
             Command::Balloon(BalloonArgs { .. }) | Command::QueryBalloon => Err(no_balloon()),
             Command::QueryVersion => json(&self.state.version),
             Command::QueryCommands => json(&qmp::query_commands()),

@@ -12,7 +12,7 @@ use crate::device_events::{DeviceEvents, EventHandler, SharedHandler};
 use crate::error::MachineError;
 use crate::hotplug::{block_devices, BlockSlots, Labelled};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
-use crate::net_devices::{create_net, watch_net};
+use crate::net_slots::{net_devices, NetSlots};
 use address_space::{AddressSpace, Region, SharedIo};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::os::fd::AsRawFd;
@@ -33,33 +33,67 @@ pub struct VirtioDevices {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The replaceable block devices (QMP hot-plug), see `hotplug.rs`.
     pub block_slots: BlockSlots,
+    /// The replaceable net devices (QMP hot-plug), see `net_slots.rs`.
+    pub net_slots: NetSlots,
 }
 
-/// Creates the virtio devices (`blk_slots` block slots, or one per drive if there are more, the
-/// drives filling them in command-line order so the first is the guest's vda, then one
-/// virtio-net device per net, then the entropy device), maps each and wires its IRQ and, with
-/// `ioeventfd`, its queue notifications; a net's tap is watched by the VMM thread's loop.
+/// How many replaceable slots to create (0 without a QMP monitor: nothing could fill them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCounts {
+    /// Block slots (at least one per drive).
+    pub blk: usize,
+    /// Net slots (at least one per net device).
+    pub net: usize,
+}
+
+impl SlotCounts {
+    /// The counts that fit the interrupt lines next to `drives` disks, `nets` net devices and
+    /// `others` other devices: empty slots beyond the lines are dropped (block slots kept
+    /// first), with a warning.
+    fn fitted(self, drives: usize, nets: usize, others: usize) -> SlotCounts {
+        let mut room = VIRTIO_IRQS.len().saturating_sub(drives + nets + others);
+        let mut fit = |wanted: usize, present: usize| {
+            let empty = wanted.saturating_sub(present).min(room);
+            room -= empty;
+            present + empty
+        };
+        let fitted = SlotCounts {
+            blk: fit(self.blk, drives),
+            net: fit(self.net, nets),
+        };
+        if fitted.blk < self.blk.max(drives) || fitted.net < self.net.max(nets) {
+            log::warn!(
+                "only {} block and {} net slots fit the {} virtio interrupt lines ({} and {} asked)",
+                fitted.blk,
+                fitted.net,
+                VIRTIO_IRQS.len(),
+                self.blk,
+                self.net
+            );
+        }
+        fitted
+    }
+}
+
+/// Creates the virtio devices (`slots.blk` block slots, or one per drive if there are more, the
+/// drives filling them in command-line order so the first is the guest's vda; then `slots.net`
+/// net slots filled the same way by the nets; then the entropy device), maps each and wires
+/// its IRQ and, with `ioeventfd`, its queue notifications; a net's tap is watched by the VMM
+/// thread's loop. Empty slots that do not fit the interrupt lines are left out.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
     drives: &[DriveConfig],
-    blk_slots: usize,
     nets: &[NetConfig],
+    slots: SlotCounts,
     rng: Option<&RngOptions>,
     ioeventfd: bool,
 ) -> Result<VirtioDevices, MachineError> {
-    let (block_slots, mut devices) = block_devices(drives, blk_slots)?;
+    let slots = slots.fitted(drives.len(), nets.len(), usize::from(rng.is_some()));
+    let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
     let mut events = DeviceEvents::default();
-    for net in nets {
-        let device = create_net(net).map_err(|source| MachineError::Netdev {
-            netdev: net.netdev.clone(),
-            source,
-        })?;
-        watch_net(&device, &net.id, &mut events);
-        let mac = device.lock().mac();
-        let label = format!("netdev '{}': {:?} mac={mac}", net.netdev, net.tap);
-        devices.push((label, Box::new(device)));
-    }
+    let (net_slots, nets) = net_devices(nets, slots.net, &mut events)?;
+    devices.extend(nets);
     if let Some(options) = rng {
         devices.push(rng_device(options)?);
     }
@@ -73,6 +107,7 @@ pub fn build_virtio_devices(
         events,
         transports: Vec::new(),
         block_slots,
+        net_slots,
     };
     for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
@@ -207,5 +242,22 @@ impl EventHandler for VirtioEvents {
             }
             None => transport.device_event(index - self.queue_evts.len()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_slots_shrink_to_fit_the_interrupt_lines_block_slots_first() {
+        let wanted = SlotCounts { blk: 4, net: 2 };
+        assert_eq!(wanted.fitted(0, 0, 1), wanted, "4 + 2 + rng fit 8 lines");
+        assert_eq!(wanted.fitted(6, 1, 1), SlotCounts { blk: 6, net: 1 });
+        assert_eq!(wanted.fitted(3, 0, 1), SlotCounts { blk: 4, net: 2 });
+        assert_eq!(wanted.fitted(5, 0, 1), SlotCounts { blk: 5, net: 2 });
+        assert_eq!(wanted.fitted(2, 3, 1), SlotCounts { blk: 4, net: 3 });
+        let none = SlotCounts { blk: 0, net: 0 };
+        assert_eq!(none.fitted(2, 1, 0), SlotCounts { blk: 2, net: 1 });
     }
 }

@@ -11,7 +11,7 @@ use crate::running::RunningVm;
 use crate::seccomp::Seccomp;
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu, VcpuControl};
-use crate::virtio_devices::build_virtio_devices;
+use crate::virtio_devices::{build_virtio_devices, SlotCounts};
 use address_space::AddressSpace;
 use boot_loader::{BootConfig, BootInfo};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -70,17 +70,19 @@ pub fn run_notifying(
     }
     let seccomp = Seccomp::new(config.seccomp, ioeventfd).map_err(MachineError::Seccomp)?;
     // Without a monitor nothing can hot-plug: no empty slots then.
-    let blk_slots = if config.qmp.is_some() {
-        config.blk_slots
-    } else {
-        0
+    let slots = match config.qmp {
+        Some(_) => SlotCounts {
+            blk: config.blk_slots,
+            net: config.net_slots,
+        },
+        None => SlotCounts { blk: 0, net: 0 },
     };
     let virtio = build_virtio_devices(
         &vm,
         &mmio,
         &config.drives,
-        blk_slots,
         &config.nets,
+        slots,
         config.rng.as_ref(),
         ioeventfd,
     )?;
@@ -138,6 +140,7 @@ pub fn run_notifying(
         frozen_clock: None,
         fds: HashMap::new(),
         block_slots: virtio.block_slots,
+        net_slots: virtio.net_slots,
     };
     let running = RunningVm {
         state,

@@ -61,6 +61,25 @@ pub fn host_is_kvm_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// Installs QEMU's Python client library, `qemu.qmp`, once per test binary if it is missing:
+/// the QMP tests drive Nimbus with the client that QEMU's own scripts use.
+pub fn qemu_qmp_available() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let has = Command::new("python3")
+            .args(["-c", "import qemu.qmp"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "qemu.qmp"])
+                .status()
+                .expect("run pip");
+            assert!(status.success(), "pip install qemu.qmp failed");
+        }
+    });
+}
+
 /// A scratch directory for files a test writes (initrds), shared by all test binaries.
 pub fn scratch_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch");

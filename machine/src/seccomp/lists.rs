@@ -65,14 +65,17 @@ fn tgkill_signals() -> Vec<u64> {
         .collect()
 }
 
-/// The `openat` flags of QMP `blockdev-add` (`RawFile::open_with` through std's `File::open`):
+/// The `openat` flags of QMP `blockdev-add` (`RawFile::open_with` through std's `File::open`)
+/// and `netdev_add` (`/dev/net/tun`, non-blocking):
 /// read-only or read-write, with or without O_DIRECT, always O_CLOEXEC; no O_CREAT, O_TRUNC,
 /// O_PATH, so the VMM thread can open an existing image but never create or truncate a file.
 pub(crate) fn image_open_flags() -> Vec<u64> {
-    use libc::{O_CLOEXEC, O_DIRECT, O_RDONLY, O_RDWR};
+    use libc::{O_CLOEXEC, O_DIRECT, O_NONBLOCK, O_RDONLY, O_RDWR};
     [O_RDONLY, O_RDWR]
         .into_iter()
         .flat_map(|mode| [mode | O_CLOEXEC, mode | O_CLOEXEC | O_DIRECT])
+        // /dev/net/tun for QMP netdev_add (tap.rs: read-write, non-blocking).
+        .chain([O_RDWR | O_NONBLOCK | O_CLOEXEC])
         .map(|flags| u64::try_from(flags).expect("open flags are positive"))
         .collect()
 }
@@ -81,7 +84,11 @@ pub(crate) fn image_open_flags() -> Vec<u64> {
 #[rustfmt::skip]
 pub(crate) fn vmm() -> Vec<Allowed> {
     use libc::*;
-    let ioctls = [KVM_GET_CLOCK, KVM_SET_CLOCK, TCGETS, TCSETS, FIONBIO];
+    let ioctls = [
+        KVM_GET_CLOCK, KVM_SET_CLOCK, TCGETS, TCSETS, FIONBIO,
+        // QMP netdev_add opens or checks a tap, device_add sets its offloads (tap.rs).
+        TUNSETIFF, TUNGETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD,
+    ];
     vec![
         any(SYS_epoll_wait, "epoll_wait", "the event loop"),
         any(SYS_epoll_ctl, "epoll_ctl", "watch/unwatch QMP clients, stdin, device fds"),
@@ -93,9 +100,9 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         only(SYS_recvfrom, "recvfrom", 3, &[0], "QMP input over TCP (recv)"),
         only(SYS_sendto, "sendto", 3, &[MSG_NOSIGNAL as u64], "QMP output (send without SIGPIPE)"),
         any(SYS_close, "close", "QMP clients, closefd, every fd dropped on exit"),
-        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64, F_GETFL as u64, F_SETFL as u64], "std's debug check that a dropped fd is open; QMP netdev_add makes the tap non-blocking"),
         any(SYS_futex, "futex", "mutexes shared with vCPU threads, channels"),
-        only(SYS_ioctl, "ioctl", 1, &ioctls, "stop/cont clock, terminal restore, QMP nonblocking"),
+        only(SYS_ioctl, "ioctl", 1, &ioctls, "stop/cont clock, terminal restore, QMP nonblocking, QMP netdev_add taps"),
         only(SYS_tgkill, "tgkill", 2, &tgkill_signals(), "kick vCPUs out of KVM_RUN; abort"),
         any(SYS_getpid, "getpid", "pthread_kill (vCPU kicks) and abort"),
         any(SYS_rt_sigprocmask, "rt_sigprocmask", "pthread_kill (vCPU kicks) and abort"),
@@ -108,7 +115,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
         any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions, drain on exit"),
         // QMP blockdev-add opens the image on the VMM thread (hotplug.rs, RawFile::open_with).
-        only(SYS_openat, "openat", 2, &image_open_flags(), "QMP blockdev-add opens the image (and again with O_DIRECT); never creates a file"),
+        only(SYS_openat, "openat", 2, &image_open_flags(), "QMP blockdev-add opens the image (and again with O_DIRECT), netdev_add /dev/net/tun; never creates a file"),
         any(SYS_statx, "statx", "QMP blockdev-add checks the image is a file or block device"),
         any(SYS_fstat, "fstat", "QMP blockdev-add: std's fallback where statx is missing"),
         any(SYS_newfstatat, "newfstatat", "QMP blockdev-add: std's fallback where statx is missing"),

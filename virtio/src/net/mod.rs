@@ -9,6 +9,7 @@
 
 mod header;
 mod rx;
+mod slot;
 pub mod tap;
 mod tx;
 pub mod vhost;
@@ -27,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::header::{MAX_FRAME_LEN, MAX_PACKET_LEN, VNET_HDR_LEN};
 use self::rx::{deliver, Delivery, RxDrop, RxFrame};
+pub use self::slot::{NetSlotError, NoTap};
 pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
 pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
@@ -246,6 +248,8 @@ struct Active {
 /// A virtio network device over a tap.
 pub struct Net {
     tap: Box<dyn TapIo>,
+    /// A real tap is behind the device (not [`NoTap`]).
+    attached: bool,
     features: u64,
     config: [u8; CONFIG_SIZE],
     counters: NetCounters,
@@ -288,6 +292,7 @@ impl Net {
         })?;
         Ok(Net {
             tap,
+            attached: true,
             features,
             config,
             counters: NetCounters::default(),
@@ -307,9 +312,10 @@ impl Net {
         MacAddr(mac)
     }
 
-    /// The tap descriptor, to poll for readability (then call [`Net::rx_ready`]).
-    pub fn tap_fd(&self) -> RawFd {
-        self.tap.raw_fd()
+    /// The tap descriptor, to poll for readability (then call [`Net::rx_ready`]); `None`
+    /// while the device has no tap.
+    pub fn tap_fd(&self) -> Option<RawFd> {
+        self.attached.then(|| self.tap.raw_fd())
     }
 
     /// Written when receive can go on after [`RxOutcome::NeedBuffers`] or

@@ -1,0 +1,337 @@
+//! Network hot-plug through replaceable slots, like block hot-plug (`hotplug.rs`): `slots`
+//! virtio-net devices exist from boot, the command line's net devices fill slots 0.. in order
+//! and the rest are empty (link down). QMP `netdev_add` opens a tap (by name, or a descriptor
+//! passed with `getfd`) and registers it as a backend, `device_add` puts a backend behind a
+//! slot (the link comes up, with a configuration-change interrupt), `device_del` takes it back
+//! (link down) and `netdev_del` closes a backend no device uses. Errors are worded as QEMU
+//! words them.
+
+use crate::config::NetConfig;
+use crate::device_events::DeviceEvents;
+use crate::error::MachineError;
+use crate::hotplug::{os_text, pick_slot, Labelled};
+use crate::net_devices::{create_net, open_tap, watch_net, TapPoll};
+use qmp::schema::{DeviceAddArgs, DeviceDeletedInfo, NetdevAddArgs};
+use qmp::{Event, QmpError};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use virtio::net::{check_vhost, VhostMode};
+use virtio::{MacAddr, SharedNet, Tap, TapError, TapIo};
+
+/// Net slots created when the machine has a QMP monitor and the configuration says nothing.
+pub const DEFAULT_NET_SLOTS: usize = 2;
+
+/// Device models `device_add` takes for a net slot.
+const NET_DRIVERS: [&str; 2] = ["virtio-net-mmio", "virtio-net-device"];
+
+/// A backend registered by `netdev_add` (or a `-netdev`).
+struct Backend {
+    /// The tap while no device holds it.
+    tap: Option<Box<dyn TapIo>>,
+    /// The slot whose device holds it.
+    slot: Option<usize>,
+}
+
+/// One replaceable net device.
+struct Slot {
+    net: SharedNet,
+    poll: TapPoll,
+    /// The device id and the backend behind it, while attached.
+    device: Option<(String, String)>,
+}
+
+/// The net slots and the backends that can go in them.
+pub struct NetSlots {
+    slots: Vec<Slot>,
+    backends: BTreeMap<String, Backend>,
+}
+
+/// Creates `max(slots, nets.len())` net devices: the command line's in order (their taps
+/// opened now), then empty slots; each device's tap poller is added to `events`.
+pub fn net_devices(
+    nets: &[NetConfig],
+    slots: usize,
+    events: &mut DeviceEvents,
+) -> Result<(NetSlots, Vec<Labelled>), MachineError> {
+    let mut table = NetSlots {
+        slots: Vec::new(),
+        backends: BTreeMap::new(),
+    };
+    let mut devices = Vec::new();
+    for (index, config) in nets.iter().enumerate() {
+        let netdev_err = |source| MachineError::Netdev {
+            netdev: config.netdev.clone(),
+            source,
+        };
+        let tap = open_tap(config).map_err(netdev_err)?;
+        let net = create_net(&config.id, config.mac, Some(tap)).map_err(netdev_err)?;
+        let poll = watch_net(&net, &config.id, events).map_err(netdev_err)?;
+        let mac = net.lock().mac();
+        let label = format!(
+            "netdev '{}' (net slot {index}): {:?} mac={mac}",
+            config.netdev, config.tap
+        );
+        table.slots.push(Slot {
+            net: net.clone(),
+            poll,
+            device: Some((config.id.clone(), config.netdev.clone())),
+        });
+        table.backends.insert(
+            config.netdev.clone(),
+            Backend {
+                tap: None,
+                slot: Some(index),
+            },
+        );
+        devices.push((label, Box::new(net) as _));
+    }
+    for index in nets.len()..slots {
+        let id = format!("netslot{index}");
+        let netdev_err = |source| MachineError::Netdev {
+            netdev: id.clone(),
+            source,
+        };
+        let net = create_net(&id, None, None).map_err(netdev_err)?;
+        let poll = watch_net(&net, &id, events).map_err(netdev_err)?;
+        let label = format!("empty net slot {index}, mac={}", net.lock().mac());
+        table.slots.push(Slot {
+            net: net.clone(),
+            poll,
+            device: None,
+        });
+        devices.push((label, Box::new(net) as _));
+    }
+    Ok((table, devices))
+}
+
+impl NetSlots {
+    /// Whether `driver` is a net device model `device_add` puts in a slot.
+    pub fn is_net_driver(driver: &str) -> bool {
+        NET_DRIVERS.contains(&driver)
+    }
+
+    /// `netdev_add`: opens the tap (`ifname`, or `fd`/`fds`: a name stored by `getfd`, which
+    /// this takes, or a descriptor number) and registers it under `id`.
+    pub fn netdev_add(
+        &mut self,
+        args: &NetdevAddArgs,
+        fds: &mut HashMap<String, File>,
+    ) -> Result<(), QmpError> {
+        let id = &args.id;
+        if args.kind != "tap" {
+            return Err(QmpError::generic(format!(
+                "Parameter 'type' does not accept value '{}' (Nimbus has tap backends only)",
+                args.kind
+            )));
+        }
+        if self.backends.contains_key(id) {
+            return Err(QmpError::generic(format!("Duplicate ID '{id}' for netdev")));
+        }
+        let vhost = args.vhost.unwrap_or(false) || args.vhostfds.is_some();
+        let mode = if vhost {
+            VhostMode::On { fd: None }
+        } else {
+            VhostMode::Off
+        };
+        check_vhost(mode).map_err(|e| QmpError::generic(format!("netdev '{id}': {e}")))?;
+        if args.queues.is_some_and(|q| q > 1) {
+            return Err(QmpError::generic(format!(
+                "netdev '{id}': multiqueue (queues > 1) is not supported"
+            )));
+        }
+        let tap = self.tap_for(args, fds)?;
+        log::info!("netdev_add '{id}': tap {}", tap.if_name());
+        self.backends.insert(
+            id.clone(),
+            Backend {
+                tap: Some(Box::new(tap)),
+                slot: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Opens the tap `args` names, or takes the descriptor it names.
+    fn tap_for(
+        &self,
+        args: &NetdevAddArgs,
+        fds: &mut HashMap<String, File>,
+    ) -> Result<Tap, QmpError> {
+        let id = &args.id;
+        let fd = match (&args.fd, &args.fds) {
+            (Some(_), Some(_)) => {
+                return Err(QmpError::generic(
+                    "Parameters 'fd' and 'fds' are mutually exclusive",
+                ))
+            }
+            (Some(fd), None) | (None, Some(fd)) => Some(fd),
+            (None, None) => None,
+        };
+        let tap_err = |e: TapError| QmpError::generic(format!("netdev '{id}': {}", chain(&e)));
+        match (fd, &args.ifname) {
+            (Some(_), Some(_)) => Err(QmpError::generic(
+                "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are \
+                 invalid with fds=",
+            )),
+            (Some(fd), None) if fd.contains(':') => Err(QmpError::generic(format!(
+                "netdev '{id}': several tap descriptors (multiqueue) are not supported"
+            ))),
+            (Some(fd), None) => {
+                if let Ok(number) = fd.parse::<i32>() {
+                    return Tap::from_inherited_fd(number).map_err(tap_err);
+                }
+                let file = fds.remove(fd).ok_or_else(|| {
+                    QmpError::generic(format!("File descriptor named '{fd}' has not been found"))
+                })?;
+                Tap::from_owned_fd(OwnedFd::from(file)).map_err(tap_err)
+            }
+            (None, Some(name)) => Tap::open(name).map_err(tap_err),
+            (None, None) => Err(QmpError::generic(format!(
+                "netdev '{id}': a tap needs 'ifname' or 'fd' (Nimbus runs no helper scripts)"
+            ))),
+        }
+    }
+
+    /// `netdev_del`: closes a backend that no device uses.
+    pub fn netdev_del(&mut self, id: &str) -> Result<(), QmpError> {
+        match self.backends.get(id) {
+            None => Err(QmpError::device_not_found(id)),
+            Some(backend) if backend.slot.is_some() => Err(QmpError::generic(format!(
+                "Netdev '{id}' is in use: device_del its device first"
+            ))),
+            Some(_) => {
+                self.backends.remove(id);
+                log::info!("netdev_del '{id}'");
+                Ok(())
+            }
+        }
+    }
+
+    /// `device_add` of a net device model: puts the backend `netdev` behind the slot `addr`
+    /// (the first free slot without it), with `mac` if given.
+    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
+        let id = args.id.clone().ok_or_else(|| {
+            QmpError::generic("Parameter 'id' is missing (device_del needs it to unplug)")
+        })?;
+        if self.device_slot(&id).is_some() {
+            return Err(QmpError::generic(format!("Duplicate ID '{id}' for device")));
+        }
+        let driver = &args.driver;
+        let netdev = args
+            .netdev
+            .as_deref()
+            .ok_or_else(|| QmpError::generic("netdev property not set"))?;
+        let backend = self.backends.get(netdev).ok_or_else(|| {
+            QmpError::generic(format!(
+                "Property '{driver}.netdev' can't find value '{netdev}'"
+            ))
+        })?;
+        if backend.slot.is_some() {
+            return Err(QmpError::generic(format!(
+                "Property '{driver}.netdev' can't take value '{netdev}', it's in use"
+            )));
+        }
+        let mac = match args.mac.as_deref() {
+            Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
+                QmpError::generic(format!(
+                    "Property '{driver}.mac' doesn't take value '{text}'"
+                ))
+            })?),
+            None => None,
+        };
+        let occupants: Vec<Option<&str>> = self
+            .slots
+            .iter()
+            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
+            .collect();
+        let index = pick_slot("Net", &occupants, &id, args.addr.as_deref())?;
+        self.attach(index, id, netdev, mac)
+    }
+
+    fn attach(
+        &mut self,
+        index: usize,
+        id: String,
+        netdev: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<(), QmpError> {
+        let backend = self
+            .backends
+            .get_mut(netdev)
+            .ok_or_else(|| QmpError::generic(format!("Failed to find netdev '{netdev}'")))?;
+        let tap = backend
+            .tap
+            .take()
+            .ok_or_else(|| QmpError::generic(format!("Netdev '{netdev}' has no tap open")))?;
+        let slot = &mut self.slots[index];
+        let fd = tap.raw_fd();
+        if let Err(e) = slot.poll.hold(fd) {
+            backend.tap = Some(tap);
+            return Err(QmpError::generic(format!(
+                "Cannot watch the tap of '{netdev}': {}",
+                os_text(&e)
+            )));
+        }
+        let mut net = slot.net.lock();
+        if let Err(tap) = net.attach_tap(tap, mac) {
+            backend.tap = Some(tap);
+            let _ = slot.poll.release();
+            return Err(QmpError::generic(format!("Net slot {index:#x} is busy")));
+        }
+        log::info!(
+            "device_add '{id}': netdev '{netdev}' in net slot {index}, mac={}",
+            net.mac()
+        );
+        drop(net);
+        backend.slot = Some(index);
+        slot.device = Some((id, netdev.to_owned()));
+        Ok(())
+    }
+
+    fn device_slot(&self, id: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.device.as_ref().is_some_and(|(d, _)| d == id))
+    }
+
+    /// `device_del` of a net device: takes its backend back (the link goes down) and returns
+    /// the `DEVICE_DELETED` event. `None` if no net device has `id`.
+    pub fn device_del(&mut self, id: &str) -> Option<Result<Event, QmpError>> {
+        let index = self.device_slot(id)?;
+        let slot = &mut self.slots[index];
+        if let Err(e) = slot.poll.release() {
+            log::warn!("device_del '{id}': cannot stop polling its tap: {e}");
+        }
+        let tap = match slot.net.lock().detach_tap() {
+            Ok(tap) => tap,
+            Err(e) => return Some(Err(QmpError::generic(e.to_string()))),
+        };
+        let (_, netdev) = slot.device.take()?;
+        if let Some(backend) = self.backends.get_mut(&netdev) {
+            backend.tap = Some(tap);
+            backend.slot = None;
+        }
+        log::info!("device_del '{id}': net slot {index} is empty");
+        Some(Ok(Event::DeviceDeleted(DeviceDeletedInfo {
+            device: Some(id.to_owned()),
+            path: id.to_owned(),
+        })))
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+#[path = "net_slots_tests.rs"]
+mod tests;
