@@ -112,7 +112,7 @@ fn drive_device(drive: &DriveConfig) -> Result<Block, MachineError> {
         aio: drive.aio,
         direct: drive.direct,
     };
-    Block::new(&options).map_err(|source| MachineError::Drive {
+    Block::open(&options).map_err(|source| MachineError::Drive {
         id: drive.id.clone(),
         source,
     })

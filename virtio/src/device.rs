@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use address_space::vm_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
@@ -137,7 +137,7 @@ pub trait VirtioDevice: Send {
     /// The virtio device ID (2 for block, ...).
     fn device_type(&self) -> u32;
     /// The largest size of each queue; the number of entries is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &'static [u16];
     /// Device feature bits offered, without VIRTIO_F_VERSION_1 (the transport adds it).
     fn features(&self) -> u64;
     /// Reads configuration space at `offset`; bytes past its end read as 0.
@@ -172,5 +172,81 @@ pub trait VirtioDevice: Send {
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
         let _ = index;
         Ok(())
+    }
+}
+
+/// A device shared between its transport (which owns a clone as its `Box<dyn VirtioDevice>`)
+/// and the machine (which reaches the device through [`Shared::lock`]: a net device's receive
+/// path on the event loop, a hot-plug slot swapping its backend). Every trait call takes the
+/// lock; the lock order is transport, then device.
+pub struct Shared<D>(Arc<Mutex<D>>);
+
+impl<D> Clone for Shared<D> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<D> Shared<D> {
+    /// Shares `device`.
+    pub fn new(device: D) -> Shared<D> {
+        Shared(Arc::new(Mutex::new(device)))
+    }
+
+    /// The device. A panic while it was held leaves it usable: device state is plain data.
+    pub fn lock(&self) -> MutexGuard<'_, D> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<D: VirtioDevice> VirtioDevice for Shared<D> {
+    fn device_type(&self) -> u32 {
+        self.lock().device_type()
+    }
+
+    fn queue_max_sizes(&self) -> &'static [u16] {
+        self.lock().queue_max_sizes()
+    }
+
+    fn features(&self) -> u64 {
+        self.lock().features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.lock().read_config(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.lock().write_config(offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), ActivateError> {
+        self.lock().activate(acked_features, mem, queues, interrupt)
+    }
+
+    fn reset(&mut self) {
+        self.lock().reset();
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
+        self.lock().process_queue(index)
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        self.lock().event_fds()
+    }
+
+    fn shutdown(&mut self) {
+        self.lock().shutdown();
+    }
+
+    fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
+        self.lock().handle_event(index)
     }
 }

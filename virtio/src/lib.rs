@@ -18,7 +18,7 @@ mod testing;
 
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
 pub use device::{
-    ActivateError, Interrupt, QueueError, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_BUFFER,
+    ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_BUFFER,
 };
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{

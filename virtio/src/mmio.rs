@@ -507,7 +507,7 @@ mod tests {
         fn device_type(&self) -> u32 {
             42
         }
-        fn queue_max_sizes(&self) -> &[u16] {
+        fn queue_max_sizes(&self) -> &'static [u16] {
             &[16, 8]
         }
         fn features(&self) -> u64 {

@@ -269,7 +269,7 @@ impl VirtioDevice for Rng {
         DEVICE_TYPE_RNG
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
+    fn queue_max_sizes(&self) -> &'static [u16] {
         &[QUEUE_SIZE]
     }
 

@@ -68,7 +68,7 @@ fn run(path: &std::path::Path, aio: Aio, direct: bool, depth: u16, secs: u64) ->
         aio,
         direct,
     };
-    let block = Block::new(&options).unwrap();
+    let block = Block::open(&options).unwrap();
     let blocks = block.capacity() * SECTOR_SIZE / BLOCK;
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());

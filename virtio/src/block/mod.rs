@@ -11,7 +11,7 @@ mod uring;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use address_space::vm_memory::GuestMemoryMmap;
 use log::{debug, warn};
@@ -23,7 +23,7 @@ pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::uring::{Completion, Uring};
 use crate::device::{
-    read_config_bytes, single_queue, ActivateError, Interrupt, QueueError, VirtioDevice,
+    read_config_bytes, single_queue, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
     INT_USED_BUFFER,
 };
 use crate::DEVICE_TYPE_BLOCK;
@@ -115,13 +115,11 @@ struct Active {
 
 /// A virtio block device. The device state sits behind a mutex it shares with its
 /// [`BlockHandle`]s, through which the machine attaches and detaches the medium (hot-plug).
-pub struct Block {
-    state: Arc<Mutex<State>>,
-}
+pub type Block = Shared<BlockState>;
 
 /// What a [`Block`] holds: the medium (a backend, or [`NoMedium`] in an empty slot), the
 /// configuration space, the queue once activated and the io_uring engine.
-struct State {
+pub struct BlockState {
     disk: Box<dyn DiskBackend>,
     /// A backend is attached (false in an empty slot).
     attached: bool,
@@ -140,7 +138,7 @@ struct State {
 
 impl Block {
     /// Opens the raw image `options.path`.
-    pub fn new(options: &BlockOptions) -> Result<Block, BlockError> {
+    pub fn open(options: &BlockOptions) -> Result<Block, BlockError> {
         let disk = RawFile::open_with(&options.path, options.readonly, options.direct).map_err(
             |source| BlockError::Open {
                 path: options.path.clone(),
@@ -183,7 +181,7 @@ impl Block {
                 features |= VIRTIO_BLK_F_DISCARD;
             }
         }
-        Ok(Block::from_state(State {
+        Ok(Shared::new(BlockState {
             disk,
             attached: true,
             async_io: false,
@@ -196,17 +194,6 @@ impl Block {
             engine: None,
             generation: 0,
         }))
-    }
-
-    fn from_state(state: State) -> Block {
-        Block {
-            state: Arc::new(Mutex::new(state)),
-        }
-    }
-
-    /// The state. A panic while it was held leaves it usable: its state is plain data.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Capacity in 512-byte sectors.
@@ -225,7 +212,7 @@ fn serial_id(serial: &str) -> Result<[u8; ID_BYTES], BlockError> {
     Ok(id)
 }
 
-impl State {
+impl BlockState {
     fn has(&self, feature: u64) -> bool {
         self.features & feature != 0
     }
@@ -249,12 +236,12 @@ fn config_space(capacity: u64) -> [u8; CONFIG_SIZE] {
     c
 }
 
-impl VirtioDevice for State {
+impl VirtioDevice for BlockState {
     fn device_type(&self) -> u32 {
         DEVICE_TYPE_BLOCK
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
+    fn queue_max_sizes(&self) -> &'static [u16] {
         &QUEUE_SIZES
     }
 

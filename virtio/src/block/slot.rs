@@ -5,21 +5,17 @@
 //! and raises a configuration-change interrupt, so the guest's driver re-reads it.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 
-use address_space::vm_memory::GuestMemoryMmap;
 use log::{info, warn};
-use virtio_queue::Queue;
 
 use super::request::Disk;
 use super::uring::Uring;
 use super::{
-    finish_all, notify, Block, BlockError, DiskBackend, State, QUEUE_SIZE, QUEUE_SIZES,
-    SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
+    finish_all, notify, Block, BlockError, BlockState, DiskBackend, QUEUE_SIZE, SECTOR_SIZE,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use crate::device::{ActivateError, Interrupt, QueueError, VirtioDevice};
-use crate::DEVICE_TYPE_BLOCK;
+use crate::device::VirtioDevice;
 
 /// The medium of an empty slot: no sectors, and every operation fails with ENOMEDIUM.
 #[derive(Debug, Default, Clone, Copy)]
@@ -92,17 +88,17 @@ impl Block {
 
     /// A handle on this device for attaching and detaching its medium.
     pub fn handle(&self) -> BlockHandle {
-        BlockHandle(Arc::clone(&self.state))
+        BlockHandle(self.clone())
     }
 }
 
 /// The machine's side of a block device: swaps the medium behind it.
 #[derive(Clone)]
-pub struct BlockHandle(Arc<Mutex<State>>);
+pub struct BlockHandle(Block);
 
 impl BlockHandle {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, BlockState> {
+        self.0.lock()
     }
 
     /// Whether a medium is attached.
@@ -177,7 +173,7 @@ impl BlockHandle {
     }
 }
 
-impl State {
+impl BlockState {
     /// Writes the capacity to configuration space and tells an active driver.
     fn set_capacity(&mut self, capacity: u64) {
         self.capacity = capacity;
@@ -220,58 +216,6 @@ impl State {
             warn!("virtio-blk: completing drained requests: {e}");
         }
         notify(active, completed);
-    }
-}
-
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        self.lock().features
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.lock().read_config(offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.lock().write_config(offset, data);
-    }
-
-    fn activate(
-        &mut self,
-        acked_features: u64,
-        mem: Arc<GuestMemoryMmap>,
-        queues: Vec<Queue>,
-        interrupt: Interrupt,
-    ) -> Result<(), ActivateError> {
-        self.lock().activate(acked_features, mem, queues, interrupt)
-    }
-
-    fn reset(&mut self) {
-        self.lock().reset();
-    }
-
-    fn shutdown(&mut self) {
-        self.lock().shutdown();
-    }
-
-    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
-        self.lock().process_queue(index)
-    }
-
-    fn event_fds(&self) -> Vec<RawFd> {
-        self.lock().event_fds()
-    }
-
-    fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
-        self.lock().handle_event(index)
     }
 }
 

@@ -10,7 +10,11 @@ use vmm_sys_util::tempfile::TempFile;
 use super::super::request::{S_IOERR, S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use super::super::RawFile;
 use super::*;
-use crate::device::INT_CONFIG_CHANGE;
+use std::sync::Arc;
+
+use address_space::vm_memory::GuestMemoryMmap;
+
+use crate::device::{Interrupt, INT_CONFIG_CHANGE};
 use crate::mmio::{MmioTransport, STATUS_DRIVER_OK};
 use crate::testing::{memory, probe, rd, wr, TestQueue};
 

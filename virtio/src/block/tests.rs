@@ -53,7 +53,7 @@ fn rig(readonly: bool) -> Rig {
         aio: Aio::Off,
         direct: false,
     };
-    rig_with(Block::new(&options).unwrap(), image, memory())
+    rig_with(Block::open(&options).unwrap(), image, memory())
 }
 
 impl Rig {
@@ -189,7 +189,7 @@ fn serial_longer_than_20_bytes_is_refused() {
         direct: false,
     };
     assert!(matches!(
-        Block::new(&options),
+        Block::open(&options),
         Err(BlockError::SerialTooLong(_))
     ));
 }
@@ -203,7 +203,10 @@ fn missing_image_is_an_open_error() {
         aio: Aio::Off,
         direct: false,
     };
-    assert!(matches!(Block::new(&options), Err(BlockError::Open { .. })));
+    assert!(matches!(
+        Block::open(&options),
+        Err(BlockError::Open { .. })
+    ));
 }
 
 #[test]
@@ -572,7 +575,7 @@ fn capacity_ignores_a_trailing_partial_sector() {
         aio: Aio::Off,
         direct: false,
     };
-    assert_eq!(Block::new(&options).unwrap().capacity(), 3);
+    assert_eq!(Block::open(&options).unwrap().capacity(), 3);
 }
 
 /// What the guest could see when a flush ran: the status byte and the used index.
@@ -679,7 +682,7 @@ fn async_rig(sectors: u64) -> Rig {
         aio: Aio::IoUring,
         direct: false,
     };
-    let block = Block::new(&options).unwrap();
+    let block = Block::open(&options).unwrap();
     assert!(block.is_async());
     rig_with(block, image, memory())
 }

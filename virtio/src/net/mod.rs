@@ -18,7 +18,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use address_space::vm_memory::GuestMemoryMmap;
 use log::warn;
@@ -33,7 +33,7 @@ pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
 pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
 use crate::device::{
-    read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+    read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_USED_BUFFER,
 };
 
 /// Virtio device ID of a network device.
@@ -584,7 +584,7 @@ impl VirtioDevice for Net {
         DEVICE_TYPE_NET
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
+    fn queue_max_sizes(&self) -> &'static [u16] {
         &QUEUE_SIZES
     }
 
@@ -667,62 +667,9 @@ impl VirtioDevice for Net {
     }
 }
 
-/// A [`Net`] shared between its transport (which owns a clone as its `VirtioDevice`) and the
-/// event loop (which calls [`Net::rx_ready`] through [`SharedNet::lock`]).
-#[derive(Clone)]
-pub struct SharedNet(Arc<Mutex<Net>>);
-
-impl SharedNet {
-    /// Shares `net`.
-    pub fn new(net: Net) -> SharedNet {
-        SharedNet(Arc::new(Mutex::new(net)))
-    }
-
-    /// The device. A panic while it was held leaves it usable: its state is plain data.
-    pub fn lock(&self) -> MutexGuard<'_, Net> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl VirtioDevice for SharedNet {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        self.lock().features()
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.lock().read_config(offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.lock().write_config(offset, data);
-    }
-
-    fn activate(
-        &mut self,
-        acked_features: u64,
-        mem: Arc<GuestMemoryMmap>,
-        queues: Vec<Queue>,
-        interrupt: Interrupt,
-    ) -> Result<(), ActivateError> {
-        self.lock().activate(acked_features, mem, queues, interrupt)
-    }
-
-    fn reset(&mut self) {
-        self.lock().reset();
-    }
-
-    fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
-        self.lock().process_queue(index)
-    }
-}
+/// A [`Net`] shared between its transport and the event loop (which calls [`Net::rx_ready`]
+/// through [`Shared::lock`]).
+pub type SharedNet = Shared<Net>;
 
 #[cfg(test)]
 mod tests;
