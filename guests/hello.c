@@ -99,6 +99,25 @@ static int starts_with(const char *s, const char *prefix)
 	return 1;
 }
 
+/* Whether the space-separated command line `p` has the token `tok` (a prefix up to a space or
+   comma counts: `reboot=t` matches `reboot=t,s`). */
+static int has_token(const char *p, const char *tok)
+{
+	u64 n = 0;
+
+	while (tok[n])
+		n++;
+	while (p && *p) {
+		while (*p == ' ')
+			p++;
+		if (*p && starts_with(p, tok) && (p[n] == 0 || p[n] == ' ' || p[n] == ','))
+			return 1;
+		while (*p && *p != ' ')
+			p++;
+	}
+	return 0;
+}
+
 static int str_eq_n(const char *a, u64 n, const char *b)
 {
 	u64 i;
@@ -172,8 +191,25 @@ static void put_dec(u64 v)
 		putc(buf[--n]);
 }
 
+/* Set from the command line: `reboot=t` resets by triple fault (as Linux's reboot=t does), for
+   VMMs without an i8042 such as QEMU's microvm (which exits on it with -no-reboot). */
+static int reset_by_triple_fault;
+
+static void __attribute__((noreturn)) triple_fault(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) empty = { 0, 0 };
+
+	__asm__ volatile("lidt %0; ud2" : : "m"(empty));
+	__builtin_unreachable();
+}
+
 static void __attribute__((noreturn)) reset(void)
 {
+	if (reset_by_triple_fault)
+		triple_fault();
 	outb(I8042_COMMAND, I8042_RESET);
 	for (;;)
 		__asm__ volatile("cli; hlt");
@@ -530,14 +566,8 @@ static void action_popcnt(void)
 
 static void __attribute__((noreturn)) action_triple(void)
 {
-	struct {
-		u16 limit;
-		u64 base;
-	} __attribute__((packed)) empty = { 0, 0 };
-
 	puts("triple: now\n");
-	__asm__ volatile("lidt %0; ud2" : : "m"(empty));
-	__builtin_unreachable();
+	triple_fault();
 }
 
 static void action_echo(void)
@@ -595,6 +625,7 @@ static void __attribute__((noreturn)) action_hang(void)
 #define BLK_STATUS (BLK_AREA + 0x2100)
 #define BLK_DATA (BLK_AREA + 0x3000)
 #define BLK_DATA_LEN 1024
+#define BLK_BENCH_MAX 0x20000 /* largest blkbench request: BLK_DATA up to 0x423000 */
 #define BLK_POLLS 100000
 #define BLK_T_IN 0
 #define BLK_T_OUT 1
@@ -834,13 +865,21 @@ static u64 cmdline_number(const char *p, const char *key, u64 fallback)
 	return n ? n : fallback;
 }
 
-/* `nimbus.test=blkbench`: `nimbus.blkreads=N` (default 2000) 4 KiB reads at pseudo-random
-   4 KiB-aligned sectors, one at a time; the host times the lines around them. */
+/* `nimbus.test=blkbench`: `nimbus.blkreads=N` (default 2000) requests of `nimbus.blkbytes=B`
+   bytes (default 4096; a multiple of 512, at most 128 KiB), one at a time, polled: reads, or
+   writes with `nimbus.blkwrite=1`, at pseudo-random B-aligned offsets, or in order from sector 0
+   (wrapping at the end) with `nimbus.blkseq=1`. The host times the lines around them:
+   `blkbench: start`, then `blkbench: reads=N errors=E` (or `writes=`). */
 static void action_blkbench(void)
 {
 	u64 n = cmdline_number(info.cmdline, "nimbus.blkreads=", 2000);
-	u64 capacity, blocks, i, errors = 0, x = 12345;
+	u64 bytes = cmdline_number(info.cmdline, "nimbus.blkbytes=", 4096);
+	u64 write = cmdline_number(info.cmdline, "nimbus.blkwrite=", 0);
+	u64 seq = cmdline_number(info.cmdline, "nimbus.blkseq=", 0);
+	u64 capacity, blocks, block, i, errors = 0, x = 12345;
 
+	if (bytes % 512 || bytes > BLK_BENCH_MAX)
+		bytes = 4096;
 	vdev_base = find_virtio_mmio(info.cmdline);
 	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
 		puts("blkbench: no device\n");
@@ -849,21 +888,55 @@ static void action_blkbench(void)
 	if (blk_probe())
 		return;
 	capacity = vr(0x100) | (u64)vr(0x104) << 32;
-	blocks = capacity / 8;
+	blocks = capacity / (bytes / 512);
 	if (!blocks) {
-		puts("blkbench: disk smaller than 4 KiB\n");
+		puts("blkbench: disk smaller than one request\n");
 		return;
 	}
 	puts("blkbench: start\n");
 	for (i = 0; i < n; i++) {
-		x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-		if (blk_request(BLK_T_IN, (x >> 33) % blocks * 8, 4096, 1) != 0)
+		if (seq) {
+			block = i % blocks;
+		} else {
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+			block = (x >> 33) % blocks;
+		}
+		if (blk_request(write ? BLK_T_OUT : BLK_T_IN, block * (bytes / 512), (u32)bytes,
+				!write) != 0)
 			errors++;
 	}
-	puts("blkbench: reads=");
+	puts(write ? "blkbench: writes=" : "blkbench: reads=");
 	put_dec(n);
 	puts(" errors=");
 	put_dec(errors);
+	putc('\n');
+}
+
+/* `nimbus.test=exits`: `nimbus.exits=N` (default 100000) iterations of an empty loop, then of
+   `outb` to the POST port 0x80 (a port exit each, ignored by both VMMs), then, if the command
+   line names a virtio-mmio device, of a 32-bit read of its MagicValue (an MMIO exit each). The
+   host times the lines between the phases; the empty loop is the emulation cost of the loop
+   itself on hosts that emulate guest instructions. */
+static void action_exits(void)
+{
+	u64 n = cmdline_number(info.cmdline, "nimbus.exits=", 100000), i;
+
+	puts("exits: loop start\n");
+	for (i = 0; i < n; i++)
+		__asm__ volatile("" ::: "memory");
+	puts("exits: pio start\n");
+	for (i = 0; i < n; i++)
+		outb(0x80, 0);
+	puts("exits: pio done\n");
+	vdev_base = find_virtio_mmio(info.cmdline);
+	if (vdev_base) {
+		puts("exits: mmio start\n");
+		for (i = 0; i < n; i++)
+			(void)vr(0);
+		puts("exits: mmio done\n");
+	}
+	puts("exits: n=");
+	put_dec(n);
 	putc('\n');
 }
 
@@ -1431,6 +1504,8 @@ static void run_action(const char *name, u64 len)
 		action_nettx();
 	else if (str_eq_n(name, len, "netrx"))
 		action_netrx();
+	else if (str_eq_n(name, len, "exits"))
+		action_exits();
 	else {
 		puts("action: unknown ");
 		while (len--)
@@ -1471,6 +1546,7 @@ void __attribute__((noreturn)) guest_main(u64 format, u64 boot_info)
 	} else {
 		from_boot_params(boot_info);
 	}
+	reset_by_triple_fault = has_token(info.cmdline, "reboot=t");
 	print_boot_info();
 	parse_mp_table();
 	print_mp_table();
