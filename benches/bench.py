@@ -1,0 +1,602 @@
+#!/usr/bin/env python3
+"""Nimbus beside QEMU's microvm, measured in the same run: one table (issue #8).
+
+Usage (as root: /dev/kvm, a tap): benches/run.sh [--quick] [--only LIST] [--runs N] [--linux]
+                                                   [--no-build] [--out DIR]
+
+Sub-benchmarks (--only takes a comma-separated subset; default all but linux):
+  size      binary sizes on disk (nimbus is stripped by the release profile)
+  startup   exec -> first guest console byte; exec -> process exit after the guest's reset
+  memory    idle VMM RSS minus the guest-RAM mapping (/proc/PID/smaps), thread count
+  exits     PIO and MMIO exit round trips per second (guest action `exits`)
+  blk       virtio-blk through the test guest (4 KiB random read/write, 128 KiB sequential read),
+            plus the device model alone in process and fio on the same file (no VM)
+  net       virtio-net through a tap, both directions (benches/net.py)
+  parallel  VMs started and stopped per second, 8 at a time
+  linux     the guest kit's Linux boot milestones (benches/linux_boot.py; slow, only with --linux)
+
+Every VM sub-benchmark alternates the two VMMs run by run and reports median (min-max). Both
+VMMs boot the same test guest (guests/hello.c, hello-pvh.elf, 1 vCPU, 128 MiB) with the same
+command line, which includes `reboot=t`: the guest resets by triple fault, which Nimbus and QEMU
+with -no-reboot both turn into a clean exit (QEMU's microvm has no i8042, the guest's default
+reset path). Results: target/bench/results.md and results.json. Stdlib only.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QEMU = "qemu-system-x86_64"
+RAM_MIB = 128
+BASE_APPEND = "console=ttyS0 reboot=t"
+ALL = ["size", "startup", "memory", "exits", "blk", "net", "parallel"]
+IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- VM command lines -------------------------------------------------------------------------
+
+class Ctx:
+    nimbus = "target/release/nimbus"
+    kernel = "target/bench/guests/hello-pvh.elf"
+
+
+def nimbus_cmd(append, extra=(), blk=None):
+    cmd = [Ctx.nimbus, "-machine", "microvm", "-m", str(RAM_MIB), "-kernel", Ctx.kernel,
+           "-serial", "stdio", "-append", append]
+    if blk:
+        path, readonly = blk
+        cmd += ["-drive", f"id=d0,file={path},readonly={'on' if readonly else 'off'}",
+                "-device", "virtio-blk-device,drive=d0"]
+    return cmd + list(extra)
+
+
+def qemu_cmd(append, extra=(), blk=None):
+    cmd = [QEMU, "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+           "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", str(RAM_MIB),
+           "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+           "-no-reboot", "-kernel", Ctx.kernel, "-append", append]
+    if blk:
+        path, readonly = blk
+        cmd += ["-drive", f"id=d0,file={path},format=raw,if=none,readonly={'on' if readonly else 'off'}",
+                "-device", "virtio-blk-device,drive=d0", "-global", "virtio-mmio.force-legacy=false"]
+    return cmd + list(extra)
+
+
+VMMS = [("nimbus", nimbus_cmd), ("qemu", qemu_cmd)]
+
+
+def alternate(runs):
+    """(run, name, make) in alternating VMM order: N Q, Q N, N Q, ..."""
+    for r in range(runs):
+        for name, make in (VMMS if r % 2 == 0 else VMMS[::-1]):
+            yield r, name, make
+
+
+class VmRun:
+    """One VM: console lines with the time since exec at which they arrived."""
+
+    def __init__(self, cmd, timeout=120.0, until=None):
+        self.cmd = cmd
+        self.lines = []
+        self.first = None
+        err = tempfile.TemporaryFile()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=err)
+        self.pid = p.pid
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        fd, buf = p.stdout.fileno(), b""
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                now = time.perf_counter() - t0
+                if not chunk:
+                    break
+                if self.first is None:
+                    self.first = now
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    self.lines.append((now, line.decode(errors="replace").rstrip("\r")))
+                    if until is not None and until(self):
+                        p.kill()
+        finally:
+            self.rc = p.wait()
+            self.exit = time.perf_counter() - t0
+            timer.cancel()
+            err.seek(0)
+            self.stderr = err.read().decode(errors="replace")
+            err.close()
+
+    def at(self, prefix):
+        for t, line in self.lines:
+            if line.startswith(prefix):
+                return t
+        return None
+
+    def line(self, prefix):
+        for _, line in self.lines:
+            if line.startswith(prefix):
+                return line
+        return None
+
+    def describe(self):
+        tail = "\n".join(l for _, l in self.lines[-8:])
+        return f"$ {' '.join(self.cmd)}\nrc={self.rc}\n{tail}\n{self.stderr[-600:]}"
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values), "samples": values}
+
+
+class Results:
+    def __init__(self):
+        self.rows = []   # VM rows: both VMMs
+        self.host = []   # rows without a VM
+        self.notes = []
+        self.extra = []  # verbatim sections (linux)
+
+    def vm(self, section, metric, unit, better, nimbus, qemu, digits=1):
+        self.rows.append({"section": section, "metric": metric, "unit": unit, "better": better,
+                          "digits": digits, "nimbus": stats(nimbus), "qemu": stats(qemu)})
+
+    def vm_stats(self, section, metric, unit, better, nimbus, qemu, digits=1):
+        self.rows.append({"section": section, "metric": metric, "unit": unit, "better": better,
+                          "digits": digits, "nimbus": nimbus, "qemu": qemu})
+
+    def host_row(self, section, metric, unit, value, digits=0):
+        self.host.append({"section": section, "metric": metric, "unit": unit, "value": value,
+                          "digits": digits})
+
+
+def fmt(v, digits):
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def cell(s, digits):
+    if s is None:
+        return "failed"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return fmt(s["median"], digits)
+    return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}-{fmt(s['max'], digits)})"
+
+
+def markdown(res, header):
+    out = [header, "",
+           "| Metric | Unit | Nimbus | QEMU microvm | Nimbus/QEMU |",
+           "|---|---|---:|---:|---:|"]
+    for r in res.rows:
+        n, q = r["nimbus"], r["qemu"]
+        ratio = "-"
+        if n and q and q["median"]:
+            ratio = f"{n['median'] / q['median']:.2f}"
+        arrow = {"lower": " (lower is better)", "higher": " (higher is better)"}.get(r["better"], "")
+        out.append(f"| {r['metric']} | {r['unit']}{arrow} | {cell(n, r['digits'])} | "
+                   f"{cell(q, r['digits'])} | {ratio} |")
+    if res.host:
+        out += ["", "Without a VM, same run (the device model alone in process, fio on the same "
+                "file):", "", "| Measurement | Unit | Value |", "|---|---|---:|"]
+        for h in res.host:
+            out.append(f"| {h['metric']} | {h['unit']} | {fmt(h['value'], h['digits'])} |")
+    if res.notes:
+        out += [""] + [f"- {n}" for n in res.notes]
+    for title, text in res.extra:
+        out += ["", title, "", "```", text.rstrip(), "```"]
+    return "\n".join(out) + "\n"
+
+
+# ---- sub-benchmarks -----------------------------------------------------------------------------
+
+def bench_size(res, args):
+    nimbus = os.path.realpath(Ctx.nimbus)
+    qemu = os.path.realpath(shutil.which(QEMU) or QEMU)
+    sizes = {}
+    for name, path in (("nimbus", nimbus), ("qemu", qemu)):
+        sizes[name] = os.path.getsize(path) / 2**20 if os.path.exists(path) else None
+        libs = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
+        sizes[name + "_libs"] = len([l for l in libs.splitlines() if "=>" in l])
+    res.vm("size", "binary size on disk (stripped)", "MiB", "lower",
+           [sizes["nimbus"]], [sizes["qemu"]], 2)
+    res.vm("size", "shared libraries loaded at exec (ldd)", "count", "lower",
+           [sizes["nimbus_libs"]], [sizes["qemu_libs"]], 0)
+
+
+def bench_startup(res, args):
+    first = {"nimbus": [], "qemu": []}
+    done = {"nimbus": [], "qemu": []}
+    for _, name, make in alternate(args.runs_startup):
+        vm = VmRun(make(BASE_APPEND), timeout=30)
+        if vm.rc != 0 or vm.line("NIMBUS-GUEST done") is None:
+            log(f"startup: {name} run failed\n{vm.describe()}")
+            continue
+        first[name].append(vm.first * 1e3)
+        done[name].append(vm.exit * 1e3)
+    res.vm("startup", "exec -> first guest console byte", "ms", "lower",
+           first["nimbus"], first["qemu"], 2)
+    res.vm("startup", "exec -> exit after the guest printed its boot info and reset", "ms", "lower",
+           done["nimbus"], done["qemu"], 1)
+
+
+def smaps_summary(pid, ram_kib):
+    """(total RSS KiB, RSS KiB of the guest-RAM mapping(s), threads)."""
+    total = ram = 0
+    size_kib = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                size_kib = (hi - lo) // 1024
+            elif line.startswith("Rss:"):
+                rss = int(line.split()[1])
+                total += rss
+                # The guest-RAM mapping: exactly the RAM size (Nimbus), or the RAM plus QEMU's
+                # alignment/guard pages.
+                if ram_kib <= size_kib <= ram_kib + 8192:
+                    ram += rss
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    return total, ram, threads
+
+
+def idle_vm(make, settle=0.5):
+    """Boots `hang`, waits until the guest idles, returns smaps_summary()."""
+    out = {}
+
+    def until(vm):
+        if vm.line("hang: now") is not None and not out:
+            time.sleep(settle)
+            out["v"] = smaps_summary(vm.pid, RAM_MIB * 1024)
+            return True
+        return False
+
+    vm = VmRun(make(BASE_APPEND + " nimbus.test=hang"), timeout=30, until=until)
+    if "v" not in out:
+        log(f"memory: run failed\n{vm.describe()}")
+        return None
+    return out["v"]
+
+
+def bench_memory(res, args):
+    vmm = {n: {"rss": [], "ram": [], "threads": [], "total": []} for n, _ in VMMS}
+    for _, name, make in alternate(args.runs_memory):
+        v = idle_vm(make)
+        if v:
+            total, ram, threads = v
+            vmm[name]["rss"].append((total - ram) / 1024)
+            vmm[name]["ram"].append(ram / 1024)
+            vmm[name]["total"].append(total / 1024)
+            vmm[name]["threads"].append(threads)
+    n, q = vmm["nimbus"], vmm["qemu"]
+    res.vm("memory", "idle RSS without the guest-RAM mapping", "MiB", "lower", n["rss"], q["rss"], 2)
+    res.vm("memory", "idle RSS of the guest-RAM mapping (touched by the guest)", "MiB", None,
+           n["ram"], q["ram"], 2)
+    res.vm("memory", "threads while idle", "count", "lower", n["threads"], q["threads"], 0)
+
+
+def bench_exits(res, args):
+    ensure_image()
+    n = args.exits
+    append = f"{BASE_APPEND} nimbus.test=exits nimbus.exits={n}"
+    keys = ["pio_rate", "mmio_rate", "pio_us", "mmio_us", "loop_us"]
+    vals = {name: {k: [] for k in keys} for name, _ in VMMS}
+    for _, name, make in alternate(args.runs):
+        vm = VmRun(make(append, blk=(IMG, True)), timeout=120)
+        t = {k: vm.at(f"exits: {k}") for k in ("loop start", "pio start", "pio done",
+                                                 "mmio start", "mmio done")}
+        if None in t.values():
+            log(f"exits: {name} run failed\n{vm.describe()}")
+            continue
+        loop = t["pio start"] - t["loop start"]
+        pio = t["pio done"] - t["pio start"]
+        mmio = t["mmio done"] - t["mmio start"]
+        v = vals[name]
+        v["pio_rate"].append(n / pio / 1e3)
+        v["mmio_rate"].append(n / mmio / 1e3)
+        v["pio_us"].append((pio - loop) / n * 1e6)
+        v["mmio_us"].append((mmio - loop) / n * 1e6)
+        v["loop_us"].append(loop / n * 1e6)
+    N, Q = vals["nimbus"], vals["qemu"]
+    res.vm("exits", f"PIO exit round trips (outb 0x80, {n} in a loop)", "k/s", "higher",
+           N["pio_rate"], Q["pio_rate"], 1)
+    res.vm("exits", "PIO exit round trip, net of the empty loop", "us", "lower",
+           N["pio_us"], Q["pio_us"], 2)
+    res.vm("exits", f"MMIO exit round trips (virtio-mmio MagicValue read, {n})", "k/s", "higher",
+           N["mmio_rate"], Q["mmio_rate"], 1)
+    res.vm("exits", "MMIO exit round trip, net of the empty loop", "us", "lower",
+           N["mmio_us"], Q["mmio_us"], 2)
+    res.vm("exits", "empty guest loop iteration (emulation cost, no exit)", "us", None,
+           N["loop_us"], Q["loop_us"], 3)
+
+
+def ensure_image():
+    if not os.path.exists(IMG) or os.path.getsize(IMG) != 256 << 20:
+        log(f"creating {IMG} (256 MiB of random data)")
+        with open("/dev/urandom", "rb") as src, open(IMG + ".tmp", "wb") as dst:
+            for _ in range(256):
+                dst.write(src.read(1 << 20))
+        os.replace(IMG + ".tmp", IMG)
+
+
+def fio(spec, secs):
+    rw, bs, engine, depth = spec
+    cmd = ["fio", "--name=b", f"--filename={IMG}", f"--rw={rw}", f"--bs={bs}",
+           f"--ioengine={engine}", f"--iodepth={depth}", "--direct=0", f"--runtime={secs}",
+           "--time_based", "--invalidate=0", "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        log(f"fio failed: {out.stderr[-400:]}")
+        return None
+    job = json.loads(out.stdout)["jobs"][0]
+    side = job["write" if "write" in rw else "read"]
+    return side["iops"], side["bw_bytes"] / 2**20
+
+
+def bench_blk(res, args):
+    ensure_image()
+    cases = [  # metric, unit, guest options, value from (requests, seconds)
+        ("virtio-blk 4 KiB random read, one request at a time", "req/s",
+         f"nimbus.blkreads={args.blk_reqs}", lambda n, s: n / s, 0),
+        ("virtio-blk 4 KiB random write, one request at a time", "req/s",
+         f"nimbus.blkreads={args.blk_reqs} nimbus.blkwrite=1", lambda n, s: n / s, 0),
+        ("virtio-blk 128 KiB sequential read, one request at a time", "MiB/s",
+         f"nimbus.blkreads={args.blk_seq} nimbus.blkbytes=131072 nimbus.blkseq=1",
+         lambda n, s: n * 128 / 1024 / s, 1),
+    ]
+    for metric, unit, opts, value, digits in cases:
+        n = int(re.search(r"blkreads=(\d+)", opts).group(1))
+        vals = {"nimbus": [], "qemu": []}
+        for _, name, make in alternate(args.runs):
+            write = "blkwrite=1" in opts
+            vm = VmRun(make(f"{BASE_APPEND} nimbus.test=blkbench {opts}",
+                            blk=(IMG, not write)), timeout=300)
+            start = vm.at("blkbench: start")
+            end_line = vm.line("blkbench: reads=") or vm.line("blkbench: writes=")
+            end = vm.at(end_line) if end_line else None
+            if start is None or end is None or "errors=0" not in end_line:
+                log(f"blk: {name} run failed\n{vm.describe()}")
+                continue
+            vals[name].append(value(n, end - start))
+        res.vm("blk", metric, unit, "higher", vals["nimbus"], vals["qemu"], digits)
+    res.notes.append("virtio-blk: each VMM's default drive options (Nimbus: synchronous "
+                     "reads/writes, aio=off; QEMU: aio=threads, cache=writeback), same 256 MiB "
+                     "file in the host page cache; the guest driver is polled, one request in "
+                     "flight; `benches/blk.sh` compares Nimbus's aio/direct variants.")
+
+    # The device model alone in process (virtio/src/block/bench.rs, virtio/src/net/bench.rs).
+    if not args.quick:
+        env = dict(os.environ, NIMBUS_BENCH_IMAGE=IMG, NIMBUS_BENCH_SECS=str(args.secs))
+        log("blk: device model benches (cargo test -p virtio --release ... device_model)")
+        out = subprocess.run(["cargo", "test", "-q", "-p", "virtio", "--release", "--",
+                              "--ignored", "--nocapture", "--test-threads=1", "device_model"],
+                             capture_output=True, text=True, env=env, cwd=ROOT)
+        found = False
+        for line in out.stdout.splitlines():
+            m = re.search(r"BENCH device-model (\S+) iodepth=(\d+): (\d+) req/s", line)
+            if m:
+                found = True
+                res.host_row("blk", f"device model 4 KiB random read, {m.group(1)}, "
+                             f"iodepth={m.group(2)}", "req/s", float(m.group(3)))
+            m = re.search(r"BENCH net device-model (tx|rx) \(([^)]*)\) (\d+)-byte frames: (\d+) "
+                         r"frames/s \(\d+ ns/frame, ([\d.]+) MB/s\) device", line)
+            if m:
+                found = True
+                res.host_row("net", f"device model net {m.group(1)} ({m.group(2)}), "
+                             f"{m.group(3)}-byte frames", "frames/s", float(m.group(4)))
+        if not found:
+            res.notes.append("device-model benches did not run (cargo test -p virtio failed: "
+                             f"{(out.stderr.strip().splitlines() or ['?'])[-1][:120]})")
+    if shutil.which("fio"):
+        for spec, metric in ((("randread", "4k", "psync", 1), "fio 4 KiB random read, psync, iodepth=1"),
+                             (("randread", "4k", "io_uring", 32), "fio 4 KiB random read, io_uring, iodepth=32"),
+                             (("randwrite", "4k", "psync", 1), "fio 4 KiB random write, psync, iodepth=1"),
+                             (("read", "128k", "psync", 1), "fio 128 KiB sequential read, psync, iodepth=1")):
+            r = fio(spec, args.secs)
+            if r:
+                if spec[1] == "128k":
+                    res.host_row("blk", metric, "MiB/s", r[1], 1)
+                else:
+                    res.host_row("blk", metric, "req/s", r[0])
+
+
+def bench_net(res, args):
+    cmd = [sys.executable, os.path.join(ROOT, "benches", "net.py"), str(args.frames), str(args.runs)]
+    env = dict(os.environ, NIMBUS=Ctx.nimbus)
+    log(f"net: {' '.join(cmd)}")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    got = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"(guest->host|host->guest) (Nimbus|QEMU microvm)\s+([\d.]+)\s+([\d.]+)\s+"
+                     r"([\d.]+)\s+([\d.]+)\s+(\d+)/(\d+)", line)
+        if m:
+            vmm = "nimbus" if m.group(2) == "Nimbus" else "qemu"
+            med, lo, hi = (float(m.group(i)) for i in (3, 4, 5))
+            got[(m.group(1), vmm)] = {"median": med, "min": lo, "max": hi, "n": int(m.group(7))}
+    if not got:
+        log(f"net: failed\n{out.stdout[-1000:]}\n{out.stderr[-1500:]}")
+    for d in ("guest->host", "host->guest"):
+        n, q = got.get((d, "nimbus")), got.get((d, "qemu"))
+        res.vm_stats("net", f"virtio-net {d}, 60-byte frames through a tap", "frames/s", "higher",
+                     n, q, 0)
+
+        def mb(s):
+            return None if s is None else {k: (v * 60 / 1e6 if k != "n" else v)
+                                           for k, v in s.items()}
+        res.vm_stats("net", f"virtio-net {d}, same runs", "MB/s", "higher", mb(n), mb(q), 3)
+    res.notes.append(f"virtio-net: {args.frames} frames per run; the test guest's driver is "
+                     "polled, 8-entry rings, one frame per buffer: per-frame cost of the whole "
+                     "path, not line rate (MB/s = frames/s x 60 B).")
+
+
+def bench_parallel(res, args):
+    total, conc = args.vms, 8
+    vals = {"nimbus": [], "qemu": []}
+    for _, name, make in alternate(args.runs):
+        cmd = make(BASE_APPEND)
+
+        def one(_):
+            return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL, timeout=120).returncode
+
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(conc) as pool:
+            rcs = list(pool.map(one, range(total)))
+        wall = time.perf_counter() - t0
+        bad = sum(1 for rc in rcs if rc != 0)
+        if bad:
+            log(f"parallel: {name}: {bad} of {total} VMs failed")
+            continue
+        vals[name].append(total / wall)
+    res.vm("parallel", f"VMs started and stopped per second ({total} VMs, {conc} at a time)",
+           "VMs/s", "higher", vals["nimbus"], vals["qemu"], 1)
+
+
+def bench_linux(res, args):
+    cmd = [sys.executable, os.path.join(ROOT, "benches", "linux_boot.py"), "--runs", "1",
+           "--nimbus", Ctx.nimbus]
+    log("linux: " + " ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res.extra.append(("Linux kit boot (benches/linux_boot.py --runs 1, seconds from exec):",
+                      out.stdout or out.stderr[-1500:]))
+
+
+# ---- setup --------------------------------------------------------------------------------------
+
+def ensure_tools():
+    missing = [pkg for tool, pkg in ((QEMU, "qemu-system-x86"), ("fio", "fio"))
+               if shutil.which(tool) is None]
+    if missing:
+        log(f"installing {' '.join(missing)}")
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                       check=False)
+
+
+def build(args, res):
+    os.makedirs(args.out, exist_ok=True)
+    subprocess.run([os.path.join(ROOT, "guests", "build.sh"), os.path.join(args.out, "guests")],
+                   check=True)
+    Ctx.kernel = os.path.join(args.out, "guests", "hello-pvh.elf")
+    if args.no_build:
+        res.notes.append(f"--no-build: measured the existing {Ctx.nimbus}")
+        return
+    log("cargo build --release --bin nimbus")
+    r = subprocess.run(["cargo", "build", "--release", "--bin", "nimbus"], cwd=ROOT)
+    if r.returncode != 0:
+        if not os.path.exists(Ctx.nimbus):
+            sys.exit("build failed and there is no target/release/nimbus")
+        when = datetime.datetime.fromtimestamp(os.path.getmtime(Ctx.nimbus)).isoformat(" ", "seconds")
+        log(f"WARNING: cargo build failed; measuring the existing {Ctx.nimbus} ({when})")
+        res.notes.append(f"cargo build failed in the shared checkout: measured the existing "
+                         f"{Ctx.nimbus} built {when}")
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def machine_header(args):
+    def first(path, key):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+    qv = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()
+    kvm = "kvm-pvm (software hypervisor)" if os.path.exists("/sys/module/kvm_pvm") else "KVM"
+    return (f"Nimbus {commit} vs {qv}; {first('/proc/cpuinfo', 'model name')}, "
+            f"{os.cpu_count()} CPUs, Linux {os.uname().release}, /dev/kvm: {kvm}; "
+            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; runs per VMM: "
+            f"{args.runs} ({args.runs_startup} for start-up); median (min-max).")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads")
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(ALL + ["linux"]))
+    ap.add_argument("--linux", action="store_true", help="add the Linux kit boot (slow)")
+    ap.add_argument("--runs", type=int, help="runs per VMM (default 5, quick 1)")
+    ap.add_argument("--no-build", action="store_true", help="use the existing binaries")
+    ap.add_argument("--nimbus", help="measure this nimbus binary (implies --no-build)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: /dev/kvm and a tap for the net benchmark")
+    os.chdir(ROOT)
+    if args.nimbus:
+        Ctx.nimbus = os.path.abspath(args.nimbus)
+        args.no_build = True
+    q = args.quick
+    args.runs = args.runs or (1 if q else 5)
+    args.runs_startup = max(args.runs, 3 if q else 10)
+    args.runs_memory = max(1, min(args.runs, 3))
+    args.exits = 20000 if q else 100000
+    args.blk_reqs = 2000 if q else 10000
+    args.blk_seq = 500 if q else 2000
+    args.frames = 5000 if q else 20000
+    args.vms = 16 if q else 40
+    args.secs = 2 if q else 3
+    only = args.only.split(",") if args.only else list(ALL)
+    if args.linux and "linux" not in only:
+        only.append("linux")
+    unknown = [o for o in only if o not in ALL + ["linux"]]
+    if unknown:
+        sys.exit(f"unknown sub-benchmark(s): {','.join(unknown)}")
+
+    res = Results()
+    ensure_tools()
+    build(args, res)
+    header = machine_header(args)
+    funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
+             "exits": bench_exits, "blk": bench_blk, "net": bench_net,
+             "parallel": bench_parallel, "linux": bench_linux}
+    load0 = loadavg()
+    t0 = time.monotonic()
+    for name in ALL + ["linux"]:
+        if name in only:
+            t = time.monotonic()
+            log(f"== {name}")
+            funcs[name](res, args)
+            log(f"== {name}: {time.monotonic() - t:.0f} s")
+    res.notes.append(f"load average before / after: {load0} / {loadavg()} (other work on this "
+                     "host skews every row; compare Nimbus with QEMU of the same run)")
+    res.notes.append(f"total benchmark time {time.monotonic() - t0:.0f} s "
+                     f"(`{' '.join(['benches/run.sh'] + sys.argv[1:])}`)")
+    md = markdown(res, header)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"header": header, "rows": res.rows, "host": res.host, "notes": res.notes,
+                   "extra": res.extra}, f, indent=1)
+    print(md)
+    log(f"written: {args.out}/results.md, results.json")
+
+
+if __name__ == "__main__":
+    main()
