@@ -24,11 +24,11 @@ import bench  # noqa: E402
 DOC = os.path.join(bench.ROOT, "docs", "performance.md")
 
 
-def recorded():
-    with open(DOC) as f:
+def recorded(doc):
+    with open(doc) as f:
         m = re.search(r"<!--\s*guard:\s*([^>]*?)\s*-->", f.read())
     if not m:
-        sys.exit(f"no `<!-- guard: ... -->` line in {DOC}")
+        sys.exit(f"no `<!-- guard: ... -->` line in {doc}")
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", m.group(1))}
 
 
@@ -37,11 +37,12 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--tolerance", type=float, default=0.25)
+    ap.add_argument("--doc", default=DOC, help="file with the recorded guard line")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: /dev/kvm")
     os.chdir(bench.ROOT)
-    want = recorded()
+    want = recorded(args.doc)
     out = os.path.join(bench.ROOT, "target", "bench")
     subprocess.run([os.path.join(bench.ROOT, "guests", "build.sh"), os.path.join(out, "guests")],
                    check=True)
