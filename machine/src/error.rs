@@ -105,9 +105,6 @@ pub enum MachineError {
         #[source]
         source: crate::net_devices::NetdevError,
     },
-    /// A setup thread could not be started (or panicked).
-    #[error("cannot run a setup step in the background")]
-    SetupThread(#[source] std::io::Error),
     /// More virtio devices than IRQ lines set aside for them.
     #[error("too many virtio devices: at most {max} fit the interrupt lines")]
     TooManyVirtioDevices {

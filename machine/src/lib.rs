@@ -6,7 +6,6 @@
 //! the VMM thread's epoll loop until the guest resets, powers off or fails. Addresses and IRQ
 //! lines live in [`layout`]. It knows nothing about the command line.
 
-mod background;
 mod config;
 mod cpuid;
 mod device_events;

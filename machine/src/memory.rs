@@ -2,8 +2,6 @@
 //! KVM's memory slots in step with the flat view.
 #![allow(unsafe_code)]
 
-use crate::background::Background;
-use crate::error::MachineError;
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START, MMIO_SPACE_SIZE};
 use address_space::{
     AddressSpace, AddressSpaceError, FlatRange, FlatTarget, Listener, ListenerError, RamOptions,
@@ -14,14 +12,11 @@ use kvm_ioctls::VmFd;
 use std::sync::Arc;
 
 /// Builds the memory space with `ram_size` bytes of RAM: one RAM region shown through an alias
-/// below the MMIO hole and, for what does not fit there, a second alias from 4 GiB. The KVM
-/// memory slots are registered through `background` (on helper threads until
-/// [`Background::finish`]).
+/// below the MMIO hole and, for what does not fit there, a second alias from 4 GiB.
 pub fn build_memory_space(
     ram_size: u64,
     options: &RamOptions,
     vm: Arc<VmFd>,
-    background: Arc<Background>,
 ) -> Result<Arc<AddressSpace>, AddressSpaceError> {
     let root = Region::container("system", MMIO_SPACE_SIZE);
     let ram = Region::ram_with("ram", ram_size, options)?;
@@ -32,7 +27,7 @@ pub fn build_memory_space(
         root.add_subregion(high, MMIO_HOLE_END, 0)?;
     }
     let space = AddressSpace::new(SpaceKind::Memory, root)?;
-    space.register_listener(Box::new(KvmSlotListener::new(vm, Some(background))))?;
+    space.register_listener(Box::new(KvmSlotListener::new(vm)))?;
     Ok(Arc::new(space))
 }
 
@@ -41,18 +36,14 @@ pub struct KvmSlotListener {
     vm: Arc<VmFd>,
     /// Slot number -> the range it holds (kept so its RAM stays mapped), `None` when free.
     slots: Vec<Option<FlatRange>>,
-    /// Runs slot registrations on helper threads while the machine is being built.
-    background: Option<Arc<Background>>,
 }
 
 impl KvmSlotListener {
-    /// A listener for `vm` with no slots in use; with `background`, slots changed before
-    /// [`Background::finish`] are registered on helper threads.
-    pub fn new(vm: Arc<VmFd>, background: Option<Arc<Background>>) -> Self {
+    /// A listener for `vm` with no slots in use.
+    pub fn new(vm: Arc<VmFd>) -> Self {
         Self {
             vm,
             slots: Vec::new(),
-            background,
         }
     }
 
@@ -68,16 +59,7 @@ impl KvmSlotListener {
     }
 
     fn set_slot(&self, region: kvm_userspace_memory_region) -> Result<(), ListenerError> {
-        let Some(background) = &self.background else {
-            return set_user_memory_region(&self.vm, region);
-        };
-        let vm = self.vm.clone();
-        background
-            .run("memslot", move || {
-                set_user_memory_region(&vm, region)
-                    .map_err(|e| MachineError::AddressSpace(AddressSpaceError::from(e)))
-            })
-            .map_err(|e| ListenerError::with_source("cannot register the memory slot", e))
+        set_user_memory_region(&self.vm, region)
     }
 }
 
@@ -89,7 +71,7 @@ fn set_user_memory_region(
     // SAFETY: KVM requires `userspace_addr` to stay mapped while the slot exists and slots not
     // to overlap. The address is a RAM range of the flat view; the listener's `slots` keeps a
     // clone of that range, whose `Arc<RamBlock>` keeps the mapping alive until
-    // `region_removed` has deleted this slot (after waiting for background registrations).
+    // `region_removed` has deleted this slot .
     // Slots mirror flat-view ranges, which never overlap. A zero size deletes the slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(|err| {
         ListenerError::new(format!(
