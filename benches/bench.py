@@ -50,7 +50,7 @@ def log(msg):
 # ---- VM command lines -------------------------------------------------------------------------
 
 class Ctx:
-    nimbus = "target/release/nimbus"
+    nimbus = "target/x86_64-unknown-linux-gnu/release/nimbus"
     kernel = "target/bench/guests/hello-pvh.elf"
 
 
@@ -504,7 +504,7 @@ def build(args, res):
     r = subprocess.run(["cargo", "build", "--release", "--bin", "nimbus"], cwd=ROOT)
     if r.returncode != 0:
         if not os.path.exists(Ctx.nimbus):
-            sys.exit("build failed and there is no target/release/nimbus")
+            sys.exit("build failed and there is no target/x86_64-unknown-linux-gnu/release/nimbus")
         when = datetime.datetime.fromtimestamp(os.path.getmtime(Ctx.nimbus)).isoformat(" ", "seconds")
         log(f"WARNING: cargo build failed; measuring the existing {Ctx.nimbus} ({when})")
         res.notes.append(f"cargo build failed in the shared checkout: measured the existing "

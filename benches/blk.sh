@@ -24,7 +24,7 @@ if [ ! -s "$IMG" ]; then
 fi
 if [ -z "${NIMBUS:-}" ]; then
 	cargo build --release --bin nimbus >&2
-	NIMBUS=target/release/nimbus
+	NIMBUS=target/x86_64-unknown-linux-gnu/release/nimbus
 fi
 guests/build.sh "$OUT/guests" >&2
 KERNEL=$OUT/guests/hello-pvh.elf

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot milestones of the guest kit's Linux under Nimbus and QEMU's microvm, same run.
 
-usage: benches/linux_boot.py [--runs N] [--nimbus target/release/nimbus] [--kit target/guest-kit]
+usage: benches/linux_boot.py [--runs N] [--nimbus target/x86_64-unknown-linux-gnu/release/nimbus] [--kit target/guest-kit]
 
 Each VM boots the kit vmlinux with root on virtio-blk (a scratch copy of rootfs.ext4), 1 vCPU,
 256 MiB, the kit command line for this host (kvm-pvm or hardware KVM) with earlyprintk, and
@@ -73,7 +73,7 @@ def boot(cmd, timeout):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--nimbus", default="target/release/nimbus")
+    ap.add_argument("--nimbus", default="target/x86_64-unknown-linux-gnu/release/nimbus")
     ap.add_argument("--kit", default="target/guest-kit")
     ap.add_argument("--timeout", type=float, default=180)
     args = ap.parse_args()

@@ -208,7 +208,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark creates a tap")
     os.chdir(ROOT)
-    nimbus = os.environ.get("NIMBUS", "target/release/nimbus")
+    nimbus = os.environ.get("NIMBUS", "target/x86_64-unknown-linux-gnu/release/nimbus")
     if not os.path.exists(nimbus):
         subprocess.run(["cargo", "build", "--release", "--bin", "nimbus"], check=True)
     gdir = "target/guests"

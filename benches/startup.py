@@ -44,7 +44,7 @@ def idle_memory(cmd, ram_mib):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--nimbus", default="target/release/nimbus")
+    ap.add_argument("--nimbus", default="target/x86_64-unknown-linux-gnu/release/nimbus")
     ap.add_argument("--kernel", default="target/guests/hello.elf")
     args = ap.parse_args()
     base = [args.nimbus, "-machine", "microvm", "-m", "128", "-kernel", args.kernel, "-serial", "stdio"]

@@ -17,7 +17,7 @@ if [ "${1:-}" = "--test-guest" ]; then
     shift
     out=target/guests
     ./guests/build.sh "$out" >/dev/null
-    exec ./target/release/nimbus -machine microvm -smp 2 -m 128 \
+    exec ./target/x86_64-unknown-linux-gnu/release/nimbus -machine microvm -smp 2 -m 128 \
         -kernel "$out/hello.elf" -append "console=ttyS0 nimbus.test=smp" -serial stdio "$@"
 fi
 
@@ -33,7 +33,7 @@ fi
 disk=$(mktemp /var/tmp/nimbus-demo-rootfs.XXXXXX.ext4)
 trap 'rm -f "$disk"' EXIT
 cp "$kit/rootfs.ext4" "$disk"
-./target/release/nimbus -machine microvm -smp 1 -m 256 -kernel "$kit/vmlinux" \
+./target/x86_64-unknown-linux-gnu/release/nimbus -machine microvm -smp 1 -m 256 -kernel "$kit/vmlinux" \
     -append "${cmdline/kit.mode=boot/kit.mode=shell}" \
     -drive "id=rootfs,file=$disk" -device virtio-blk-device,drive=rootfs,id=rootfs \
     -serial stdio "$@"
