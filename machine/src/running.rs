@@ -87,6 +87,7 @@ impl RunningVm {
 
     fn event_loop(&mut self) -> Result<ExitReason, MachineError> {
         let events = self.register_sources()?;
+        crate::memory::release_free_heap();
         // Last step of setup: from here on the VMM thread may only make the syscalls of
         // seccomp/lists.rs.
         self.seccomp
