@@ -68,26 +68,18 @@ impl KvmSlotListener {
     }
 
     fn set_slot(&self, region: kvm_userspace_memory_region) -> Result<(), ListenerError> {
-        set_user_memory_region(&self.vm, region)
+        // SAFETY: KVM requires `userspace_addr` to stay mapped while the slot exists and slots
+        // not to overlap. The address is a RAM range of the flat view; `self.slots` keeps a
+        // clone of that range, whose `Arc<RamBlock>` keeps the mapping alive until
+        // `region_removed` has deleted this slot. Slots mirror flat-view ranges, which never
+        // overlap. A zero size deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|err| {
+            ListenerError::new(format!(
+                "KVM_SET_USER_MEMORY_REGION slot {}: {err}",
+                region.slot
+            ))
+        })
     }
-}
-
-/// KVM_SET_USER_MEMORY_REGION for `region` (its caller keeps the range's RAM mapped).
-fn set_user_memory_region(
-    vm: &VmFd,
-    region: kvm_userspace_memory_region,
-) -> Result<(), ListenerError> {
-    // SAFETY: KVM requires `userspace_addr` to stay mapped while the slot exists and slots not
-    // to overlap. The address is a RAM range of the flat view; the listener's `slots` keeps a
-    // clone of that range, whose `Arc<RamBlock>` keeps the mapping alive until
-    // `region_removed` has deleted this slot .
-    // Slots mirror flat-view ranges, which never overlap. A zero size deletes the slot.
-    unsafe { vm.set_user_memory_region(region) }.map_err(|err| {
-        ListenerError::new(format!(
-            "KVM_SET_USER_MEMORY_REGION slot {}: {err}",
-            region.slot
-        ))
-    })
 }
 
 impl Listener for KvmSlotListener {
