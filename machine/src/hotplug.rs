@@ -194,12 +194,7 @@ impl BlockSlots {
     /// `device_add` of a block device model: attaches the node `drive` to the slot `addr`
     /// (a hex number such as `0x1`; the first free slot without it).
     pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
-        let id = args.id.clone().ok_or_else(|| {
-            QmpError::generic("Parameter 'id' is missing (device_del needs it to unplug)")
-        })?;
-        if self.device_slot(&id).is_some() {
-            return Err(QmpError::generic(format!("Duplicate ID '{id}' for device")));
-        }
+        let id = new_device_id(args, |id| self.device_slot(id).is_some())?;
         let drive = args
             .drive
             .as_deref()
@@ -215,7 +210,7 @@ impl BlockSlots {
                 "Drive '{drive}' is already in use by another device"
             )));
         }
-        let index = self.pick_slot(&id, args.addr.as_deref())?;
+        let index = pick_slot("Block", self.occupants(), &id, args.addr.as_deref())?;
         self.attach(index, id, drive)
     }
 
@@ -246,20 +241,16 @@ impl BlockSlots {
         Ok(())
     }
 
-    /// The slot `addr` names, or the first free one; it must exist and be free.
-    fn pick_slot(&self, id: &str, addr: Option<&str>) -> Result<usize, QmpError> {
-        let occupants: Vec<Option<&str>> = self
-            .slots
-            .iter()
-            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
-            .collect();
-        pick_slot("Block", &occupants, id, addr)
-    }
-
-    fn device_slot(&self, id: &str) -> Option<usize> {
+    /// The device id in each slot.
+    fn occupants(&self) -> impl Iterator<Item = Option<&str>> {
         self.slots
             .iter()
-            .position(|s| s.device.as_ref().is_some_and(|(d, _)| d == id))
+            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
+    }
+
+    /// The slot holding device `id`.
+    fn device_slot(&self, id: &str) -> Option<usize> {
+        self.occupants().position(|d| d == Some(id))
     }
 
     /// `device_del` of a block device: detaches its node once the requests in flight on it
@@ -277,10 +268,7 @@ impl BlockSlots {
             node.slot = None;
         }
         log::info!("device_del '{id}': block slot {index} is empty");
-        Some(Ok(Event::DeviceDeleted(DeviceDeletedInfo {
-            device: Some(id.to_owned()),
-            path: id.to_owned(),
-        })))
+        Some(Ok(device_deleted(id)))
     }
 
     /// `query-block`: the backends attached to slots.
@@ -368,14 +356,42 @@ fn file_options(
     }
 }
 
+/// The `id` of a `device_add`: it is required (`device_del` needs it) and must not be `in_use`.
+pub(crate) fn new_device_id(
+    args: &DeviceAddArgs,
+    in_use: impl Fn(&str) -> bool,
+) -> Result<String, QmpError> {
+    let id = args.id.clone().ok_or_else(|| {
+        QmpError::generic("Parameter 'id' is missing (device_del needs it to unplug)")
+    })?;
+    if in_use(&id) {
+        return Err(duplicate_device_id(&id));
+    }
+    Ok(id)
+}
+
+/// QEMU's error for a `device_add` whose id another device has.
+pub(crate) fn duplicate_device_id(id: &str) -> QmpError {
+    QmpError::generic(format!("Duplicate ID '{id}' for device"))
+}
+
+/// The `DEVICE_DELETED` event of device `id` (on virtio-mmio its path is its id).
+pub(crate) fn device_deleted(id: &str) -> Event {
+    Event::DeviceDeleted(DeviceDeletedInfo {
+        device: Some(id.to_owned()),
+        path: id.to_owned(),
+    })
+}
+
 /// The slot of kind `kind` (`"Block"`, `"Net"`) that `addr` names, or the first free one when
 /// there is no `addr`; `occupants` says which device holds each slot. It must exist and be free.
-pub(crate) fn pick_slot(
+pub(crate) fn pick_slot<'a>(
     kind: &str,
-    occupants: &[Option<&str>],
+    occupants: impl Iterator<Item = Option<&'a str>>,
     id: &str,
     addr: Option<&str>,
 ) -> Result<usize, QmpError> {
+    let occupants: Vec<Option<&str>> = occupants.collect();
     let lower = kind.to_lowercase();
     let Some(addr) = addr else {
         return occupants.iter().position(Option::is_none).ok_or_else(|| {

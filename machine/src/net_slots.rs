@@ -9,9 +9,9 @@
 use crate::config::NetConfig;
 use crate::device_events::DeviceEvents;
 use crate::error::MachineError;
-use crate::hotplug::{os_text, pick_slot, Labelled};
+use crate::hotplug::{device_deleted, new_device_id, os_text, pick_slot, Labelled};
 use crate::net_devices::{create_net, open_tap, watch_net, TapPoll};
-use qmp::schema::{DeviceAddArgs, DeviceDeletedInfo, NetdevAddArgs};
+use qmp::schema::{DeviceAddArgs, NetdevAddArgs};
 use qmp::{Event, QmpError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -211,12 +211,7 @@ impl NetSlots {
     /// `device_add` of a net device model: puts the backend `netdev` behind the slot `addr`
     /// (the first free slot without it), with `mac` if given.
     pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
-        let id = args.id.clone().ok_or_else(|| {
-            QmpError::generic("Parameter 'id' is missing (device_del needs it to unplug)")
-        })?;
-        if self.device_slot(&id).is_some() {
-            return Err(QmpError::generic(format!("Duplicate ID '{id}' for device")));
-        }
+        let id = new_device_id(args, |id| self.device_slot(id).is_some())?;
         let driver = &args.driver;
         let netdev = args
             .netdev
@@ -240,12 +235,7 @@ impl NetSlots {
             })?),
             None => None,
         };
-        let occupants: Vec<Option<&str>> = self
-            .slots
-            .iter()
-            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
-            .collect();
-        let index = pick_slot("Net", &occupants, &id, args.addr.as_deref())?;
+        let index = pick_slot("Net", self.occupants(), &id, args.addr.as_deref())?;
         self.attach(index, id, netdev, mac)
     }
 
@@ -289,10 +279,16 @@ impl NetSlots {
         Ok(())
     }
 
-    fn device_slot(&self, id: &str) -> Option<usize> {
+    /// The device id in each slot.
+    fn occupants(&self) -> impl Iterator<Item = Option<&str>> {
         self.slots
             .iter()
-            .position(|s| s.device.as_ref().is_some_and(|(d, _)| d == id))
+            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
+    }
+
+    /// The slot holding device `id`.
+    fn device_slot(&self, id: &str) -> Option<usize> {
+        self.occupants().position(|d| d == Some(id))
     }
 
     /// `device_del` of a net device: takes its backend back (the link goes down) and returns
@@ -313,10 +309,7 @@ impl NetSlots {
             backend.slot = None;
         }
         log::info!("device_del '{id}': net slot {index} is empty");
-        Some(Ok(Event::DeviceDeleted(DeviceDeletedInfo {
-            device: Some(id.to_owned()),
-            path: id.to_owned(),
-        })))
+        Some(Ok(device_deleted(id)))
     }
 }
 
