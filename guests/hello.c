@@ -1225,8 +1225,8 @@ static void net_wait_link(u32 up, u8 *mac)
 }
 
 /* `nimbus.test=netwatch`: drives the first net device, an empty hot-plug slot at boot: prints
-   its link, waits for a backend to be plugged (link up), pings through it, then waits for the
-   backend to be unplugged (link down). */
+   its link, waits for a backend to be plugged (link up), pings through it, waits for the
+   backend to be unplugged (link down), then idles as `hang` does. */
 static void action_netwatch(void)
 {
 	u8 mac[6];
@@ -1244,6 +1244,8 @@ static void action_netwatch(void)
 	net_wait_pong();
 	net_wait_link(0, mac);
 	vw(0x70, 0);
+	/* Idle rather than reset: the VM must outlive the monitor's commands after the unplug. */
+	action_hang();
 }
 
 /* ---- virtio-net throughput: `nettx` / `netrx` ------------------------------------------- */
