@@ -225,6 +225,10 @@ fn hotplug_errors_use_qemu_wording_and_change_nothing() {
         desc,
         "Property 'virtio-net-mmio.netdev' can't find value 'n0'"
     );
+    // Device ids are unique across block and net slots.
+    let net = json!({"driver": "virtio-net-mmio", "id": "vdb", "netdev": "n0"});
+    let desc = c.error("device_add", net, "GenericError");
+    assert_eq!(desc, "Duplicate ID 'vdb' for device");
     let desc = c.error(
         "device_add",
         json!({"driver": "virtio-balloon-device", "id": "b0"}),

@@ -194,7 +194,7 @@ impl BlockSlots {
     /// `device_add` of a block device model: attaches the node `drive` to the slot `addr`
     /// (a hex number such as `0x1`; the first free slot without it).
     pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
-        let id = new_device_id(args, |id| self.device_slot(id).is_some())?;
+        let id = new_device_id(args, |id| self.has_device(id))?;
         let drive = args
             .drive
             .as_deref()
@@ -251,6 +251,11 @@ impl BlockSlots {
     /// The slot holding device `id`.
     fn device_slot(&self, id: &str) -> Option<usize> {
         self.occupants().position(|d| d == Some(id))
+    }
+
+    /// Whether one of these slots holds device `id`.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.device_slot(id).is_some()
     }
 
     /// `device_del` of a block device: detaches its node once the requests in flight on it

@@ -1,13 +1,13 @@
 //! The machine's side of QMP: carries out each command on the running VM.
 
-use crate::hotplug::BlockSlots;
+use crate::hotplug::{duplicate_device_id, BlockSlots};
 use crate::net_slots::NetSlots;
 use crate::vcpu::{Request, VcpuControl, VcpuHandle};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use qmp::schema::{
-    BalloonArgs, ChardevInfo, CpuInfo, CpuInfoFast, CpuInstanceProperties, HotpluggableCpu,
-    KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo, VersionInfo,
+    BalloonArgs, ChardevInfo, CpuInfo, CpuInfoFast, CpuInstanceProperties, DeviceAddArgs,
+    HotpluggableCpu, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo, VersionInfo,
 };
 use qmp::{AfterReply, Command, Event, QmpError, QmpHandler, Response};
 use std::collections::HashMap;
@@ -219,6 +219,29 @@ impl<'a> Monitor<'a> {
     }
 }
 
+impl Monitor<'_> {
+    /// `device_add` into a block or a net slot. Each slot table refuses the ids it holds; a
+    /// device id is unique across both, as in QEMU, so the other table is asked too.
+    fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Response, QmpError> {
+        let (blocks, nets) = (&mut self.state.block_slots, &mut self.state.net_slots);
+        let id = args.id.as_deref();
+        if BlockSlots::is_block_driver(&args.driver) {
+            if let Some(id) = id.filter(|id| nets.has_device(id)) {
+                return Err(duplicate_device_id(id));
+            }
+            blocks.device_add(args)?;
+        } else if NetSlots::is_net_driver(&args.driver) {
+            if let Some(id) = id.filter(|id| blocks.has_device(id)) {
+                return Err(duplicate_device_id(id));
+            }
+            nets.device_add(args)?;
+        } else {
+            return Err(not_yet(&format!("device_add of '{}'", args.driver)));
+        }
+        Ok(Response::empty())
+    }
+}
+
 fn qom_path(id: u8) -> String {
     format!("/machine/unattached/device[{id}]")
 }
@@ -286,15 +309,7 @@ impl QmpHandler for Monitor<'_> {
                 self.state.net_slots.netdev_del(&args.id)?;
                 Ok(Response::empty())
             }
-            Command::DeviceAdd(args) if BlockSlots::is_block_driver(&args.driver) => {
-                self.state.block_slots.device_add(&args)?;
-                Ok(Response::empty())
-            }
-            Command::DeviceAdd(args) if NetSlots::is_net_driver(&args.driver) => {
-                self.state.net_slots.device_add(&args)?;
-                Ok(Response::empty())
-            }
-            Command::DeviceAdd(args) => Err(not_yet(&format!("device_add of '{}'", args.driver))),
+            Command::DeviceAdd(args) => self.device_add(&args),
             Command::DeviceDel(args) => {
                 let deleted = match self.state.block_slots.device_del(&args.id) {
                     Some(deleted) => Some(deleted),

@@ -211,7 +211,7 @@ impl NetSlots {
     /// `device_add` of a net device model: puts the backend `netdev` behind the slot `addr`
     /// (the first free slot without it), with `mac` if given.
     pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
-        let id = new_device_id(args, |id| self.device_slot(id).is_some())?;
+        let id = new_device_id(args, |id| self.has_device(id))?;
         let driver = &args.driver;
         let netdev = args
             .netdev
@@ -289,6 +289,11 @@ impl NetSlots {
     /// The slot holding device `id`.
     fn device_slot(&self, id: &str) -> Option<usize> {
         self.occupants().position(|d| d == Some(id))
+    }
+
+    /// Whether one of these slots holds device `id`.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.device_slot(id).is_some()
     }
 
     /// `device_del` of a net device: takes its backend back (the link goes down) and returns
