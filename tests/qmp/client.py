@@ -10,19 +10,7 @@ import sys
 
 from qemu.qmp import QMPClient, ExecuteError
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-async def next_event(qmp, name, timeout=5):
-    while True:
-        event = await asyncio.wait_for(qmp.events.get(), timeout)
-        if event["event"] == name:
-            return event
+from qmpcheck import check, next_event
 
 
 async def lifecycle(qmp, pid):

@@ -7,31 +7,9 @@ Prints one line per step; exits non-zero (with the reason) when Nimbus answers w
 import asyncio
 import sys
 
-from qemu.qmp import QMPClient, ExecuteError
+from qemu.qmp import QMPClient
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-async def next_event(qmp, name, timeout=5):
-    while True:
-        event = await asyncio.wait_for(qmp.events.get(), timeout)
-        if event["event"] == name:
-            return event
-
-
-async def fails(qmp, command, arguments, error_class, desc_part):
-    try:
-        await qmp.execute(command, arguments)
-    except ExecuteError as err:
-        check(err.error_class == error_class and desc_part in str(err),
-              f"{command} {arguments} fails with {error_class} ({err})")
-        return
-    check(False, f"{command} {arguments} fails")
+from qmpcheck import check, fails, next_event
 
 
 async def kata(qmp, image):

@@ -15,35 +15,13 @@ import os
 import struct
 import sys
 
-from qemu.qmp import QMPClient, ExecuteError
+from qemu.qmp import QMPClient
+
+from qmpcheck import check, fails, next_event
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 MAC = "52:54:00:12:34:56"
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-async def next_event(qmp, name, timeout=10):
-    while True:
-        event = await asyncio.wait_for(qmp.events.get(), timeout)
-        if event["event"] == name:
-            return event
-
-
-async def fails(qmp, command, arguments, error_class, desc_part):
-    try:
-        await qmp.execute(command, arguments)
-    except ExecuteError as err:
-        check(err.error_class == error_class and desc_part in str(err),
-              f"{command} {arguments} fails with {error_class} ({err})")
-        return
-    check(False, f"{command} {arguments} fails")
 
 
 def open_tap(name):
@@ -85,7 +63,7 @@ async def plug(qmp, tap):
 
 async def unplug(qmp):
     await qmp.execute("device_del", {"id": "virtio-net0"})
-    event = await next_event(qmp, "DEVICE_DELETED")
+    event = await next_event(qmp, "DEVICE_DELETED", timeout=10)
     check(event["data"] == {"device": "virtio-net0", "path": "virtio-net0"},
           "device_del sends DEVICE_DELETED")
     await qmp.execute("netdev_del", {"id": "hostnet0"})
