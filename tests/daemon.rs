@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{guest, kvm_usable, scratch_dir, Format, Vm, VmConfig, NIMBUS, VM_TIMEOUT};
+use common::{guest, kvm_usable, qmp_args, scratch_dir, Format, Vm, VmConfig, NIMBUS, VM_TIMEOUT};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -81,7 +81,7 @@ fn daemon_reports_ready_keeps_a_pid_file_and_quits_cleanly_over_qmp() {
             "-serial",
             &format!("file,path={}", console.display()),
         ])
-        .args(["-qmp", &format!("unix:{},server,nowait", sock.display())])
+        .args(qmp_args(&sock))
         .output()
         .expect("run the launcher");
     assert!(

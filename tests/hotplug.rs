@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{kvm_usable, qemu_qmp_available, run, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
+use common::{
+    kvm_usable, qemu_qmp_available, qmp_args, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
+    VM_TIMEOUT,
+};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 const KATA_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp/hotplug.py");
 
@@ -31,80 +31,10 @@ fn disk_image(name: &str, sectors: u64) -> PathBuf {
 fn vm_with_qmp(name: &str) -> (Vm, PathBuf) {
     let path = socket_path(name);
     let mut args = VmConfig::new(Format::Elf, 128, "nimbus.test=hang").args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line("hang: now", VM_TIMEOUT);
     (vm, path)
-}
-
-struct Client {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-    /// Events read while waiting for replies.
-    events: Vec<Value>,
-}
-
-impl Client {
-    /// Connects, reads the greeting and negotiates capabilities.
-    fn connect(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).expect("connect to the QMP socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut client = Client {
-            writer: stream,
-            reader,
-            events: Vec::new(),
-        };
-        assert!(client.line().get("QMP").is_some(), "greeting");
-        assert_eq!(
-            client.execute("qmp_capabilities", json!({})),
-            json!({"return": {}})
-        );
-        client
-    }
-
-    fn line(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read a QMP line");
-        assert!(line.ends_with("\r\n"), "QMP lines end in CRLF: {line:?}");
-        serde_json::from_str(&line).expect("a JSON object")
-    }
-
-    /// Sends a command and returns its reply; events met on the way are kept.
-    fn execute(&mut self, command: &str, arguments: Value) -> Value {
-        let request = json!({"execute": command, "arguments": arguments});
-        self.writer
-            .write_all(request.to_string().as_bytes())
-            .expect("send");
-        loop {
-            let message = self.line();
-            if message.get("event").is_some() {
-                self.events.push(message);
-            } else {
-                return message;
-            }
-        }
-    }
-
-    /// The error description of a command that must fail with `class`.
-    fn error(&mut self, command: &str, arguments: Value, class: &str) -> String {
-        let reply = self.execute(command, arguments);
-        assert_eq!(reply["error"]["class"], class, "{command}: {reply}");
-        reply["error"]["desc"]
-            .as_str()
-            .expect("desc is a string")
-            .to_owned()
-    }
-
-    fn ok(&mut self, command: &str, arguments: Value) {
-        let reply = self.execute(command, arguments);
-        assert_eq!(reply, json!({"return": {}}), "{command}");
-    }
 }
 
 fn raw_node(name: &str, image: &Path) -> Value {
@@ -124,7 +54,7 @@ fn kata_block_hotplug_sequence_attaches_and_detaches_a_disk() {
     }
     let image = disk_image("kata", 2048);
     let (vm, path) = vm_with_qmp("kata");
-    let mut c = Client::connect(&path);
+    let mut c = QmpClient::connect(&path);
     assert_eq!(c.execute("query-block", json!({})), json!({"return": []}));
 
     c.ok("blockdev-add", raw_node("drive-1", &image));
@@ -189,7 +119,7 @@ fn hotplug_errors_use_qemu_wording_and_change_nothing() {
     }
     let (a, b) = (disk_image("err-a", 64), disk_image("err-b", 64));
     let (vm, path) = vm_with_qmp("errors");
-    let mut c = Client::connect(&path);
+    let mut c = QmpClient::connect(&path);
     let missing = scratch_dir().join("hotplug-no-such-image.img");
     let desc = c.error("blockdev-add", raw_node("gone", &missing), "GenericError");
     assert_eq!(
@@ -277,13 +207,10 @@ fn guest_sees_the_capacity_of_slot_1_change_with_a_config_interrupt() {
         .expect("write the marker");
     let path = socket_path("guest");
     let mut args = VmConfig::new(Format::Elf, 128, "nimbus.test=blkwatch").args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line("blkwatch: capacity=0", VM_TIMEOUT);
-    let mut c = Client::connect(&path);
+    let mut c = QmpClient::connect(&path);
     c.ok("blockdev-add", raw_node("drive-1", &image));
     c.ok("device_add", blk("vdb", "drive-1", "0x1"));
     vm.wait_for_line("blkwatch: capacity=2048 config-change", VM_TIMEOUT);
@@ -306,10 +233,7 @@ fn empty_slot_is_a_zero_sector_disk_failing_io_to_the_guest() {
     // -drive, that is the empty block slot 0.
     let path = socket_path("empty");
     let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=blk").args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let out = run(&args);
     for line in [
         "blk: capacity=0",

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{kvm_usable, qemu_qmp_available, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT};
+use common::{
+    kvm_usable, qemu_qmp_available, qmp_args, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT,
+};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -23,10 +25,7 @@ fn vm_with_qmp(name: &str, action: &str) -> (Vm, PathBuf) {
     let mut config = VmConfig::new(Format::Elf, 128, &format!("nimbus.test={action}"));
     config.cpus = 2;
     let mut args = config.args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line(
         &format!("{action}: now").replace("echo: now", "echo: ready"),
@@ -290,10 +289,7 @@ fn stale_socket_file_is_replaced_at_start() {
     let mut config = VmConfig::new(Format::Elf, 128, "nimbus.test=hang");
     config.cpus = 1;
     let mut args = config.args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line("hang: now", VM_TIMEOUT);
     let (mut w, mut r) = raw_client(&path);

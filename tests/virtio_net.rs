@@ -12,15 +12,16 @@ use std::ffi::CString;
 use std::io;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{kvm_usable, lines, run, scratch_dir, Format, Output, Vm, VmConfig, VM_TIMEOUT};
-use serde_json::{json, Value};
+use common::{
+    kvm_usable, lines, qmp_args, run, scratch_dir, Format, Output, QmpClient, Vm, VmConfig,
+    VM_TIMEOUT,
+};
+use serde_json::json;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const HOST_MAC: [u8; 6] = [0x02, 0x4e, 0x42, 0x00, 0x00, 0x01];
@@ -257,64 +258,6 @@ fn guest_frame_reaches_a_tap_opened_by_name_and_the_answer_comes_back() {
     exchange(&tap, &socket, vm, 0);
 }
 
-/// A bare QMP client over a Unix socket.
-struct Qmp {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Qmp {
-    /// Connects (the socket may not exist yet), reads the greeting, negotiates capabilities.
-    fn connect(path: &Path) -> Qmp {
-        let deadline = Instant::now() + VM_TIMEOUT;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(stream) => break stream,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("connect to {}: {e}", path.display()),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut qmp = Qmp {
-            writer: stream,
-            reader,
-        };
-        assert!(qmp.line().get("QMP").is_some(), "greeting");
-        assert_eq!(qmp.execute("qmp_capabilities"), json!({"return": {}}));
-        qmp
-    }
-
-    fn line(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read a QMP line");
-        serde_json::from_str(&line).expect("a JSON object")
-    }
-
-    /// Sends a command without arguments and returns its reply (events are skipped).
-    fn execute(&mut self, command: &str) -> Value {
-        self.execute_with(command, json!({}))
-    }
-
-    /// Sends a command with `arguments` and returns its reply (events are skipped).
-    fn execute_with(&mut self, command: &str, arguments: Value) -> Value {
-        let request = json!({ "execute": command, "arguments": arguments });
-        self.writer
-            .write_all(request.to_string().as_bytes())
-            .expect("send");
-        loop {
-            let message = self.line();
-            if message.get("event").is_none() {
-                return message;
-            }
-        }
-    }
-}
-
 /// QMP `stop` stops the devices too, not only the vCPUs: the answer sent while the VM is
 /// stopped stays in the tap (the device no longer watches it) and reaches the guest after
 /// `cont`.
@@ -327,17 +270,14 @@ fn frame_sent_while_stopped_reaches_the_guest_only_after_cont() {
     let socket = PacketSocket::bind(&tap.name);
     let qmp_path = scratch_dir().join(format!("net-stop-{}.qmp", std::process::id()));
     let mut args = net_args(&format!("tap,id=n0,ifname={}", tap.name));
-    args.extend([
-        "-qmp".to_string(),
-        format!("unix:{},server,nowait", qmp_path.display()),
-    ]);
+    args.extend(qmp_args(&qmp_path));
     let mut vm = Vm::spawn_with(&args, |c| {
         c.env("NIMBUS_LOG", "debug");
     });
     vm.wait_for_line("net: mac=52:54:00:12:34:56", VM_TIMEOUT);
     receive_ping(&socket, &mut vm);
-    let mut qmp = Qmp::connect(&qmp_path);
-    assert_eq!(qmp.execute("stop"), json!({"return": {}}));
+    let mut qmp = QmpClient::connect(&qmp_path);
+    assert_eq!(qmp.execute("stop", json!({})), json!({"return": {}}));
     socket.send(&pong_frame());
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -347,7 +287,7 @@ fn frame_sent_while_stopped_reaches_the_guest_only_after_cont() {
         vm.stderr_text()
     );
     assert_eq!(
-        qmp.execute("query-status")["return"]["status"],
+        qmp.execute("query-status", json!({}))["return"]["status"],
         json!("paused")
     );
     let got = format!("net: got {PONG}");
@@ -356,7 +296,7 @@ fn frame_sent_while_stopped_reaches_the_guest_only_after_cont() {
         !lines(&so_far).contains(&got.as_str()),
         "the guest got the answer while stopped\n{so_far}"
     );
-    assert_eq!(qmp.execute("cont"), json!({"return": {}}));
+    assert_eq!(qmp.execute("cont", json!({})), json!({"return": {}}));
     let out = vm.wait(VM_TIMEOUT);
     assert!(
         out.guest_lines().contains(&got.as_str()),
@@ -649,10 +589,7 @@ fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
     let socket = PacketSocket::bind(&tap.name);
     let path = scratch_dir().join(format!("net-hotplug-{}.sock", std::process::id()));
     let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=netwatch").args();
-    args.extend([
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line("netwatch: link=0", VM_TIMEOUT);
 
@@ -702,28 +639,24 @@ fn tap_opened_by_name_at_run_time_fills_the_last_of_the_configured_net_slots() {
     let tap = TapGuard::create();
     let path = scratch_dir().join(format!("net-slots-{}.sock", std::process::id()));
     let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=hang").args();
-    args.extend([
-        "-machine".into(),
-        "microvm,net-slots=2,blk-slots=1".into(),
-        "-qmp".into(),
-        format!("unix:{},server,nowait", path.display()),
-    ]);
+    args.extend(["-machine".into(), "microvm,net-slots=2,blk-slots=1".into()]);
+    args.extend(qmp_args(&path));
     let mut vm = Vm::spawn(&args);
     vm.wait_for_line("hang: now", VM_TIMEOUT);
-    let mut qmp = Qmp::connect(&path);
+    let mut qmp = QmpClient::connect(&path);
     let ok = json!({"return": {}});
     let netdev = json!({"type": "tap", "id": "n1", "ifname": tap.name});
-    assert_eq!(qmp.execute_with("netdev_add", netdev), ok);
+    assert_eq!(qmp.execute("netdev_add", netdev), ok);
     let device = |addr: &str| json!({"driver": "virtio-net-device", "id": "eth1", "netdev": "n1", "addr": addr});
-    let reply = qmp.execute_with("device_add", device("0x2"));
+    let reply = qmp.execute("device_add", device("0x2"));
     assert_eq!(
         reply["error"]["desc"], "Net slot 0x2 does not exist: the machine has 2 net slots",
         "{reply}"
     );
-    assert_eq!(qmp.execute_with("device_add", device("0x1")), ok);
-    assert_eq!(qmp.execute_with("device_del", json!({"id": "eth1"})), ok);
-    assert_eq!(qmp.execute_with("netdev_del", json!({"id": "n1"})), ok);
-    assert_eq!(qmp.execute("quit"), ok);
+    assert_eq!(qmp.execute("device_add", device("0x1")), ok);
+    assert_eq!(qmp.execute("device_del", json!({"id": "eth1"})), ok);
+    assert_eq!(qmp.execute("netdev_del", json!({"id": "n1"})), ok);
+    assert_eq!(qmp.execute("quit", json!({})), ok);
     let out = vm.wait(VM_TIMEOUT);
     out.assert_exit_code(0);
     let cmdline = out

@@ -7,6 +7,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -640,6 +641,91 @@ pub fn names_flag(line: &str, flag: &str) -> bool {
                 .ends_with(|c: char| c.is_alphanumeric())
             && !after.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
     })
+}
+
+/// `-qmp unix:<path>,server,nowait`: the flags for a QMP monitor on the Unix socket `path`.
+pub fn qmp_args(path: &Path) -> [String; 2] {
+    [
+        "-qmp".to_owned(),
+        format!("unix:{},server,nowait", path.display()),
+    ]
+}
+
+/// A bare QMP client over a Unix socket: sends commands, returns their replies and keeps the
+/// events it met on the way.
+pub struct QmpClient {
+    writer: UnixStream,
+    reader: std::io::BufReader<UnixStream>,
+    /// Events read while waiting for replies.
+    pub events: Vec<serde_json::Value>,
+}
+
+impl QmpClient {
+    /// Connects (waiting up to [`VM_TIMEOUT`] for the socket to appear), reads the greeting and
+    /// negotiates capabilities.
+    pub fn connect(path: &Path) -> QmpClient {
+        let deadline = Instant::now() + VM_TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("connect to {}: {e}", path.display()),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let mut client = QmpClient {
+            writer: stream,
+            reader,
+            events: Vec::new(),
+        };
+        assert!(client.line().get("QMP").is_some(), "greeting");
+        client.ok("qmp_capabilities", serde_json::json!({}));
+        client
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.reader, &mut line).expect("read a QMP line");
+        assert!(line.ends_with("\r\n"), "QMP lines end in CRLF: {line:?}");
+        serde_json::from_str(&line).expect("a JSON object")
+    }
+
+    /// Sends a command and returns its reply; events met on the way are kept.
+    pub fn execute(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let request = serde_json::json!({"execute": command, "arguments": arguments});
+        self.writer
+            .write_all(request.to_string().as_bytes())
+            .expect("send");
+        loop {
+            let message = self.line();
+            if message.get("event").is_some() {
+                self.events.push(message);
+            } else {
+                return message;
+            }
+        }
+    }
+
+    /// The error description of a command that must fail with `class`.
+    pub fn error(&mut self, command: &str, arguments: serde_json::Value, class: &str) -> String {
+        let reply = self.execute(command, arguments);
+        assert_eq!(reply["error"]["class"], class, "{command}: {reply}");
+        reply["error"]["desc"]
+            .as_str()
+            .expect("desc is a string")
+            .to_owned()
+    }
+
+    /// Runs a command that must answer `{"return": {}}`.
+    pub fn ok(&mut self, command: &str, arguments: serde_json::Value) {
+        let reply = self.execute(command, arguments);
+        assert_eq!(reply, serde_json::json!({"return": {}}), "{command}");
+    }
 }
 
 #[cfg(test)]
