@@ -1068,10 +1068,33 @@ static void put_byte_hex(u8 b)
 	putc("0123456789abcdef"[b & 0xf]);
 }
 
+/* The MAC in the device's configuration space. */
+static void net_read_mac(u8 *mac)
+{
+	u32 cfg[2], i;
+
+	cfg[0] = vr(0x100);
+	cfg[1] = vr(0x104);
+	for (i = 0; i < 6; i++)
+		mac[i] = (u8)(cfg[i / 4] >> (8 * (i % 4)));
+}
+
+/* Prints `mac` as xx:xx:xx:xx:xx:xx. */
+static void net_put_mac(const u8 *mac)
+{
+	u32 i;
+
+	for (i = 0; i < 6; i++) {
+		if (i)
+			putc(':');
+		put_byte_hex(mac[i]);
+	}
+}
+
 /* Probe, two queues, VQ_SIZE posted rx buffers, DRIVER_OK. Returns 0 on success. */
 static int net_probe(u8 *mac)
 {
-	u32 offered, i, cfg[2];
+	u32 offered, i;
 
 	if (virtio_negotiate(NET_F_MAC, &offered)) {
 		puts("net: features refused\n");
@@ -1093,16 +1116,9 @@ static int net_probe(u8 *mac)
 		return -1;
 	}
 	vw(0x50, 0);
-	cfg[0] = vr(0x100);
-	cfg[1] = vr(0x104);
-	for (i = 0; i < 6; i++)
-		mac[i] = (u8)(cfg[i / 4] >> (8 * (i % 4)));
+	net_read_mac(mac);
 	puts("net: mac=");
-	for (i = 0; i < 6; i++) {
-		if (i)
-			putc(':');
-		put_byte_hex(mac[i]);
-	}
+	net_put_mac(mac);
 	putc('\n');
 	return (offered & NET_F_MAC) ? 0 : -1;
 }
@@ -1203,24 +1219,17 @@ static u32 net_link_up(void)
    link, whether a configuration-change interrupt came with it, and the MAC in config. */
 static void net_wait_link(u32 up, u8 *mac)
 {
-	u32 isr, i, cfg[2];
+	u32 isr, i;
 
 	while (net_link_up() != up)
 		for (i = 0; i < 20000; i++)
 			__asm__ volatile("pause");
 	isr = vr(0x60);
 	vw(0x64, isr);
-	cfg[0] = vr(0x100);
-	cfg[1] = vr(0x104);
-	for (i = 0; i < 6; i++)
-		mac[i] = (u8)(cfg[i / 4] >> (8 * (i % 4)));
+	net_read_mac(mac);
 	puts(up ? "netwatch: link up" : "netwatch: link down");
 	puts(isr & 2 ? " config-change mac=" : " mac=");
-	for (i = 0; i < 6; i++) {
-		if (i)
-			putc(':');
-		put_byte_hex(mac[i]);
-	}
+	net_put_mac(mac);
 	putc('\n');
 }
 
