@@ -88,7 +88,8 @@ pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>
 /// Builds the settings from `parsed`.
 pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     refuse_unsupported(parsed)?;
-    let ram_options = ram_options(parsed)?;
+    let machine_opts = machine_opts(parsed)?;
+    let ram_options = ram_options(parsed, &machine_opts);
     let kernel = PathBuf::from(parsed.last("kernel").ok_or(SettingsError::MissingKernel)?);
     check_readable(&kernel, "kernel image")?;
     let initrd = parsed.last("initrd").map(PathBuf::from);
@@ -113,8 +114,8 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         nets: Vec::new(),
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
-        blk_slots: machine_opts(parsed)?.blk_slots,
-        net_slots: machine_opts(parsed)?.net_slots,
+        blk_slots: machine_opts.blk_slots,
+        net_slots: machine_opts.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
     };
     machine.nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
@@ -259,18 +260,18 @@ fn machine_opts(parsed: &Parsed) -> Result<MachineOpts, SettingsError> {
 }
 
 /// Guest RAM backing from `-machine`, `-mem-path` and `-mem-prealloc`.
-fn ram_options(parsed: &Parsed) -> Result<RamOptions, SettingsError> {
-    let MachineOpts { dump, shared, .. } = machine_opts(parsed)?;
+fn ram_options(parsed: &Parsed, machine: &MachineOpts) -> RamOptions {
+    let MachineOpts { dump, shared, .. } = *machine;
     let backing = match (parsed.last("mem-path"), shared) {
         (Some(dir), _) => RamBacking::Hugetlbfs(PathBuf::from(dir)),
         (None, true) => RamBacking::SharedMemfd,
         (None, false) => RamBacking::Anonymous,
     };
-    Ok(RamOptions {
+    RamOptions {
         backing,
         prealloc: parsed.has("mem-prealloc"),
         dump,
-    })
+    }
 }
 
 fn parse_smp(value: &str) -> Result<u8, SettingsError> {
