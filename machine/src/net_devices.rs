@@ -2,11 +2,11 @@
 //! and keeps the tap watched by the VMM thread's loop only while the guest has receive buffers.
 //!
 //! Each device has two event sources: its tap poller ([`TAP`], a [`TapPoll`]: an epoll
-//! descriptor holding the tap the device has now, so that QMP can swap taps without touching the
-//! loop) and the device's receive-resume eventfd ([`RESUME`]). When [`Net::rx_ready`] says the guest has no buffers (or the device needs a
-//! reset, or the tap failed), the loop stops watching the tap, so a busy tap neither spins the
-//! loop nor drops frames; the device writes the resume eventfd once the guest posted buffers,
-//! and the tap is watched again.
+//! descriptor holding the tap the device has now, so that QMP can swap taps without touching
+//! the loop) and the device's receive-resume eventfd ([`RESUME`]). When [`Net::rx_ready`] says
+//! the guest has no buffers (or the device needs a reset, or the tap failed), the loop stops
+//! watching the tap, so a busy tap neither spins the loop nor drops frames; the device writes
+//! the resume eventfd once the guest posted buffers, and the tap is watched again.
 //!
 //! [`Net::rx_ready`]: virtio::Net::rx_ready
 

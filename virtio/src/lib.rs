@@ -5,7 +5,8 @@
 //! the small [`VirtioDevice`] trait; the transport negotiates features, sets up queues and hands
 //! them to the device at DRIVER_OK. It must not know about KVM nor where a device is mapped:
 //! interrupts leave it through an event file descriptor ([`Interrupt`]), notifications reach it
-//! as register writes or [`MmioTransport::queue_notify`] (an ioeventfd the machine watches), and guest memory is the `address_space` crate's vm-memory view of RAM.
+//! as register writes or [`MmioTransport::queue_notify`] (an ioeventfd the machine watches),
+//! and guest memory is the `address_space` crate's vm-memory view of RAM.
 #![deny(unsafe_code)]
 
 pub mod block;
