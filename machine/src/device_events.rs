@@ -167,9 +167,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn readable_source_reaches_its_handler_with_its_number() {
-        let evts: Vec<EventFd> = (0..3)
+    /// `n` eventfd sources of one [`Recorder`], registered on a new loop.
+    fn recorded_sources(n: usize) -> (Arc<Mutex<Recorder>>, DeviceEvents, EventLoop) {
+        let evts: Vec<EventFd> = (0..n)
             .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
             .collect();
         let fds: Vec<RawFd> = evts.iter().map(AsRawFd::as_raw_fd).collect();
@@ -183,6 +183,12 @@ mod tests {
         }
         let lp = EventLoop::new().expect("epoll");
         sources.register(&lp).expect("register");
+        (recorder, sources, lp)
+    }
+
+    #[test]
+    fn readable_source_reaches_its_handler_with_its_number() {
+        let (recorder, mut sources, lp) = recorded_sources(3);
         recorder.lock().expect("lock").evts[2]
             .write(1)
             .expect("write");
@@ -269,20 +275,7 @@ mod tests {
 
     #[test]
     fn paused_sources_are_not_dispatched_until_resumed() {
-        let evts: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
-            .collect();
-        let fds: Vec<RawFd> = evts.iter().map(AsRawFd::as_raw_fd).collect();
-        let recorder = Arc::new(Mutex::new(Recorder {
-            evts,
-            seen: Vec::new(),
-        }));
-        let mut sources = DeviceEvents::default();
-        for (i, fd) in fds.iter().enumerate() {
-            sources.add(*fd, recorder.clone(), i as u32);
-        }
-        let lp = EventLoop::new().expect("epoll");
-        sources.register(&lp).expect("register");
+        let (recorder, mut sources, lp) = recorded_sources(2);
         sources.set_paused(true, &lp);
         assert!(sources.paused);
         recorder.lock().expect("lock").evts[1]

@@ -252,8 +252,8 @@ mod tests {
         assert_eq!(c[0].result, -libc::EBADF);
     }
 
-    #[test]
-    fn drain_returns_every_request_in_flight() {
+    /// A 1 MiB file and a ring with eight 4 KiB reads of it in flight, tagged by `tag`.
+    fn eight_reads_in_flight<T>(tag: impl Fn(u64) -> T) -> (TempFile, Uring<T>) {
         let f = TempFile::new().unwrap();
         f.as_file().set_len(1 << 20).unwrap();
         let mut ring = Uring::new(8).unwrap();
@@ -263,11 +263,17 @@ mod tests {
                 IoKind::Read,
                 i * 4096,
                 Some(AlignedBuf::new(4096)),
-                i,
+                tag(i),
             )
             .map_err(|(e, _)| e)
             .unwrap();
         }
+        (f, ring)
+    }
+
+    #[test]
+    fn drain_returns_every_request_in_flight() {
+        let (_f, mut ring) = eight_reads_in_flight(|i| i);
         let done = ring.drain().unwrap();
         assert_eq!(done.len(), 8);
         assert!(done.iter().all(|c| c.result == 4096));
@@ -276,20 +282,7 @@ mod tests {
 
     #[test]
     fn dropping_with_requests_in_flight_waits_for_them() {
-        let f = TempFile::new().unwrap();
-        f.as_file().set_len(1 << 20).unwrap();
-        let mut ring = Uring::new(8).unwrap();
-        for i in 0..8u64 {
-            ring.submit(
-                f.as_file().as_raw_fd(),
-                IoKind::Read,
-                i * 4096,
-                Some(AlignedBuf::new(4096)),
-                (),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-        }
+        let (_f, ring) = eight_reads_in_flight(|_| ());
         drop(ring);
     }
 }
