@@ -51,6 +51,21 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// Nimbus died of SIGSYS (exit 159) and `report` (its stderr or log) holds `line`.
+fn assert_killed_naming(out: &Output, report: &str, line: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(SIGSYS_EXIT_STATUS),
+        "{}",
+        describe(out)
+    );
+    assert!(
+        report.contains(line),
+        "report:\n{report}\n{}",
+        describe(out)
+    );
+}
+
 #[test]
 fn forbidden_syscall_on_the_vmm_thread_kills_nimbus_with_status_159_and_names_it() {
     if !kvm_usable() {
@@ -58,17 +73,10 @@ fn forbidden_syscall_on_the_vmm_thread_kills_nimbus_with_status_159_and_names_it
     }
     let out = run_selftest("getppid", &[], VM_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
-
-    assert_eq!(
-        out.status.code(),
-        Some(SIGSYS_EXIT_STATUS),
-        "{}",
-        describe(&out)
-    );
-    assert!(
-        stderr.contains("forbidden syscall getppid (110) on the VMM thread"),
-        "{}",
-        describe(&out)
+    assert_killed_naming(
+        &out,
+        &stderr,
+        "forbidden syscall getppid (110) on the VMM thread",
     );
 }
 
@@ -82,17 +90,10 @@ fn forbidden_syscall_is_also_reported_in_the_log_file() {
     let out = run_selftest("getpgrp", &["-D", &log.display().to_string()], VM_TIMEOUT);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-
-    assert_eq!(
-        out.status.code(),
-        Some(SIGSYS_EXIT_STATUS),
-        "{}",
-        describe(&out)
-    );
-    assert!(
-        text.contains("forbidden syscall getpgrp (111) on the VMM thread"),
-        "log file:\n{text}\n{}",
-        describe(&out)
+    assert_killed_naming(
+        &out,
+        &text,
+        "forbidden syscall getpgrp (111) on the VMM thread",
     );
 }
 
@@ -103,17 +104,10 @@ fn forbidden_syscall_on_a_vcpu_thread_kills_nimbus_and_names_it() {
     }
     let out = run_selftest("vcpu:getuid", &[], VM_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
-
-    assert_eq!(
-        out.status.code(),
-        Some(SIGSYS_EXIT_STATUS),
-        "{}",
-        describe(&out)
-    );
-    assert!(
-        stderr.contains("forbidden syscall getuid (102) on the vCPU 0 thread"),
-        "{}",
-        describe(&out)
+    assert_killed_naming(
+        &out,
+        &stderr,
+        "forbidden syscall getuid (102) on the vCPU 0 thread",
     );
 }
 
