@@ -1,7 +1,7 @@
 //! An address space: a root region, its current flat view, its listeners and access dispatch.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use vm_memory::GuestMemoryMmap;
 
@@ -144,11 +144,11 @@ impl AddressSpace {
     }
 
     fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.current)
     }
 
     fn write_current(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
-        self.current.write().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::write(&self.current)
     }
 }
 

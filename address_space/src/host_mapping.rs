@@ -58,7 +58,7 @@ impl HostMapping {
         if !fits || len == 0 {
             return Err(MmapRegionError::InvalidOffsetLength);
         }
-        let mut pieces = self.pieces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pieces = crate::sync::lock(&self.pieces);
         pieces.retain(|piece| piece.region.strong_count() > 0);
         let cached = pieces
             .iter()

@@ -30,6 +30,7 @@ mod listener;
 mod ram;
 mod ram_backing;
 mod region;
+pub mod sync;
 #[cfg(test)]
 mod test_util;
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::error::AddressSpaceError;
 use crate::ram::RamBlock;
@@ -19,10 +19,7 @@ pub trait IoHandler: Send {
 /// A device handler shared between the region tree, flat views and vCPU threads.
 pub type SharedIo = Arc<Mutex<dyn IoHandler>>;
 
-/// Locks `mutex`, going on with the data of a holder that panicked.
-pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::sync::lock;
 
 /// A region placed in a container.
 #[derive(Clone)]

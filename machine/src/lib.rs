@@ -38,5 +38,5 @@ pub use seccomp::{
     SIGSYS_EXIT_STATUS,
 };
 pub use vcpu::{StopReason, VcpuFault};
-pub use virtio::{Aio, RngOptions};
+pub use virtio::{Aio, MacAddr, RngOptions};
 pub use vm::{run, run_notifying, ExitReason};

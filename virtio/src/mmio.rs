@@ -42,7 +42,8 @@ pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 
 /// Register offsets of layout version 2.
-mod reg {
+pub mod reg {
+    #![allow(missing_docs)]
     pub const MAGIC: u64 = 0x000;
     pub const VERSION: u64 = 0x004;
     pub const DEVICE_ID: u64 = 0x008;
