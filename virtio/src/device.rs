@@ -52,6 +52,13 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// The error for a failed ring access on `queue`, to give to `map_err`.
+    pub(crate) fn ring(queue: u16) -> impl Fn(virtio_queue::Error) -> QueueError + Copy {
+        move |source| QueueError::Ring { queue, source }
+    }
+}
+
 /// A device's interrupt: the InterruptStatus bits it shares with its transport, the event file
 /// descriptor that raises its IRQ line (an irqfd), and the configuration generation.
 #[derive(Clone, Debug)]

@@ -179,7 +179,7 @@ impl Rng {
     }
 
     fn serve(&mut self) -> Result<(), QueueError> {
-        let ring = |source| QueueError::Ring { queue: 0, source };
+        let ring = QueueError::ring(0);
         let mut completed = 0usize;
         let result = loop {
             let Some(active) = self.active.as_ref() else {

@@ -216,6 +216,20 @@ impl BlockState {
     fn has(&self, feature: u64) -> bool {
         self.features & feature != 0
     }
+
+    /// The medium as requests see it, with the queue and the engine they run on, borrowed
+    /// apart so that the three can be used together.
+    fn parts(&mut self) -> (Disk<'_>, Option<&mut Active>, Option<&mut Uring<InFlight>>) {
+        let disk = Disk {
+            backend: self.disk.as_ref(),
+            capacity: self.capacity,
+            readonly: self.readonly,
+            serial: &self.serial,
+            discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
+            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
+        };
+        (disk, self.active.as_mut(), self.engine.as_mut())
+    }
 }
 
 /// struct virtio_blk_config, little-endian.
@@ -301,23 +315,14 @@ impl VirtioDevice for BlockState {
         if index != 0 {
             return Ok(());
         }
-        let disk = Disk {
-            backend: self.disk.as_ref(),
-            capacity: self.capacity,
-            readonly: self.readonly,
-            serial: &self.serial,
-            discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
-            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
-        };
-        let Some(active) = self.active.as_mut() else {
+        let (generation, async_io) = (self.generation, self.async_io);
+        let (disk, active, engine) = self.parts();
+        let Some(active) = active.filter(|a| a.queue.ready()) else {
             return Ok(());
         };
-        if !active.queue.ready() {
-            return Ok(());
-        }
         let mut completed = 0usize;
-        let result = match self.engine.as_mut().filter(|_| self.async_io) {
-            Some(engine) => drain_async(&disk, active, (engine, self.generation), &mut completed),
+        let result = match engine.filter(|_| async_io) {
+            Some(engine) => drain_async(&disk, active, (engine, generation), &mut completed),
             None => drain(&disk, active, &mut completed),
         };
         notify(active, completed);
@@ -332,29 +337,26 @@ impl VirtioDevice for BlockState {
     }
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
-        let disk = Disk {
-            backend: self.disk.as_ref(),
-            capacity: self.capacity,
-            readonly: self.readonly,
-            serial: &self.serial,
-            discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
-            write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
-        };
-        let Some(engine) = self.engine.as_mut().filter(|_| index == 0) else {
+        if index != 0 {
+            return Ok(());
+        }
+        let (generation, async_io) = (self.generation, self.async_io);
+        let (disk, active, engine) = self.parts();
+        let Some(engine) = engine else {
             return Ok(());
         };
         let done = engine.reap();
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = active else {
             return Ok(());
         };
         let mut completed = 0usize;
-        if let Err(e) = finish_all(&disk, active, done, self.generation, &mut completed) {
+        if let Err(e) = finish_all(&disk, active, done, generation, &mut completed) {
             notify(active, completed);
             return Err(e);
         }
         // Room in the engine again: serve what waited for it.
-        let result = if active.queue.ready() && self.async_io {
-            drain_async(&disk, active, (engine, self.generation), &mut completed)
+        let result = if active.queue.ready() && async_io {
+            drain_async(&disk, active, (engine, generation), &mut completed)
         } else {
             Ok(())
         };
@@ -373,7 +375,6 @@ fn finish_all(
     generation: u64,
     completed: &mut usize,
 ) -> Result<(), QueueError> {
-    let ring = |source| QueueError::Ring { queue: 0, source };
     for c in done {
         let (submitted_in, mut request) = c.data;
         if submitted_in != generation {
@@ -381,15 +382,8 @@ fn finish_all(
         }
         request.buf = c.buf;
         let head = request.head;
-        let used_len = match finish(disk, active.mem.as_ref(), request, c.result) {
-            Outcome::Completed { used_len } => used_len,
-            Outcome::NoStatus | Outcome::Malformed => 0,
-        };
-        active
-            .queue
-            .add_used(active.mem.as_ref(), head, used_len)
-            .map_err(ring)?;
-        *completed += 1;
+        let outcome = finish(disk, active.mem.as_ref(), request, c.result);
+        complete(active, head, outcome, completed)?;
     }
     Ok(())
 }
@@ -416,7 +410,7 @@ fn drain_async(
     (engine, generation): (&mut Uring<InFlight>, u64),
     completed: &mut usize,
 ) -> Result<(), QueueError> {
-    let ring = |source| QueueError::Ring { queue: 0, source };
+    let ring = QueueError::ring(0);
     let Some(fd) = disk.backend.async_fd() else {
         return drain(disk, active, completed);
     };
@@ -445,20 +439,22 @@ fn drain_async(
     Ok(())
 }
 
-/// Puts a request served on the spot in the used ring.
+/// Puts a request in the used ring, counting it in `completed`; a malformed chain is put there
+/// too (with nothing written) and then reported.
 fn complete(
     active: &mut Active,
     head: u16,
     outcome: Outcome,
     completed: &mut usize,
 ) -> Result<(), QueueError> {
-    let ring = |source| QueueError::Ring { queue: 0, source };
-    let mem = active.mem.as_ref();
     let used_len = match outcome {
         Outcome::Completed { used_len } => used_len,
         Outcome::NoStatus | Outcome::Malformed => 0,
     };
-    active.queue.add_used(mem, head, used_len).map_err(ring)?;
+    active
+        .queue
+        .add_used(active.mem.as_ref(), head, used_len)
+        .map_err(QueueError::ring(0))?;
     *completed += 1;
     if outcome == Outcome::Malformed {
         return Err(QueueError::MalformedChain { queue: 0, head });
@@ -469,24 +465,14 @@ fn complete(
 /// Serves every available request, counting those put in the used ring. Stops at the first
 /// chain that cannot be trusted.
 fn drain(disk: &Disk<'_>, active: &mut Active, completed: &mut usize) -> Result<(), QueueError> {
-    let ring = |source| QueueError::Ring { queue: 0, source };
     loop {
         let mem = active.mem.as_ref();
-        let Some(chain) = active.queue.iter(mem).map_err(ring)?.next() else {
+        let Some(chain) = active.queue.iter(mem).map_err(QueueError::ring(0))?.next() else {
             return Ok(());
         };
         let head = chain.head_index();
-        match execute(disk, mem, chain) {
-            Outcome::Completed { used_len } => active.queue.add_used(mem, head, used_len),
-            Outcome::NoStatus => active.queue.add_used(mem, head, 0),
-            Outcome::Malformed => {
-                active.queue.add_used(mem, head, 0).map_err(ring)?;
-                *completed += 1;
-                return Err(QueueError::MalformedChain { queue: 0, head });
-            }
-        }
-        .map_err(ring)?;
-        *completed += 1;
+        let outcome = execute(disk, mem, chain);
+        complete(active, head, outcome, completed)?;
     }
 }
 

@@ -9,11 +9,10 @@ use std::sync::MutexGuard;
 
 use log::{info, warn};
 
-use super::request::Disk;
 use super::uring::Uring;
 use super::{
     finish_all, notify, Block, BlockError, BlockState, DiskBackend, QUEUE_SIZE, SECTOR_SIZE,
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO,
 };
 use crate::device::VirtioDevice;
 
@@ -187,12 +186,11 @@ impl BlockState {
 
     /// Waits for every request in the io_uring engine and completes them to the guest.
     fn drain_engine(&mut self) {
-        let Some(engine) = self.engine.as_mut() else {
+        let generation = self.generation;
+        let (disk, active, engine) = self.parts();
+        let Some(engine) = engine.filter(|e| e.in_flight() > 0) else {
             return;
         };
-        if engine.in_flight() == 0 {
-            return;
-        }
         let done = match engine.drain() {
             Ok(done) => done,
             Err(e) => {
@@ -200,19 +198,11 @@ impl BlockState {
                 return;
             }
         };
-        let disk = Disk {
-            backend: self.disk.as_ref(),
-            capacity: self.capacity,
-            readonly: self.readonly,
-            serial: &self.serial,
-            discard: self.features & VIRTIO_BLK_F_DISCARD != 0 && self.disk.supports_discard(),
-            write_zeroes: self.features & VIRTIO_BLK_F_WRITE_ZEROES != 0 && !self.readonly,
-        };
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = active else {
             return;
         };
         let mut completed = 0usize;
-        if let Err(e) = finish_all(&disk, active, done, self.generation, &mut completed) {
+        if let Err(e) = finish_all(&disk, active, done, generation, &mut completed) {
             warn!("virtio-blk: completing drained requests: {e}");
         }
         notify(active, completed);

@@ -168,15 +168,9 @@ impl<T> Uring<T> {
 impl<T> Drop for Uring<T> {
     fn drop(&mut self) {
         // The kernel may still write into in-flight buffers: wait for them before freeing.
-        while self.in_flight() > 0 {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!("io_uring: cannot wait for in-flight requests: {e}; leaking them");
-                    std::mem::forget(std::mem::take(&mut self.slots));
-                    return;
-                }
-            }
-            let _ = self.reap();
+        if let Err(e) = self.drain() {
+            warn!("io_uring: cannot wait for in-flight requests: {e}; leaking them");
+            std::mem::forget(std::mem::take(&mut self.slots));
         }
     }
 }

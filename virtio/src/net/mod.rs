@@ -504,10 +504,7 @@ fn drain_tx(
     scratch: &mut Vec<u8>,
     counters: &mut NetCounters,
 ) -> Result<(), QueueError> {
-    let ring = |source| QueueError::Ring {
-        queue: TX_QUEUE,
-        source,
-    };
+    let ring = QueueError::ring(TX_QUEUE);
     let mem = active.mem.as_ref();
     loop {
         active.tx.disable_notification(mem).map_err(ring)?;
