@@ -23,8 +23,8 @@ pub use device::{
 };
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{
-    MacAddr, Net, NetCounters, NetError, NetOptions, NetSlotError, NoTap, RxOutcome, SharedNet,
-    Tap, TapError, TapIo, DEVICE_TYPE_NET,
+    MacAddr, MacError, Net, NetCounters, NetError, NetOptions, NetSlotError, NoTap, RxOutcome,
+    SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
 

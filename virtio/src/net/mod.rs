@@ -8,16 +8,15 @@
 //! with its transport through [`SharedNet`].
 
 mod header;
+mod mac;
 mod rx;
 mod slot;
 pub mod tap;
 mod tx;
 pub mod vhost;
 
-use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use address_space::vm_memory::GuestMemoryMmap;
@@ -27,6 +26,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::header::{MAX_FRAME_LEN, MAX_PACKET_LEN, VNET_HDR_LEN};
+pub use self::mac::{MacAddr, MacError};
 use self::rx::{deliver, Delivery, RxDrop, RxFrame};
 pub use self::slot::{NetSlotError, NoTap};
 pub use self::tap::{Tap, TapError, TapIo};
@@ -93,69 +93,6 @@ pub const NET_FEATURES: u64 = VIRTIO_NET_F_CSUM
 
 /// Bytes of configuration space: mac, status, max_virtqueue_pairs, mtu.
 const CONFIG_SIZE: usize = 12;
-
-/// A MAC address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// A stable, locally administered unicast address derived from the device id (FNV-1a of
-    /// the id): the same id gives the same address on every run.
-    pub fn default_for_id(id: &str) -> MacAddr {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in id.as_bytes() {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        let h = hash.to_le_bytes();
-        MacAddr([(h[0] & 0xfc) | 0x02, h[1], h[2], h[3], h[4], h[5]])
-    }
-}
-
-/// Why a `mac=` value was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MacError {
-    /// Not six hexadecimal pairs separated by colons.
-    #[error("MAC address {0:?} is not six hex pairs like 52:54:00:12:34:56")]
-    Syntax(String),
-    /// The group bit is set.
-    #[error("MAC address {0:?} is a multicast address")]
-    Multicast(String),
-}
-
-impl FromStr for MacAddr {
-    type Err = MacError;
-
-    fn from_str(s: &str) -> Result<MacAddr, MacError> {
-        let syntax = || MacError::Syntax(s.to_owned());
-        let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut mac {
-            let part = parts.next().ok_or_else(syntax)?;
-            if part.len() != 2 {
-                return Err(syntax());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
-        }
-        if parts.next().is_some() {
-            return Err(syntax());
-        }
-        if mac[0] & 1 != 0 {
-            return Err(MacError::Multicast(s.to_owned()));
-        }
-        Ok(MacAddr(mac))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
 
 /// How to build a net device (`-device virtio-net-device,...`).
 #[derive(Clone, Debug, PartialEq, Eq)]
