@@ -1,80 +1,58 @@
-//! The Xen PVH boot ABI: `struct hvm_start_info` (version 1), its module list and memory map.
-//!
-//! Layout from `xen/include/public/arch-x86/hvm/start_info.h`; all fields little-endian.
+//! The Xen PVH boot ABI: `struct hvm_start_info` (version 1), its module list and memory map,
+//! in linux-loader's layouts of `xen/include/public/arch-x86/hvm/start_info.h`.
 
-use vm_memory::GuestMemoryMmap;
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
+};
+use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use crate::bytes::{put_u32, put_u64};
 use crate::layout::{
     CMDLINE_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, PVH_START_INFO_ADDR, ZERO_PAGE_ADDR,
 };
 use crate::{guest, BootError, E820Entry};
 
-/// `XEN_HVM_START_MAGIC_VALUE`.
-pub(crate) const START_MAGIC: u32 = 0x336e_c578;
 /// The structure version that has the memory map fields.
 const START_INFO_VERSION: u32 = 1;
-/// Size of `hvm_start_info` version 1.
-pub(crate) const START_INFO_SIZE: usize = 56;
-/// Size of one `hvm_modlist_entry`.
-const MODLIST_ENTRY_SIZE: usize = 32;
 /// Size of one `hvm_memmap_table_entry`.
-const MEMMAP_ENTRY_SIZE: usize = 24;
-
-/// Offsets in `hvm_start_info`.
-mod off {
-    pub(super) const MAGIC: usize = 0;
-    pub(super) const VERSION: usize = 4;
-    pub(super) const FLAGS: usize = 8;
-    pub(super) const NR_MODULES: usize = 12;
-    pub(super) const MODLIST_PADDR: usize = 16;
-    pub(super) const CMDLINE_PADDR: usize = 24;
-    pub(super) const RSDP_PADDR: usize = 32;
-    pub(super) const MEMMAP_PADDR: usize = 40;
-    pub(super) const MEMMAP_ENTRIES: usize = 48;
-}
+const MEMMAP_ENTRY_SIZE: usize = std::mem::size_of::<hvm_memmap_table_entry>();
 
 /// The most memory map entries that fit between the memory map and the zero page.
 const MEMMAP_MAX_ENTRIES: usize = ((ZERO_PAGE_ADDR - PVH_MEMMAP_ADDR) as usize) / MEMMAP_ENTRY_SIZE;
 
-/// The `hvm_start_info` bytes for a memory map of `memmap_entries` entries.
-pub(crate) fn start_info(has_initrd: bool, memmap_entries: usize) -> [u8; START_INFO_SIZE] {
-    let mut info = [0u8; START_INFO_SIZE];
-    put_u32(&mut info, off::MAGIC, START_MAGIC);
-    put_u32(&mut info, off::VERSION, START_INFO_VERSION);
-    put_u32(&mut info, off::FLAGS, 0);
-    put_u32(&mut info, off::NR_MODULES, u32::from(has_initrd));
-    put_u64(
-        &mut info,
-        off::MODLIST_PADDR,
-        if has_initrd { PVH_MODLIST_ADDR } else { 0 },
-    );
-    put_u64(&mut info, off::CMDLINE_PADDR, CMDLINE_ADDR);
-    put_u64(&mut info, off::RSDP_PADDR, 0);
-    put_u64(&mut info, off::MEMMAP_PADDR, PVH_MEMMAP_ADDR);
-    // Bounded by MEMMAP_MAX_ENTRIES, far below u32::MAX.
-    put_u32(&mut info, off::MEMMAP_ENTRIES, memmap_entries as u32);
-    info
-}
+// The start info and the module list must not run into what follows them.
+const _: () = {
+    assert!(PVH_START_INFO_ADDR + std::mem::size_of::<hvm_start_info>() as u64 <= PVH_MODLIST_ADDR);
+    assert!(PVH_MODLIST_ADDR + std::mem::size_of::<hvm_modlist_entry>() as u64 <= PVH_MEMMAP_ADDR);
+};
 
-/// One `hvm_modlist_entry` for the initrd (no module command line).
-fn module_entry(addr: u64, size: u64) -> [u8; MODLIST_ENTRY_SIZE] {
-    let mut entry = [0u8; MODLIST_ENTRY_SIZE];
-    put_u64(&mut entry, 0, addr);
-    put_u64(&mut entry, 8, size);
-    entry
-}
-
-/// The `hvm_memmap_table_entry` array.
-fn memmap(e820: &[E820Entry]) -> Vec<u8> {
-    let mut bytes = vec![0u8; e820.len() * MEMMAP_ENTRY_SIZE];
-    for (i, entry) in e820.iter().enumerate() {
-        let off = i * MEMMAP_ENTRY_SIZE;
-        put_u64(&mut bytes, off, entry.addr);
-        put_u64(&mut bytes, off + 8, entry.size);
-        put_u32(&mut bytes, off + 16, entry.kind);
+/// The `hvm_start_info` for a memory map of `memmap_entries` entries.
+fn start_info(has_initrd: bool, memmap_entries: usize) -> hvm_start_info {
+    hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: START_INFO_VERSION,
+        nr_modules: u32::from(has_initrd),
+        modlist_paddr: if has_initrd { PVH_MODLIST_ADDR } else { 0 },
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: PVH_MEMMAP_ADDR,
+        // Bounded by MEMMAP_MAX_ENTRIES, far below u32::MAX.
+        memmap_entries: memmap_entries as u32,
+        ..Default::default()
     }
-    bytes
+}
+
+/// The `hvm_memmap_table_entry` array, as bytes.
+fn memmap(e820: &[E820Entry]) -> Vec<u8> {
+    e820.iter()
+        .flat_map(|entry| {
+            let entry = hvm_memmap_table_entry {
+                addr: entry.addr,
+                size: entry.size,
+                type_: entry.kind,
+                reserved: 0,
+            };
+            entry.as_slice().to_vec()
+        })
+        .collect()
 }
 
 /// Writes `hvm_start_info`, the module list (if there is an initrd) and the memory map.
@@ -84,17 +62,17 @@ pub(crate) fn write(
     e820: &[E820Entry],
 ) -> Result<(), BootError> {
     let e820 = &e820[..e820.len().min(MEMMAP_MAX_ENTRIES)];
-    if let Some((addr, size)) = initrd {
-        guest::write(
-            mem,
-            PVH_MODLIST_ADDR,
-            &module_entry(addr, size),
-            "PVH module list",
-        )?;
+    if let Some((paddr, size)) = initrd {
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
+        guest::write(mem, PVH_MODLIST_ADDR, module.as_slice(), "PVH module list")?;
     }
     guest::write(mem, PVH_MEMMAP_ADDR, &memmap(e820), "PVH memory map")?;
     let info = start_info(initrd.is_some(), e820.len());
-    guest::write(mem, PVH_START_INFO_ADDR, &info, "PVH start info")
+    guest::write(mem, PVH_START_INFO_ADDR, info.as_slice(), "PVH start info")
 }
 
 #[cfg(test)]
