@@ -1,31 +1,35 @@
-//! Little-endian fields in byte buffers.
+//! Fields in byte buffers.
 //!
 //! Reads come from untrusted images and are bounds-checked (`None` when the field does not lie
-//! inside the buffer). Writes go into buffers this crate sized itself, at constant offsets.
+//! inside the buffer); they fill `ByteValued` layouts (x86 byte order) without unsafe code.
+//! Writes are little-endian and go into buffers this crate sized itself, at constant offsets.
 
-/// `N` bytes at `off`, or `None` when they do not all lie inside `buf`.
-pub(crate) fn read_array<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
-    buf.get(off..off.checked_add(N)?)?.try_into().ok()
-}
+use vm_memory::ByteValued;
 
-/// The byte at `off`.
-pub(crate) fn read_u8(buf: &[u8], off: usize) -> Option<u8> {
-    buf.get(off).copied()
+/// The `T` whose bytes start at `off`, or `None` when they do not all lie inside `buf`.
+pub(crate) fn read_obj<T: ByteValued + Default>(buf: &[u8], off: usize) -> Option<T> {
+    let bytes = buf.get(off..off.checked_add(std::mem::size_of::<T>())?)?;
+    let mut obj = T::default();
+    obj.as_mut_slice().copy_from_slice(bytes);
+    Some(obj)
 }
 
 /// The little-endian `u16` at `off`.
+#[cfg(test)]
 pub(crate) fn read_u16(buf: &[u8], off: usize) -> Option<u16> {
-    read_array(buf, off).map(u16::from_le_bytes)
+    read_obj(buf, off)
 }
 
 /// The little-endian `u32` at `off`.
+#[cfg(test)]
 pub(crate) fn read_u32(buf: &[u8], off: usize) -> Option<u32> {
-    read_array(buf, off).map(u32::from_le_bytes)
+    read_obj(buf, off)
 }
 
 /// The little-endian `u64` at `off`.
+#[cfg(test)]
 pub(crate) fn read_u64(buf: &[u8], off: usize) -> Option<u64> {
-    read_array(buf, off).map(u64::from_le_bytes)
+    read_obj(buf, off)
 }
 
 /// Copies `bytes` into `buf` at `off`; the caller sized `buf` to hold them.
@@ -40,11 +44,6 @@ pub(crate) fn put_u16(buf: &mut [u8], off: usize, value: u16) {
 
 /// Writes a little-endian `u32` at `off`.
 pub(crate) fn put_u32(buf: &mut [u8], off: usize, value: u32) {
-    put(buf, off, &value.to_le_bytes());
-}
-
-/// Writes a little-endian `u64` at `off`.
-pub(crate) fn put_u64(buf: &mut [u8], off: usize, value: u64) {
     put(buf, off, &value.to_le_bytes());
 }
 
@@ -63,7 +62,7 @@ mod tests {
         let mut buf = [0u8; 16];
         put_u16(&mut buf, 0, 0x1234);
         put_u32(&mut buf, 2, 0x5678_9abc);
-        put_u64(&mut buf, 6, 0x0102_0304_0506_0708);
+        put(&mut buf, 6, &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(&buf[..4], &[0x34, 0x12, 0xbc, 0x9a]);
         assert_eq!(read_u16(&buf, 0), Some(0x1234));
         assert_eq!(read_u32(&buf, 2), Some(0x5678_9abc));
@@ -75,7 +74,7 @@ mod tests {
         let buf = [0u8; 8];
         assert_eq!(read_u64(&buf, 1), None);
         assert_eq!(read_u32(&buf, usize::MAX - 1), None);
-        assert_eq!(read_u8(&buf, 8), None);
+        assert_eq!(read_obj::<u8>(&buf, 8), None);
     }
 
     #[test]

@@ -1,39 +1,27 @@
 //! bzImage kernels, booted through the 32-bit boot protocol of `Documentation/arch/x86/boot.rst`:
 //! the protected-mode part is loaded at `code32_start` and entered there in 32-bit protected
 //! mode, with the setup header copied into the zero page.
+//!
+//! linux-loader's `BzImage` copies the protected-mode part. Before it runs, this module refuses
+//! what linux-loader would accept but we cannot boot: a protocol older than 2.06, no
+//! LOADED_HIGH, no protected-mode part, or a kernel outside the load window. It also works out
+//! how much memory the kernel needs while it decompresses itself.
 
+use std::io::Cursor;
 use std::path::Path;
 
-use vm_memory::GuestMemoryMmap;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, KernelLoader};
+use vm_memory::{Address, ByteValued, GuestMemoryMmap};
 
-use crate::bytes::{read_u16, read_u32, read_u64, read_u8};
-use crate::kernel::{BzSetup, LoadWindow, LoadedKernel};
-use crate::zero_page::{SETUP_HEADER, SETUP_HEADER_END_MAX};
-use crate::{guest, BootError, KernelFormat};
+use crate::bytes::read_obj;
+use crate::kernel::{LoadWindow, LoadedKernel};
+use crate::{BootError, KernelFormat};
 
-/// `hdr.setup_sects`: 512-byte setup sectors after the boot sector (0 means 4).
-const SETUP_SECTS: usize = 0x1f1;
-/// The displacement byte of the jump at 0x200; the header ends at 0x202 plus it.
-const JUMP_DISPLACEMENT: usize = 0x201;
-/// Where the setup header's jump lands from.
+/// File offset of `struct setup_header` (`hdr.setup_sects`).
+const SETUP_HEADER: usize = 0x1f1;
+/// Where the setup header's jump lands from; the header ends at this plus its displacement.
 const JUMP_END: usize = 0x202;
-/// `hdr.version` (u16).
-const VERSION: usize = 0x206;
-/// `hdr.loadflags` (u8).
-const LOADFLAGS: usize = 0x211;
-/// `hdr.code32_start` (u32).
-const CODE32_START: usize = 0x214;
-/// `hdr.initrd_addr_max` (u32).
-const INITRD_ADDR_MAX: usize = 0x22c;
-/// `hdr.kernel_alignment` (u32).
-const KERNEL_ALIGNMENT: usize = 0x230;
-/// `hdr.cmdline_size` (u32).
-const CMDLINE_SIZE: usize = 0x238;
-/// `hdr.pref_address` (u64, protocol 2.10).
-const PREF_ADDRESS: usize = 0x258;
-/// `hdr.init_size` (u32, protocol 2.10).
-const INIT_SIZE: usize = 0x260;
-
 /// `loadflags` bit: the protected-mode code is loaded at 0x100000.
 const LOADED_HIGH: u8 = 0x01;
 /// Oldest protocol accepted: 2.06 has `cmdline_size` and a 32-bit entry we can rely on.
@@ -45,47 +33,13 @@ const DEFAULT_SETUP_SECTS: usize = 4;
 /// Sector size.
 const SECTOR_SIZE: usize = 512;
 
-/// The setup header fields the loader needs.
-struct Header {
-    version: u16,
-    loadflags: u8,
-    setup_sects: usize,
-    code32_start: u64,
-    initrd_addr_max: u32,
-    kernel_alignment: u32,
-    cmdline_size: u32,
-    pref_address: u64,
-    init_size: u32,
-    end: usize,
-}
-
-/// Reads the setup header; `None` when the image is too short to hold it.
-fn read_header(image: &[u8]) -> Option<Header> {
-    let sects = usize::from(read_u8(image, SETUP_SECTS)?);
-    Some(Header {
-        version: read_u16(image, VERSION)?,
-        loadflags: read_u8(image, LOADFLAGS)?,
-        setup_sects: if sects == 0 {
-            DEFAULT_SETUP_SECTS
-        } else {
-            sects
-        },
-        code32_start: u64::from(read_u32(image, CODE32_START)?),
-        initrd_addr_max: read_u32(image, INITRD_ADDR_MAX)?,
-        kernel_alignment: read_u32(image, KERNEL_ALIGNMENT)?,
-        cmdline_size: read_u32(image, CMDLINE_SIZE)?,
-        pref_address: read_u64(image, PREF_ADDRESS)?,
-        init_size: read_u32(image, INIT_SIZE)?,
-        end: JUMP_END + usize::from(read_u8(image, JUMP_DISPLACEMENT)?),
-    })
-}
-
-/// Parses and checks the setup header.
-fn parse(path: &Path, image: &[u8]) -> Result<Header, BootError> {
-    let header = read_header(image).ok_or_else(|| BootError::MalformedBzImage {
-        path: path.to_path_buf(),
-        reason: "the file ends inside the setup header",
-    })?;
+/// Reads and checks the setup header.
+fn parse(path: &Path, image: &[u8]) -> Result<setup_header, BootError> {
+    let header: setup_header =
+        read_obj(image, SETUP_HEADER).ok_or_else(|| BootError::MalformedBzImage {
+            path: path.to_path_buf(),
+            reason: "the file ends inside the setup header",
+        })?;
     if header.version < MIN_VERSION {
         return Err(BootError::BzImageTooOld {
             path: path.to_path_buf(),
@@ -100,17 +54,41 @@ fn parse(path: &Path, image: &[u8]) -> Result<Header, BootError> {
     Ok(header)
 }
 
+/// Length of the protected-mode part after the setup sectors; `None` when there is none.
+fn protected_mode_len(header: &setup_header, image: &[u8]) -> Option<u64> {
+    let sects = match usize::from(header.setup_sects) {
+        0 => DEFAULT_SETUP_SECTS,
+        n => n,
+    };
+    let len = image.len().checked_sub((sects + 1) * SECTOR_SIZE)?;
+    (len > 0).then_some(len as u64)
+}
+
+/// The header as the zero page gets it: the bytes past the end its jump gives (code of a kernel
+/// with an older, shorter header) are cleared.
+fn trimmed_to_jump(mut header: setup_header) -> setup_header {
+    let end = JUMP_END + usize::from(header.jump >> 8);
+    if let Some(tail) = header
+        .as_mut_slice()
+        .get_mut(end.saturating_sub(SETUP_HEADER)..)
+    {
+        tail.fill(0);
+    }
+    header
+}
+
 /// End of the memory the kernel needs while it decompresses itself: `init_size` bytes from
 /// where it runs (its load address aligned up, but not below `pref_address`).
-fn footprint_end(header: &Header, loaded_end: u64) -> u64 {
+fn footprint_end(header: &setup_header, loaded_end: u64) -> u64 {
     if header.version < VERSION_INIT_SIZE || header.init_size == 0 {
         return loaded_end;
     }
+    let code32_start = u64::from(header.code32_start);
     let align = u64::from(header.kernel_alignment);
     let aligned = if align.is_power_of_two() {
-        header.code32_start.saturating_add(align - 1) & !(align - 1)
+        code32_start.saturating_add(align - 1) & !(align - 1)
     } else {
-        header.code32_start
+        code32_start
     };
     let runtime_start = aligned.max(header.pref_address);
     loaded_end.max(runtime_start.saturating_add(u64::from(header.init_size)))
@@ -123,36 +101,25 @@ pub(crate) fn load(
     image: &[u8],
     window: &LoadWindow,
 ) -> Result<LoadedKernel, BootError> {
-    let malformed = |reason| BootError::MalformedBzImage {
-        path: path.to_path_buf(),
-        reason,
-    };
     let header = parse(path, image)?;
-    let setup_bytes = image
-        .get(SETUP_HEADER..header.end.min(SETUP_HEADER_END_MAX))
-        .ok_or_else(|| malformed("the file ends inside the setup header"))?;
-    let pm = image
-        .get((header.setup_sects + 1) * SECTOR_SIZE..)
-        .filter(|pm| !pm.is_empty())
-        .ok_or_else(|| malformed("no protected-mode kernel follows the setup sectors"))?;
-    let pm_len = pm.len() as u64;
-    window.check(path, header.code32_start, pm_len)?;
-    guest::write(
-        mem,
-        header.code32_start,
-        pm,
-        "bzImage protected-mode kernel",
-    )?;
+    let pm_len = protected_mode_len(&header, image).ok_or_else(|| BootError::MalformedBzImage {
+        path: path.to_path_buf(),
+        reason: "no protected-mode kernel follows the setup sectors",
+    })?;
+    window.check(path, u64::from(header.code32_start), pm_len)?;
+    let loaded = BzImage::load(mem, None, &mut Cursor::new(image), None).map_err(|source| {
+        BootError::LoadKernel {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let start = loaded.kernel_load.raw_value();
     Ok(LoadedKernel {
         format: KernelFormat::BzImage,
-        entry: header.code32_start,
-        start: header.code32_start,
-        end: footprint_end(&header, header.code32_start + pm_len),
-        setup: Some(BzSetup {
-            header: setup_bytes.to_vec(),
-            initrd_addr_max: header.initrd_addr_max,
-            cmdline_size: header.cmdline_size,
-        }),
+        entry: start,
+        start,
+        end: footprint_end(&header, loaded.kernel_end),
+        setup: Some(trimmed_to_jump(header)),
     })
 }
 
@@ -201,11 +168,19 @@ mod tests {
         let kernel = load_image(&image).unwrap();
         assert_eq!(kernel.cmdline_limit(), Some(2048));
         let setup = kernel.setup.unwrap();
-        assert_eq!(setup.header, image[0x1f1..0x268]);
+        assert_eq!(setup.as_slice()[..0x268 - 0x1f1], image[0x1f1..0x268]);
         assert_eq!(
-            (setup.cmdline_size, setup.initrd_addr_max),
+            ({ setup.cmdline_size }, { setup.initrd_addr_max }),
             (2048, 0x37ff_ffff)
         );
+    }
+
+    #[test]
+    fn setup_header_bytes_past_the_jump_target_are_cleared() {
+        let mut image = bzimage(0x020f, LOADED_HIGH, 4, &[0xaa; 16]);
+        image[0x268..0x26c].copy_from_slice(&[0xcc; 4]);
+        let setup = load_image(&image).unwrap().setup.unwrap();
+        assert_eq!(setup.as_slice()[0x268 - 0x1f1..], [0; 4]);
     }
 
     #[test]

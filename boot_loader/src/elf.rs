@@ -1,214 +1,112 @@
 //! ELF64 x86_64 kernels (`vmlinux`), entered in 64-bit mode at `e_entry`, or in 32-bit mode at
 //! the Xen PVH entry point when the image carries a `XEN_ELFNOTE_PHYS32_ENTRY` note.
 //!
-//! Every offset and size in the headers comes from the file and is bounds-checked before use.
+//! linux-loader's `Elf` copies the segments and finds the PVH note. Before it runs, this module
+//! checks what it does not: the class and machine, and that every loadable segment's data lies
+//! in the file and its memory in the load window. Afterwards it zeroes each segment's memory
+//! beyond its file size, which linux-loader leaves as it was.
 
+use std::io::Cursor;
 use std::path::Path;
 
-use vm_memory::GuestMemoryMmap;
+use linux_loader::elf::{
+    Elf64_Ehdr, Elf64_Phdr, EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD,
+};
+use linux_loader::loader::{Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, GuestMemoryMmap};
 
-use crate::bytes::{read_u16, read_u32, read_u64, read_u8};
+use crate::bytes::read_obj;
 use crate::kernel::{LoadWindow, LoadedKernel};
 use crate::{guest, BootError, KernelFormat};
 
-/// `e_ident[EI_CLASS]` and its 64-bit value.
-const EI_CLASS: usize = 4;
-const ELFCLASS64: u8 = 2;
-/// `e_ident[EI_DATA]` and its little-endian value.
-const EI_DATA: usize = 5;
-const ELFDATA2LSB: u8 = 1;
-/// ELF header fields.
-const E_MACHINE: usize = 0x12;
-const E_ENTRY: usize = 0x18;
-const E_PHOFF: usize = 0x20;
-const E_PHENTSIZE: usize = 0x36;
-const E_PHNUM: usize = 0x38;
-/// `e_machine` of x86_64.
-const EM_X86_64: u16 = 62;
-/// Size of an ELF64 program header.
-const PHDR_SIZE: usize = 56;
-/// Program header types.
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-/// Note header size: namesz, descsz, type.
-const NOTE_HEADER_SIZE: usize = 12;
-/// Xen's note name and the PVH entry point note type.
-const XEN_NOTE_NAME: &[u8] = b"Xen";
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-
-/// The fields of a program header the loader uses.
-struct ProgramHeader {
-    p_type: u32,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
+/// Size of an ELF64 program header, the only entry size linux-loader reads.
+const PHDR_SIZE: usize = std::mem::size_of::<Elf64_Phdr>();
 
 /// Checks class, byte order and machine.
-fn check_ident(path: &Path, image: &[u8]) -> Result<(), BootError> {
+fn check_ident(path: &Path, ehdr: &Elf64_Ehdr) -> Result<(), BootError> {
     let unsupported = |found: String| BootError::UnsupportedElf {
         path: path.to_path_buf(),
         found,
     };
-    let class = read_u8(image, EI_CLASS).unwrap_or(0);
+    let class = ehdr.e_ident[EI_CLASS];
     if class != ELFCLASS64 {
         return Err(unsupported(format!("class {class} (64-bit is class 2)")));
     }
-    let data = read_u8(image, EI_DATA).unwrap_or(0);
+    let data = ehdr.e_ident[EI_DATA];
     if data != ELFDATA2LSB {
         return Err(unsupported(format!(
             "data encoding {data} (little-endian is 1)"
         )));
     }
-    let machine = read_u16(image, E_MACHINE).unwrap_or(0);
+    let machine = ehdr.e_machine;
     if machine != EM_X86_64 {
         return Err(unsupported(format!("machine {machine} (x86_64 is 62)")));
     }
     Ok(())
 }
 
-/// The program header at `off`, or `None` when it does not lie inside the file.
-fn program_header(image: &[u8], off: usize) -> Option<ProgramHeader> {
-    let ph = image.get(off..off.checked_add(PHDR_SIZE)?)?;
-    Some(ProgramHeader {
-        p_type: read_u32(ph, 0)?,
-        offset: read_u64(ph, 0x08)?,
-        paddr: read_u64(ph, 0x18)?,
-        filesz: read_u64(ph, 0x20)?,
-        memsz: read_u64(ph, 0x28)?,
-    })
-}
-
-/// All program headers.
-fn program_headers(image: &[u8]) -> Result<Vec<ProgramHeader>, &'static str> {
-    let truncated = "the ELF header is truncated";
-    let phoff = read_u64(image, E_PHOFF).ok_or(truncated)?;
-    let phentsize = usize::from(read_u16(image, E_PHENTSIZE).ok_or(truncated)?);
-    let phnum = usize::from(read_u16(image, E_PHNUM).ok_or(truncated)?);
-    if phnum == 0 {
-        return Err("it has no program headers");
-    }
-    if phentsize < PHDR_SIZE {
-        return Err("its program header entries are smaller than 56 bytes");
+/// The PT_LOAD program headers.
+fn load_headers(image: &[u8], ehdr: &Elf64_Ehdr) -> Result<Vec<Elf64_Phdr>, &'static str> {
+    if usize::from(ehdr.e_phentsize) != PHDR_SIZE {
+        return Err("its program header entries are not 56 bytes long");
     }
     let beyond = "the program header table lies beyond the end of the file";
-    let phoff = usize::try_from(phoff).map_err(|_| beyond)?;
-    (0..phnum)
+    let phoff = usize::try_from(ehdr.e_phoff).map_err(|_| beyond)?;
+    let headers = (0..usize::from(ehdr.e_phnum))
         .map(|i| {
-            let off = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff));
-            off.and_then(|off| program_header(image, off)).ok_or(beyond)
+            let off = i.checked_mul(PHDR_SIZE).and_then(|o| o.checked_add(phoff));
+            off.and_then(|off| read_obj::<Elf64_Phdr>(image, off))
+                .ok_or(beyond)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(headers
+        .into_iter()
+        .filter(|ph| ph.p_type == PT_LOAD)
+        .collect())
 }
 
-/// The file bytes `[offset, offset + len)`, or `None` when they are not all in the file.
-fn file_range(image: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    image.get(start..end)
+/// Whether the file bytes `[offset, offset + len)` all lie inside the image.
+fn in_file(image: &[u8], offset: u64, len: u64) -> bool {
+    offset
+        .checked_add(len)
+        .is_some_and(|end| end <= image.len() as u64)
 }
 
-/// Copies one PT_LOAD segment to its physical address and zeroes the rest of its memory size.
-fn load_segment(
-    mem: &GuestMemoryMmap,
+/// Checks that a PT_LOAD segment's data is in the file and its memory in `window`.
+fn check_segment(
     path: &Path,
     image: &[u8],
-    ph: &ProgramHeader,
+    ph: &Elf64_Phdr,
     window: &LoadWindow,
 ) -> Result<(), BootError> {
     let malformed = |reason| BootError::MalformedElf {
         path: path.to_path_buf(),
         reason,
     };
-    if ph.filesz > ph.memsz {
+    if ph.p_filesz > ph.p_memsz {
         return Err(malformed("a segment's file size exceeds its memory size"));
     }
-    let data = file_range(image, ph.offset, ph.filesz)
-        .ok_or_else(|| malformed("a segment's data lies beyond the end of the file"))?;
-    window.check(path, ph.paddr, ph.memsz)?;
-    guest::write(mem, ph.paddr, data, "ELF segment")?;
-    guest::zero(
-        mem,
-        ph.paddr + ph.filesz,
-        ph.memsz - ph.filesz,
-        "ELF segment",
-    )
-}
-
-/// The PVH entry point in a block of notes, if there is one.
-fn pvh_entry_in_notes(notes: &[u8]) -> Result<Option<u64>, &'static str> {
-    let overrun = "an ELF note runs past the end of its segment";
-    let mut pos = 0usize;
-    while pos + NOTE_HEADER_SIZE <= notes.len() {
-        let field = |n: usize| {
-            read_u32(notes, pos + 4 * n)
-                .map(|v| v as usize)
-                .ok_or(overrun)
-        };
-        let (namesz, descsz, n_type) = (field(0)?, field(1)?, field(2)?);
-        let name_start = pos + NOTE_HEADER_SIZE;
-        let desc_start = name_start
-            .checked_add(align4(namesz).ok_or(overrun)?)
-            .ok_or(overrun)?;
-        let desc_end = desc_start.checked_add(descsz).ok_or(overrun)?;
-        let name = notes.get(name_start..name_start + namesz).ok_or(overrun)?;
-        let desc = notes.get(desc_start..desc_end).ok_or(overrun)?;
-        if n_type == XEN_ELFNOTE_PHYS32_ENTRY as usize && trim_nul(name) == XEN_NOTE_NAME {
-            return match desc.len() {
-                4 => Ok(read_u32(desc, 0).map(u64::from)),
-                8 => Ok(read_u64(desc, 0)),
-                _ => Err("the Xen PVH entry note is neither 4 nor 8 bytes long"),
-            };
-        }
-        pos = desc_start
-            .checked_add(align4(descsz).ok_or(overrun)?)
-            .ok_or(overrun)?;
+    if !in_file(image, ph.p_offset, ph.p_filesz) {
+        return Err(malformed(
+            "a segment's data lies beyond the end of the file",
+        ));
     }
-    Ok(None)
+    window.check(path, ph.p_paddr, ph.p_memsz)
 }
 
-/// `n` rounded up to a multiple of 4.
-fn align4(n: usize) -> Option<usize> {
-    Some(n.checked_add(3)? & !3)
+/// The range the segments cover; `None` when there are none.
+fn span(headers: &[Elf64_Phdr]) -> Option<(u64, u64)> {
+    // `check_segment` checked that no end overflows.
+    let start = headers.iter().map(|ph| ph.p_paddr).min()?;
+    let end = headers.iter().map(|ph| ph.p_paddr + ph.p_memsz).max()?;
+    Some((start, end))
 }
 
-/// `name` without trailing NULs.
-fn trim_nul(name: &[u8]) -> &[u8] {
-    let len = name.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    &name[..len]
-}
-
-/// The PVH entry point from the PT_NOTE segments, if any carries one.
-fn find_pvh_entry(image: &[u8], headers: &[ProgramHeader]) -> Result<Option<u64>, &'static str> {
-    for ph in headers.iter().filter(|ph| ph.p_type == PT_NOTE) {
-        let notes = file_range(image, ph.offset, ph.filesz)
-            .ok_or("a note segment lies beyond the end of the file")?;
-        if let Some(entry) = pvh_entry_in_notes(notes)? {
-            return Ok(Some(entry));
-        }
-    }
-    Ok(None)
-}
-
-/// Loads every PT_LOAD segment; returns the range they cover.
-fn load_segments(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    image: &[u8],
-    headers: &[ProgramHeader],
-    window: &LoadWindow,
-) -> Result<(u64, u64), BootError> {
-    let mut range: Option<(u64, u64)> = None;
-    for ph in headers.iter().filter(|ph| ph.p_type == PT_LOAD) {
-        load_segment(mem, path, image, ph, window)?;
-        // `load_segment` checked that the end does not overflow.
-        let (start, end) = (ph.paddr, ph.paddr + ph.memsz);
-        range = Some(range.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
-    }
-    range.ok_or_else(|| BootError::MalformedElf {
-        path: path.to_path_buf(),
-        reason: "it has no loadable segment",
+/// Zeroes each segment's memory beyond its file size.
+fn zero_bss(mem: &GuestMemoryMmap, headers: &[Elf64_Phdr]) -> Result<(), BootError> {
+    headers.iter().try_for_each(|ph| {
+        let len = ph.p_memsz - ph.p_filesz;
+        guest::zero(mem, ph.p_paddr + ph.p_filesz, len, "ELF segment")
     })
 }
 
@@ -223,14 +121,24 @@ pub(crate) fn load(
         path: path.to_path_buf(),
         reason,
     };
-    check_ident(path, image)?;
-    let headers = program_headers(image).map_err(malformed)?;
-    let pvh_entry = find_pvh_entry(image, &headers).map_err(malformed)?;
-    let (start, end) = load_segments(mem, path, image, &headers, window)?;
-    let e_entry = read_u64(image, E_ENTRY).unwrap_or(0);
-    let (format, entry) = match pvh_entry {
-        Some(entry) => (KernelFormat::ElfPvh, entry),
-        None => (KernelFormat::Elf, e_entry),
+    let ehdr: Elf64_Ehdr =
+        read_obj(image, 0).ok_or_else(|| malformed("the ELF header is truncated"))?;
+    check_ident(path, &ehdr)?;
+    let headers = load_headers(image, &ehdr).map_err(malformed)?;
+    for ph in &headers {
+        check_segment(path, image, ph, window)?;
+    }
+    let (start, end) = span(&headers).ok_or_else(|| malformed("it has no loadable segment"))?;
+    let loaded = Elf::load(mem, None, &mut Cursor::new(image), None).map_err(|source| {
+        BootError::LoadKernel {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    zero_bss(mem, &headers)?;
+    let (format, entry) = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => (KernelFormat::ElfPvh, addr.raw_value()),
+        _ => (KernelFormat::Elf, ehdr.e_entry),
     };
     if !(start..end).contains(&entry) {
         return Err(BootError::EntryOutsideKernel {
@@ -343,10 +251,34 @@ mod tests {
     }
 
     #[test]
-    fn note_with_oversized_descriptor_is_refused() {
-        let mut note = elf_note(b"Xen\0", 18, &[0; 4]);
-        note[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        assert!(pvh_entry_in_notes(&note).is_err());
+    fn pvh_note_whose_descriptor_runs_past_the_file_is_refused() {
+        let mem = guest_memory(RAM);
+        let mut note = elf_note(b"Xen\0", 18, &[]);
+        note[4..8].copy_from_slice(&4u32.to_le_bytes());
+        let image = elf_image(
+            0x100_0000,
+            &[segment(0x100_0000, &[0x90; 64], 64)],
+            Some(&note),
+        );
+        assert!(matches!(
+            load_image(&mem, &image),
+            Err(BootError::LoadKernel { .. })
+        ));
+    }
+
+    #[test]
+    fn pvh_note_too_short_for_a_32_bit_entry_is_refused() {
+        let mem = guest_memory(RAM);
+        let note = elf_note(b"Xen\0", 18, &[0x10, 0x00]);
+        let image = elf_image(
+            0x100_0000,
+            &[segment(0x100_0000, &[0x90; 64], 64)],
+            Some(&note),
+        );
+        assert!(matches!(
+            load_image(&mem, &image),
+            Err(BootError::LoadKernel { .. })
+        ));
     }
 
     #[test]

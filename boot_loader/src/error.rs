@@ -102,6 +102,15 @@ pub enum BootError {
         /// The image.
         path: PathBuf,
     },
+    /// linux-loader could not load the kernel image into guest memory.
+    #[error("cannot load kernel image {path:?} into guest memory")]
+    LoadKernel {
+        /// The image.
+        path: PathBuf,
+        /// linux-loader's failure.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
     /// The kernel would land outside the usable RAM.
     #[error(
         "kernel image {path:?} needs [{start:#x}, {end:#x}), outside the usable guest RAM \

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use linux_loader::loader::bootparam::setup_header;
 use vm_memory::GuestMemoryMmap;
 
 use crate::layout::{FOUR_GIB, RAW_KERNEL_ADDR};
@@ -10,9 +11,9 @@ use crate::{bzimage, elf, guest, BootError, CpuMode, KernelFormat};
 /// ELF magic at offset 0.
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 /// Offset of the bzImage setup header magic.
-pub(crate) const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
+const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
 /// The bzImage setup header magic, "HdrS".
-pub(crate) const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
+const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
 /// How many leading bytes must be text for a file to count as text.
 const TEXT_PROBE_LEN: usize = 512;
 
@@ -40,17 +41,6 @@ impl LoadWindow {
     }
 }
 
-/// What a bzImage's setup header tells the rest of the loader.
-#[derive(Debug)]
-pub(crate) struct BzSetup {
-    /// The setup header bytes, file offsets 0x1f1 up to its end, for the zero page.
-    pub(crate) header: Vec<u8>,
-    /// Highest address the initrd may occupy.
-    pub(crate) initrd_addr_max: u32,
-    /// Longest command line the kernel accepts, without its NUL.
-    pub(crate) cmdline_size: u32,
-}
-
 /// A kernel loaded into guest memory.
 #[derive(Debug)]
 pub(crate) struct LoadedKernel {
@@ -62,8 +52,8 @@ pub(crate) struct LoadedKernel {
     pub(crate) start: u64,
     /// End (exclusive) of the memory it occupies or needs while starting.
     pub(crate) end: u64,
-    /// The setup header of a bzImage.
-    pub(crate) setup: Option<BzSetup>,
+    /// The setup header of a bzImage, as the zero page gets it.
+    pub(crate) setup: Option<setup_header>,
 }
 
 impl LoadedKernel {
@@ -77,13 +67,13 @@ impl LoadedKernel {
 
     /// The command line length limit the kernel itself sets, if any.
     pub(crate) fn cmdline_limit(&self) -> Option<u32> {
-        self.setup.as_ref().map(|s| s.cmdline_size)
+        self.setup.map(|s| s.cmdline_size)
     }
 
     /// The address the initrd must end below, given the end of low RAM.
     pub(crate) fn initrd_limit(&self, low_ram_end: u64) -> u64 {
         let limit = low_ram_end.min(FOUR_GIB);
-        match &self.setup {
+        match self.setup {
             Some(s) => limit.min(u64::from(s.initrd_addr_max) + 1),
             None => limit,
         }
@@ -268,10 +258,10 @@ mod tests {
             setup: None,
         };
         assert_eq!(kernel.initrd_limit(RAM), RAM);
-        kernel.setup = Some(BzSetup {
-            header: Vec::new(),
+        kernel.setup = Some(setup_header {
             initrd_addr_max: 0x1ff_ffff,
             cmdline_size: 255,
+            ..Default::default()
         });
         assert_eq!(kernel.initrd_limit(RAM), 0x200_0000);
         assert_eq!(kernel.cmdline_limit(), Some(255));

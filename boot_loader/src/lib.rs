@@ -7,9 +7,12 @@
 //! initial vCPU state, where things went — for the machine to program into vCPU 0.
 //!
 //! It must not know about KVM, devices or the event loop: it only writes into a
-//! `GuestMemoryMmap`, so every byte it produces can be checked by unit tests. Every structure
-//! is written as explicit little-endian bytes at documented offsets; there is no unsafe code.
-//! Where things live is in [`layout`].
+//! `GuestMemoryMmap`, so every byte it produces can be checked by unit tests. rust-vmm's
+//! linux-loader copies ELF segments and bzImages into memory and gives the `boot_params` and
+//! PVH `hvm_start_info` layouts; format detection, raw images, the E820 map, the MP table, the
+//! GDT and the page tables are this crate's own, written as little-endian bytes at documented
+//! offsets. There is no unsafe code: linux-loader's layouts are `ByteValued`, so they are
+//! read and written as plain bytes. Where things live is in [`layout`].
 
 #![forbid(unsafe_code)]
 // Tests may unwrap: a panic is how they fail.
@@ -151,7 +154,7 @@ fn write_boot_params(
         return Ok(PVH_START_INFO_ADDR);
     }
     let zp = zero_page::ZeroPage {
-        setup_header: kernel.setup.as_ref().map(|s| s.header.as_slice()),
+        setup_header: kernel.setup.as_ref(),
         cmdline_len: cfg.cmdline.len(),
         initrd,
         e820,
