@@ -9,10 +9,31 @@ use address_space::vm_memory::GuestMemoryMmap;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-/// InterruptStatus bit: the device has used a buffer in at least one queue.
-pub const INT_USED_BUFFER: u32 = 1;
-/// InterruptStatus bit: the device's configuration has changed.
-pub const INT_CONFIG_CHANGE: u32 = 2;
+/// InterruptStatus bits: the device used a buffer in at least one queue (`INT_USED_BUFFER`);
+/// its configuration changed (`INT_CONFIG_CHANGE`).
+pub use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_INT_CONFIG as INT_CONFIG_CHANGE, VIRTIO_MMIO_INT_VRING as INT_USED_BUFFER,
+};
+
+/// The mask of feature bit `bit`: virtio-bindings numbers feature bits, the transport and the
+/// devices handle 64-bit masks.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
+
+/// A virtio-bindings value (a `u32`) stored in a one-byte field; evaluated in a constant, a value
+/// that does not fit fails the build.
+pub(crate) const fn to_u8(value: u32) -> u8 {
+    assert!(value <= u8::MAX as u32);
+    value as u8
+}
+
+/// A virtio-bindings value (a `u32`) stored in a two-byte field; evaluated in a constant, a value
+/// that does not fit fails the build.
+pub(crate) const fn to_u16(value: u32) -> u16 {
+    assert!(value <= u16::MAX as u32);
+    value as u16
+}
 
 /// Why a device could not be activated.
 #[derive(Debug, thiserror::Error)]

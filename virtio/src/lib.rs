@@ -19,7 +19,8 @@ mod testing;
 
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
 pub use device::{
-    ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_BUFFER,
+    feature, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_CONFIG_CHANGE,
+    INT_USED_BUFFER,
 };
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{
@@ -28,5 +29,8 @@ pub use net::{
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
 
+/// The Linux virtio headers the devices follow (feature bits, request types, status values).
+pub use virtio_bindings;
+
 /// Virtio device ID of a block device.
-pub const DEVICE_TYPE_BLOCK: u32 = 2;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK as DEVICE_TYPE_BLOCK;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use address_space::vm_memory::{GuestAddress, GuestMemoryMmap};
 use address_space::IoHandler;
 use log::{debug, warn};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueState, QueueT};
 
-use crate::device::{Interrupt, VirtioDevice, INT_CONFIG_CHANGE};
+use crate::device::{feature, Interrupt, VirtioDevice, INT_CONFIG_CHANGE};
 
 /// "virt" in little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -25,21 +26,16 @@ pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the device configuration space.
 pub const MMIO_CONFIG_OFFSET: u64 = 0x100;
 
-/// Feature bit 32: the device and driver follow virtio 1.x.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-
-/// Device status: the guest found the device.
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-/// Device status: the guest has a driver for it.
-pub const STATUS_DRIVER: u32 = 2;
-/// Device status: the driver is ready; the device may run.
-pub const STATUS_DRIVER_OK: u32 = 4;
-/// Device status: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u32 = 8;
-/// Device status (set by the device): it hit an error and needs a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
-/// Device status: the driver gave up on the device.
-pub const STATUS_FAILED: u32 = 0x80;
+/// Device status bits (virtio 1.2, 2.1): the guest found the device (`STATUS_ACKNOWLEDGE`),
+/// has a driver for it (`STATUS_DRIVER`), the driver is ready (`STATUS_DRIVER_OK`), feature
+/// negotiation is done (`STATUS_FEATURES_OK`), the device needs a reset
+/// (`STATUS_DEVICE_NEEDS_RESET`), the guest gave up on it (`STATUS_FAILED`).
+pub use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as STATUS_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as STATUS_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as STATUS_DRIVER_OK, VIRTIO_CONFIG_S_FAILED as STATUS_FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as STATUS_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET as STATUS_DEVICE_NEEDS_RESET,
+};
 
 /// Register offsets of layout version 2.
 pub mod reg {
@@ -199,7 +195,7 @@ impl MmioTransport {
     }
 
     fn device_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.device.features() | feature(VIRTIO_F_VERSION_1)
     }
 
     fn selected_queue(&self) -> Option<&QueueRegs> {
@@ -357,7 +353,7 @@ impl MmioTransport {
             warn!("virtio-mmio: driver accepted features {unknown:#x} never offered");
             return false;
         }
-        if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+        if self.driver_features & feature(VIRTIO_F_VERSION_1) == 0 {
             warn!("virtio-mmio: driver lacks VIRTIO_F_VERSION_1 (legacy drivers unsupported)");
             return false;
         }
@@ -608,7 +604,7 @@ mod tests {
         let activations = &state.lock().unwrap().activations;
         assert_eq!(
             activations.as_slice(),
-            &[(FAKE_FEATURE | VIRTIO_F_VERSION_1, vec![true, true])]
+            &[(FAKE_FEATURE | feature(VIRTIO_F_VERSION_1), vec![true, true])]
         );
     }
 
@@ -622,18 +618,21 @@ mod tests {
     #[test]
     fn features_ok_is_refused_without_version_1() {
         let (mut t, _) = transport();
-        let status = negotiate(&mut t, |f| f & !VIRTIO_F_VERSION_1);
+        let status = negotiate(&mut t, |f| f & !feature(VIRTIO_F_VERSION_1));
         assert_eq!(status & STATUS_FEATURES_OK, 0);
     }
 
     #[test]
     fn driver_features_written_after_features_ok_are_ignored() {
         let (mut t, state) = transport();
-        let status = negotiate(&mut t, |_| VIRTIO_F_VERSION_1);
+        let status = negotiate(&mut t, |_| feature(VIRTIO_F_VERSION_1));
         wr(&mut t, 0x24, 0);
         wr(&mut t, 0x20, FAKE_FEATURE as u32);
         wr(&mut t, 0x70, status | STATUS_DRIVER_OK);
-        assert_eq!(state.lock().unwrap().activations[0].0, VIRTIO_F_VERSION_1);
+        assert_eq!(
+            state.lock().unwrap().activations[0].0,
+            feature(VIRTIO_F_VERSION_1)
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::device::{
 };
 
 /// Virtio device ID of an entropy source.
-pub const DEVICE_TYPE_RNG: u32 = 4;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_RNG as DEVICE_TYPE_RNG;
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Most bytes served for one request (Linux asks for at most a page or so).

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use address_space::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use address_space::IoHandler;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+use crate::device::to_u16;
 use crate::mmio::{
     MmioTransport, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
@@ -14,9 +16,9 @@ use crate::mmio::{
 /// Size of the test guest's RAM.
 pub(crate) const MEM_SIZE: u64 = 0x10_0000;
 /// Descriptor flag: the chain goes on at `next`.
-pub(crate) const F_NEXT: u16 = 1;
+pub(crate) const F_NEXT: u16 = to_u16(VRING_DESC_F_NEXT);
 /// Descriptor flag: the device writes this buffer.
-pub(crate) const F_WRITE: u16 = 2;
+pub(crate) const F_WRITE: u16 = to_u16(VRING_DESC_F_WRITE);
 
 /// One page-aligned RAM range at guest-physical 0.
 pub(crate) fn memory() -> Arc<GuestMemoryMmap> {

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use address_space::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use address_space::IoHandler;
 use libfuzzer_sys::fuzz_target;
-use virtio::net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX,
+use virtio::feature;
+use virtio::virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
 };
+use virtio::virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio::{Interrupt, MmioTransport, Net, NetOptions, SharedNet, TapError, TapIo};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -86,20 +87,24 @@ fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
 }
 
 fn features(select: u8) -> u64 {
-    let mut f = VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+    let mut f = feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS);
     if select & 1 != 0 {
-        f |= VIRTIO_NET_F_MRG_RXBUF;
+        f |= feature(VIRTIO_NET_F_MRG_RXBUF);
     }
     if select & 2 != 0 {
-        f |= VIRTIO_RING_F_EVENT_IDX;
+        f |= feature(VIRTIO_RING_F_EVENT_IDX);
     }
     if select & 4 != 0 {
-        f |= VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6;
-        f |= VIRTIO_NET_F_HOST_UFO;
+        f |= feature(VIRTIO_NET_F_CSUM)
+            | feature(VIRTIO_NET_F_HOST_TSO4)
+            | feature(VIRTIO_NET_F_HOST_TSO6);
+        f |= feature(VIRTIO_NET_F_HOST_UFO);
     }
     if select & 8 != 0 {
-        f |= VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
-        f |= VIRTIO_NET_F_GUEST_UFO;
+        f |= feature(VIRTIO_NET_F_GUEST_CSUM)
+            | feature(VIRTIO_NET_F_GUEST_TSO4)
+            | feature(VIRTIO_NET_F_GUEST_TSO6);
+        f |= feature(VIRTIO_NET_F_GUEST_UFO);
     }
     f
 }

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use address_space::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::T_IN;
 use super::*;
 use crate::mmio::MmioTransport;
 use crate::testing::{probe, wr, TestQueue, F_NEXT, F_WRITE};
@@ -38,7 +38,7 @@ impl Bench {
         let sector = (self.rng >> 33) % self.blocks * (BLOCK / SECTOR_SIZE);
         let s = u64::from(slot);
         let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&T_IN.to_le_bytes());
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
         h[8..16].copy_from_slice(&sector.to_le_bytes());
         self.mem
             .write_slice(&h, GuestAddress(HDR + s * 16))

@@ -22,28 +22,20 @@ use self::request::{execute, finish, start, AsyncRequest, Disk, Outcome, Started
 pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::uring::{Completion, Uring};
+use crate::device::feature;
 use crate::device::{
     read_config_bytes, single_queue, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
     INT_USED_BUFFER,
 };
 use crate::DEVICE_TYPE_BLOCK;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
 
 /// The size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
-
-/// Feature: config seg_max is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
-/// Feature: the disk is read-only.
-pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
-/// Feature: config blk_size is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
-/// Feature: FLUSH requests.
-pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-/// Feature: DISCARD requests.
-pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
-/// Feature: WRITE_ZEROES requests.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 
 /// Bytes of configuration space (struct virtio_blk_config up to write_zeroes_may_unmap).
 const CONFIG_SIZE: usize = 60;
@@ -172,13 +164,15 @@ impl Block {
     ) -> Result<Block, BlockError> {
         let id = serial_id(serial)?;
         let capacity = disk.size() / SECTOR_SIZE;
-        let mut features = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        let mut features = feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_FLUSH);
         if readonly {
-            features |= VIRTIO_BLK_F_RO;
+            features |= feature(VIRTIO_BLK_F_RO);
         } else {
-            features |= VIRTIO_BLK_F_WRITE_ZEROES;
+            features |= feature(VIRTIO_BLK_F_WRITE_ZEROES);
             if disk.supports_discard() {
-                features |= VIRTIO_BLK_F_DISCARD;
+                features |= feature(VIRTIO_BLK_F_DISCARD);
             }
         }
         Ok(Shared::new(BlockState {
@@ -213,8 +207,8 @@ fn serial_id(serial: &str) -> Result<[u8; ID_BYTES], BlockError> {
 }
 
 impl BlockState {
-    fn has(&self, feature: u64) -> bool {
-        self.features & feature != 0
+    fn has(&self, bit: u32) -> bool {
+        self.features & feature(bit) != 0
     }
 
     /// The medium as requests see it, with the queue and the engine they run on, borrowed

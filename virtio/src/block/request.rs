@@ -9,12 +9,18 @@ use std::io::{self, Read, Write};
 
 use address_space::vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use log::{debug, warn};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 
 use super::aligned::AlignedBuf;
 use super::disk::DiskBackend;
 use super::uring::IoKind;
+use crate::device::to_u8;
 
 /// Bytes in a virtio-blk sector.
 pub const SECTOR_SIZE: u64 = 512;
@@ -23,21 +29,11 @@ pub const ID_BYTES: usize = 20;
 /// Segments accepted in one DISCARD or WRITE_ZEROES request (config max_*_seg).
 pub const MAX_SEGMENTS: usize = 1;
 
-/// Request types (virtio 1.2, 5.2.6).
-pub(crate) const T_IN: u32 = 0;
-pub(crate) const T_OUT: u32 = 1;
-pub(crate) const T_FLUSH: u32 = 4;
-pub(crate) const T_GET_ID: u32 = 8;
-pub(crate) const T_DISCARD: u32 = 11;
-pub(crate) const T_WRITE_ZEROES: u32 = 13;
-
 /// Status values written in the request's last byte.
-pub(crate) const S_OK: u8 = 0;
-pub(crate) const S_IOERR: u8 = 1;
-pub(crate) const S_UNSUPP: u8 = 2;
+pub(crate) const S_OK: u8 = to_u8(VIRTIO_BLK_S_OK);
+pub(crate) const S_IOERR: u8 = to_u8(VIRTIO_BLK_S_IOERR);
+pub(crate) const S_UNSUPP: u8 = to_u8(VIRTIO_BLK_S_UNSUPP);
 
-/// WRITE_ZEROES segment flag: the range may be deallocated.
-const SEGMENT_F_UNMAP: u32 = 1;
 /// Header bytes: type, reserved (ioprio), sector.
 const HEADER_SIZE: usize = 16;
 /// Bytes of one DISCARD/WRITE_ZEROES segment: sector, num_sectors, flags.
@@ -353,35 +349,35 @@ fn serve(
 
     let done = Served::Done;
     match request_type {
-        T_IN if allow_async && writer.available_bytes() <= MAX_ASYNC_BYTES => {
+        VIRTIO_BLK_T_IN if allow_async && writer.available_bytes() <= MAX_ASYNC_BYTES => {
             start_read(disk, mem, sector, (&reader, &writer), descs)
         }
-        T_OUT if allow_async && reader.available_bytes() <= MAX_ASYNC_BYTES => {
+        VIRTIO_BLK_T_OUT if allow_async && reader.available_bytes() <= MAX_ASYNC_BYTES => {
             start_write(disk, sector, &mut reader, data_in)
         }
-        T_FLUSH if allow_async => {
+        VIRTIO_BLK_T_FLUSH if allow_async => {
             only_header(&reader, data_in)?;
             Ok(Served::Async(AsyncOp::Flush, None))
         }
-        T_IN => read(disk, sector, &mut reader, &mut writer).map(done),
-        T_OUT => write(disk, sector, &mut reader, data_in).map(done),
-        T_FLUSH => {
+        VIRTIO_BLK_T_IN => read(disk, sector, &mut reader, &mut writer).map(done),
+        VIRTIO_BLK_T_OUT => write(disk, sector, &mut reader, data_in).map(done),
+        VIRTIO_BLK_T_FLUSH => {
             only_header(&reader, data_in)?;
             disk.backend.flush().map_err(RequestError::Io)?;
             Ok(done(0))
         }
-        T_GET_ID => {
+        VIRTIO_BLK_T_GET_ID => {
             let n = data_in.min(ID_BYTES);
             writer
                 .write_all(&disk.serial[..n])
                 .map_err(|_| RequestError::OutsideRam)?;
             Ok(done(n as u32))
         }
-        T_DISCARD if disk.discard && !disk.readonly => {
+        VIRTIO_BLK_T_DISCARD if disk.discard && !disk.readonly => {
             segments(disk, &mut reader, data_in, false)?;
             Ok(done(0))
         }
-        T_WRITE_ZEROES if disk.write_zeroes && !disk.readonly => {
+        VIRTIO_BLK_T_WRITE_ZEROES if disk.write_zeroes && !disk.readonly => {
             segments(disk, &mut reader, data_in, true)?;
             Ok(done(0))
         }
@@ -582,12 +578,20 @@ fn segments(
         let sector = le_u64(&segment[0..8]);
         let sectors = u64::from(le_u32(&segment[8..12]));
         let flags = le_u32(&segment[12..16]);
-        let allowed = if write_zeroes { SEGMENT_F_UNMAP } else { 0 };
+        let allowed = if write_zeroes {
+            VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+        } else {
+            0
+        };
         if flags & !allowed != 0 {
             return Err(RequestError::UnsupportedFlags(flags));
         }
         let offset = sector_range(disk, sector, sectors)?;
-        ranges.push((offset, sectors * SECTOR_SIZE, flags & SEGMENT_F_UNMAP != 0));
+        ranges.push((
+            offset,
+            sectors * SECTOR_SIZE,
+            flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+        ));
     }
     for (offset, bytes, unmap) in ranges.into_iter().filter(|r| r.1 != 0) {
         let result = if write_zeroes {

@@ -8,13 +8,13 @@ use std::io;
 use std::sync::MutexGuard;
 
 use log::{info, warn};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO};
 
 use super::uring::Uring;
 use super::{
     finish_all, notify, Block, BlockError, BlockState, DiskBackend, QUEUE_SIZE, SECTOR_SIZE,
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO,
 };
-use crate::device::VirtioDevice;
+use crate::device::{feature, VirtioDevice};
 
 /// The medium of an empty slot: no sectors, and every operation fails with ENOMEDIUM.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,7 +76,7 @@ impl Block {
         {
             let mut state = block.lock();
             state.attached = false;
-            state.features |= VIRTIO_BLK_F_DISCARD;
+            state.features |= feature(VIRTIO_BLK_F_DISCARD);
             match Uring::new(QUEUE_SIZE) {
                 Ok(engine) => state.engine = Some(engine),
                 Err(e) => warn!("virtio-blk slot {serial:?}: no io_uring ({e}); media will be served synchronously"),

@@ -2,18 +2,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::FileExt;
-
-use address_space::vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::tempfile::TempFile;
-
-use super::super::request::{S_IOERR, S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT};
-use super::super::RawFile;
-use super::*;
 use std::sync::Arc;
 
 use address_space::vm_memory::GuestMemoryMmap;
+use address_space::vm_memory::{Bytes, GuestAddress};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::tempfile::TempFile;
 
+use super::super::request::{S_IOERR, S_OK};
+use super::super::RawFile;
+use super::*;
 use crate::device::{Interrupt, INT_CONFIG_CHANGE};
 use crate::mmio::{MmioTransport, STATUS_DRIVER_OK};
 use crate::testing::{memory, probe, rd, wr, TestQueue};
@@ -97,15 +98,24 @@ fn empty_slot_has_no_sectors_and_fails_io_with_ioerr() {
     let mut s = slot();
     assert!(!s.handle.is_attached());
     assert_eq!(s.config_capacity(), 0);
-    assert_eq!(s.request(T_IN, 0, Some((DATA, 512, true))), S_IOERR);
-    assert_eq!(s.request(T_OUT, 0, Some((DATA, 512, false))), S_IOERR);
-    assert_eq!(s.request(T_FLUSH, 0, None), S_IOERR);
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, true))),
+        S_IOERR
+    );
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, false))),
+        S_IOERR
+    );
+    assert_eq!(s.request(VIRTIO_BLK_T_FLUSH, 0, None), S_IOERR);
 }
 
 #[test]
 fn empty_slot_still_answers_get_id() {
     let mut s = slot();
-    assert_eq!(s.request(T_GET_ID, 0, Some((DATA, 20, true))), S_OK);
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_GET_ID, 0, Some((DATA, 20, true))),
+        S_OK
+    );
     let mut id = [0u8; 5];
     s.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(&id, b"slot1");
@@ -137,12 +147,15 @@ fn attached_medium_serves_reads_and_writes() {
         .attach(medium(&img, false), false, false)
         .map_err(|_| ())
         .unwrap();
-    assert_eq!(s.request(T_IN, 1, Some((DATA, 512, true))), S_OK);
+    assert_eq!(s.request(VIRTIO_BLK_T_IN, 1, Some((DATA, 512, true))), S_OK);
     let mut back = [0u8; 4];
     s.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
     assert_eq!(&back, b"MARK");
     s.mem.write_slice(b"HOTP", GuestAddress(DATA)).unwrap();
-    assert_eq!(s.request(T_OUT, 2, Some((DATA, 512, false))), S_OK);
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_OUT, 2, Some((DATA, 512, false))),
+        S_OK
+    );
     let mut file = [0u8; 4];
     img.as_file().read_exact_at(&mut file, 1024).unwrap();
     assert_eq!(&file, b"HOTP");
@@ -156,8 +169,11 @@ fn read_only_medium_fails_writes_in_a_writable_slot() {
         .attach(medium(&img, true), true, false)
         .map_err(|_| ())
         .unwrap();
-    assert_eq!(s.request(T_OUT, 0, Some((DATA, 512, false))), S_IOERR);
-    assert_eq!(s.request(T_IN, 0, Some((DATA, 512, true))), S_OK);
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, false))),
+        S_IOERR
+    );
+    assert_eq!(s.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, true))), S_OK);
 }
 
 #[test]
@@ -191,7 +207,10 @@ fn detach_empties_the_slot_and_signals_a_config_change() {
     assert!(!s.handle.is_attached());
     assert_eq!(s.config_capacity(), 0);
     assert!(s.config_changed());
-    assert_eq!(s.request(T_IN, 0, Some((DATA, 512, true))), S_IOERR);
+    assert_eq!(
+        s.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, true))),
+        S_IOERR
+    );
 }
 
 #[test]
@@ -211,7 +230,7 @@ fn detached_medium_can_be_attached_again() {
     let disk = s.handle.detach().unwrap();
     s.handle.attach(disk, false, false).map_err(|_| ()).unwrap();
     assert_eq!(s.config_capacity(), 8);
-    assert_eq!(s.request(T_IN, 7, Some((DATA, 512, true))), S_OK);
+    assert_eq!(s.request(VIRTIO_BLK_T_IN, 7, Some((DATA, 512, true))), S_OK);
 }
 
 #[test]
@@ -225,7 +244,7 @@ fn detach_completes_asynchronous_requests_in_flight_first() {
         .unwrap();
     assert!(s.handle.is_async());
     let before = s.q.used_idx(&s.mem);
-    let head = s.post(T_IN, 8, Some((DATA, 4096, true)));
+    let head = s.post(VIRTIO_BLK_T_IN, 8, Some((DATA, 4096, true)));
     // Completions are only reaped from the engine's eventfd, which nobody polls here: the
     // request is in flight until detach drains it.
     s.handle.detach().unwrap();

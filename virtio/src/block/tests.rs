@@ -8,12 +8,17 @@ use std::sync::Mutex;
 
 use address_space::vm_memory::{Bytes, GuestAddress};
 use address_space::IoHandler;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
-use super::request::T_WRITE_ZEROES;
-use super::request::{S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT};
+use super::request::{S_IOERR, S_OK, S_UNSUPP};
 use super::*;
+use crate::device::feature;
 use crate::mmio::{MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK};
 use crate::testing::{memory, probe, rd, wr, TestQueue, F_NEXT, F_WRITE, MEM_SIZE};
 
@@ -109,10 +114,13 @@ fn written_sector_reaches_the_file_and_reads_back() {
     let mut r = rig(false);
     let data = pattern(1, 1024);
     r.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
-    assert_eq!(r.request(T_OUT, 3, Some((DATA, 1024, false))), (S_OK, 1));
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 3, Some((DATA, 1024, false))),
+        (S_OK, 1)
+    );
     assert_eq!(r.file_bytes(3 * 512, 1024), data);
     assert_eq!(
-        r.request(T_IN, 3, Some((DATA + 0x1000, 1024, true))),
+        r.request(VIRTIO_BLK_T_IN, 3, Some((DATA + 0x1000, 1024, true))),
         (S_OK, 1025)
     );
     let mut back = vec![0u8; 1024];
@@ -129,7 +137,10 @@ fn read_returns_what_the_image_holds() {
         .as_file()
         .write_all_at(b"NIMBUS-MARKER", 10 * 512)
         .unwrap();
-    assert_eq!(r.request(T_IN, 10, Some((DATA, 512, true))), (S_OK, 513));
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, 10, Some((DATA, 512, true))),
+        (S_OK, 513)
+    );
     let mut back = [0u8; 13];
     r.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
     assert_eq!(&back, b"NIMBUS-MARKER");
@@ -140,7 +151,7 @@ fn read_and_write_split_over_several_descriptors_work() {
     let mut r = rig(false);
     let data = pattern(9, 1536);
     r.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
-    r.header(T_OUT, 5);
+    r.header(VIRTIO_BLK_T_OUT, 5);
     let bufs = [
         (HDR, 16, false),
         (DATA, 100, false),
@@ -149,7 +160,7 @@ fn read_and_write_split_over_several_descriptors_work() {
     ];
     assert_eq!(r.submit(&bufs), (S_OK, 1));
     assert_eq!(r.file_bytes(5 * 512, 1536), data);
-    r.header(T_IN, 5);
+    r.header(VIRTIO_BLK_T_IN, 5);
     let bufs = [
         (HDR, 16, false),
         (DATA + 0x4000, 512, true),
@@ -171,7 +182,10 @@ fn read_and_write_split_over_several_descriptors_work() {
 fn get_id_returns_the_serial_padded_with_zeroes() {
     let mut r = rig(false);
     r.mem.write_slice(&[0xee; 20], GuestAddress(DATA)).unwrap();
-    assert_eq!(r.request(T_GET_ID, 0, Some((DATA, 20, true))), (S_OK, 21));
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_GET_ID, 0, Some((DATA, 20, true))),
+        (S_OK, 21)
+    );
     let mut id = [0u8; 20];
     r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(&id[..2], b"d0");
@@ -212,17 +226,24 @@ fn missing_image_is_an_open_error() {
 #[test]
 fn requests_beyond_capacity_fail_with_ioerr() {
     let mut r = rig(false);
-    assert_eq!(r.request(T_IN, SECTORS, Some((DATA, 512, true))).0, S_IOERR);
     assert_eq!(
-        r.request(T_IN, SECTORS - 1, Some((DATA, 1024, true))).0,
+        r.request(VIRTIO_BLK_T_IN, SECTORS, Some((DATA, 512, true)))
+            .0,
         S_IOERR
     );
     assert_eq!(
-        r.request(T_OUT, u64::MAX, Some((DATA, 512, false))).0,
+        r.request(VIRTIO_BLK_T_IN, SECTORS - 1, Some((DATA, 1024, true)))
+            .0,
         S_IOERR
     );
     assert_eq!(
-        r.request(T_IN, SECTORS - 1, Some((DATA, 512, true))).0,
+        r.request(VIRTIO_BLK_T_OUT, u64::MAX, Some((DATA, 512, false)))
+            .0,
+        S_IOERR
+    );
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, SECTORS - 1, Some((DATA, 512, true)))
+            .0,
         S_OK
     );
 }
@@ -230,17 +251,29 @@ fn requests_beyond_capacity_fail_with_ioerr() {
 #[test]
 fn data_length_not_a_multiple_of_512_fails_with_ioerr() {
     let mut r = rig(false);
-    assert_eq!(r.request(T_IN, 0, Some((DATA, 511, true))), (S_IOERR, 1));
-    assert_eq!(r.request(T_OUT, 0, Some((DATA, 513, false))).0, S_IOERR);
-    assert_eq!(r.request(T_IN, 0, None).0, S_IOERR);
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 511, true))),
+        (S_IOERR, 1)
+    );
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 513, false))).0,
+        S_IOERR
+    );
+    assert_eq!(r.request(VIRTIO_BLK_T_IN, 0, None).0, S_IOERR);
 }
 
 #[test]
 fn data_in_the_wrong_direction_fails_with_ioerr() {
     let mut r = rig(false);
     r.image.as_file().write_all_at(&[0x5a; 512], 0).unwrap();
-    assert_eq!(r.request(T_IN, 0, Some((DATA, 512, false))).0, S_IOERR);
-    assert_eq!(r.request(T_OUT, 0, Some((DATA, 512, true))).0, S_IOERR);
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, false))).0,
+        S_IOERR
+    );
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, true))).0,
+        S_IOERR
+    );
     assert_eq!(r.file_bytes(0, 512), vec![0x5a; 512]);
 }
 
@@ -249,22 +282,33 @@ fn read_only_disk_offers_ro_and_fails_writes() {
     let mut r = rig(true);
     wr(&mut r.t, 0x14, 0);
     let features = rd(&mut r.t, 0x10);
-    assert_ne!(features & VIRTIO_BLK_F_RO as u32, 0);
+    assert_ne!(features & feature(VIRTIO_BLK_F_RO) as u32, 0);
     assert_eq!(
-        features & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES) as u32,
+        features & (feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES)) as u32,
         0
     );
     r.mem.write_slice(&[0x11; 512], GuestAddress(DATA)).unwrap();
-    assert_eq!(r.request(T_OUT, 0, Some((DATA, 512, false))).0, S_IOERR);
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, false))).0,
+        S_IOERR
+    );
     assert_eq!(r.file_bytes(0, 512), vec![0; 512]);
     let segment = segment(0, 1, 0);
     r.mem.write_slice(&segment, GuestAddress(DATA)).unwrap();
-    assert_eq!(r.request(T_DISCARD, 0, Some((DATA, 16, false))).0, S_UNSUPP);
     assert_eq!(
-        r.request(T_WRITE_ZEROES, 0, Some((DATA, 16, false))).0,
+        r.request(VIRTIO_BLK_T_DISCARD, 0, Some((DATA, 16, false)))
+            .0,
         S_UNSUPP
     );
-    assert_eq!(r.request(T_IN, 0, Some((DATA, 512, true))).0, S_OK);
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, Some((DATA, 16, false)))
+            .0,
+        S_UNSUPP
+    );
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, true))).0,
+        S_OK
+    );
 }
 
 #[test]
@@ -289,7 +333,7 @@ fn write_zeroes_zeroes_the_sectors() {
         .write_slice(&segment(2, 3, 0), GuestAddress(DATA))
         .unwrap();
     assert_eq!(
-        r.request(T_WRITE_ZEROES, 0, Some((DATA, 16, false))),
+        r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, Some((DATA, 16, false))),
         (S_OK, 1)
     );
     assert_eq!(r.file_bytes(0, 1024), vec![0x77; 1024]);
@@ -299,14 +343,16 @@ fn write_zeroes_zeroes_the_sectors() {
         .write_slice(&segment(SECTORS, 1, 0), GuestAddress(DATA))
         .unwrap();
     assert_eq!(
-        r.request(T_WRITE_ZEROES, 0, Some((DATA, 16, false))).0,
+        r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, Some((DATA, 16, false)))
+            .0,
         S_IOERR
     );
     r.mem
         .write_slice(&segment(0, 1, 2), GuestAddress(DATA))
         .unwrap();
     assert_eq!(
-        r.request(T_WRITE_ZEROES, 0, Some((DATA, 16, false))).0,
+        r.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, Some((DATA, 16, false)))
+            .0,
         S_UNSUPP
     );
 }
@@ -315,12 +361,12 @@ fn write_zeroes_zeroes_the_sectors() {
 fn discard_is_offered_only_where_holes_can_be_punched_and_zeroes_the_range() {
     let mut r = rig(false);
     wr(&mut r.t, 0x14, 0);
-    let offered = rd(&mut r.t, 0x10) & VIRTIO_BLK_F_DISCARD as u32 != 0;
+    let offered = rd(&mut r.t, 0x10) & feature(VIRTIO_BLK_F_DISCARD) as u32 != 0;
     r.image.as_file().write_all_at(&[0x33; 8192], 0).unwrap();
     r.mem
         .write_slice(&segment(0, 8, 0), GuestAddress(DATA))
         .unwrap();
-    let (status, _) = r.request(T_DISCARD, 0, Some((DATA, 16, false)));
+    let (status, _) = r.request(VIRTIO_BLK_T_DISCARD, 0, Some((DATA, 16, false)));
     if offered {
         assert_eq!(status, S_OK);
         assert_eq!(r.file_bytes(0, 4096), vec![0; 4096]);
@@ -334,7 +380,7 @@ fn discard_is_offered_only_where_holes_can_be_punched_and_zeroes_the_range() {
 fn chain_without_a_writable_status_byte_completes_without_writing() {
     let mut r = rig(false);
     r.image.as_file().write_all_at(&[0x5a; 512], 0).unwrap();
-    r.header(T_OUT, 0);
+    r.header(VIRTIO_BLK_T_OUT, 0);
     let (status, len) = r.submit(&[(HDR, 16, false), (DATA, 512, false)]);
     assert_eq!((status, len), (0xff, 0));
     assert_eq!(r.file_bytes(0, 512), vec![0x5a; 512]);
@@ -342,13 +388,13 @@ fn chain_without_a_writable_status_byte_completes_without_writing() {
     let (_, len) = r.submit(&[(HDR, 16, false), (MEM_SIZE, 1, true)]);
     assert_eq!(len, 0);
     // The device goes on serving requests.
-    assert_eq!(r.request(T_FLUSH, 0, None), (S_OK, 1));
+    assert_eq!(r.request(VIRTIO_BLK_T_FLUSH, 0, None), (S_OK, 1));
 }
 
 #[test]
 fn header_shorter_than_16_bytes_fails_with_ioerr() {
     let mut r = rig(false);
-    r.header(T_IN, 0);
+    r.header(VIRTIO_BLK_T_IN, 0);
     assert_eq!(
         r.submit(&[(HDR, 8, false), (DATA, 512, true), (STATUS, 1, true)])
             .0,
@@ -361,17 +407,17 @@ fn buffers_outside_ram_fail_with_ioerr() {
     let mut r = rig(false);
     for addr in [MEM_SIZE - 256, MEM_SIZE, 0xd000_0000, u64::MAX - 100] {
         assert_eq!(
-            r.request(T_IN, 0, Some((addr, 512, true))).0,
+            r.request(VIRTIO_BLK_T_IN, 0, Some((addr, 512, true))).0,
             S_IOERR,
             "{addr:#x}"
         );
         assert_eq!(
-            r.request(T_OUT, 0, Some((addr, 512, false))).0,
+            r.request(VIRTIO_BLK_T_OUT, 0, Some((addr, 512, false))).0,
             S_IOERR,
             "{addr:#x}"
         );
     }
-    r.header(T_IN, 0);
+    r.header(VIRTIO_BLK_T_IN, 0);
     let bufs = [
         (MEM_SIZE - 8, 16, false),
         (DATA, 512, true),
@@ -383,7 +429,7 @@ fn buffers_outside_ram_fail_with_ioerr() {
 #[test]
 fn zero_length_descriptor_fails_with_ioerr() {
     let mut r = rig(false);
-    r.header(T_IN, 0);
+    r.header(VIRTIO_BLK_T_IN, 0);
     let bufs = [
         (HDR, 16, false),
         (DATA, 0, true),
@@ -401,7 +447,7 @@ fn assert_needs_reset(r: &mut Rig) {
 #[test]
 fn descriptor_loop_marks_the_device_as_needing_reset() {
     let mut r = rig(false);
-    r.header(T_IN, 0);
+    r.header(VIRTIO_BLK_T_IN, 0);
     r.q.write_desc(&r.mem, 0, HDR, 16, F_NEXT, 1);
     r.q.write_desc(&r.mem, 1, DATA, 512, F_WRITE | F_NEXT, 0);
     r.q.publish(&r.mem, 0);
@@ -475,12 +521,12 @@ fn arbitrary_descriptor_tables_never_panic_or_hang() {
     ];
     let lens = [0u32, 1, 8, 16, 17, 512, 1024, 4096, 0x10_0000, u32::MAX];
     let types = [
-        T_IN,
-        T_OUT,
-        T_FLUSH,
-        T_GET_ID,
-        T_DISCARD,
-        T_WRITE_ZEROES,
+        VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_FLUSH,
+        VIRTIO_BLK_T_GET_ID,
+        VIRTIO_BLK_T_DISCARD,
+        VIRTIO_BLK_T_WRITE_ZEROES,
         7,
         u32::MAX,
     ];
@@ -532,13 +578,13 @@ fn arbitrary_descriptor_tables_never_panic_or_hang() {
     r.q = TestQueue::new(QUEUE_SIZE, 0x1000);
     r.q.clear_rings(&r.mem);
     probe(&mut r.t, &[&r.q]);
-    assert_eq!(r.request(T_FLUSH, 0, None), (S_OK, 1));
+    assert_eq!(r.request(VIRTIO_BLK_T_FLUSH, 0, None), (S_OK, 1));
 }
 
 #[test]
 fn completion_raises_the_used_buffer_interrupt() {
     let mut r = rig(false);
-    r.request(T_FLUSH, 0, None);
+    r.request(VIRTIO_BLK_T_FLUSH, 0, None);
     assert_eq!(rd(&mut r.t, 0x60), crate::INT_USED_BUFFER);
     assert!(r.t.interrupt().eventfd().read().unwrap() >= 1);
 }
@@ -641,7 +687,7 @@ fn probe_rig(fail: bool) -> (Rig, Seen) {
 #[test]
 fn flush_completes_only_after_the_backend_synced() {
     let (mut r, seen) = probe_rig(false);
-    assert_eq!(r.request(T_FLUSH, 0, None), (S_OK, 1));
+    assert_eq!(r.request(VIRTIO_BLK_T_FLUSH, 0, None), (S_OK, 1));
     // When the sync ran, neither the status byte nor the used ring had been written.
     assert_eq!(seen.lock().unwrap().as_slice(), &[(0xff, 0)]);
 }
@@ -649,7 +695,10 @@ fn flush_completes_only_after_the_backend_synced() {
 #[test]
 fn shutdown_flushes_a_writable_image() {
     let (mut r, seen) = probe_rig(false);
-    assert_eq!(r.request(T_OUT, 0, Some((DATA, 512, false))), (S_OK, 1));
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, false))),
+        (S_OK, 1)
+    );
     assert!(
         seen.lock().unwrap().is_empty(),
         "nothing flushed before the VM ends"
@@ -665,9 +714,15 @@ fn shutdown_flushes_a_writable_image() {
 #[test]
 fn host_io_errors_reach_the_guest_as_ioerr() {
     let (mut r, _) = probe_rig(true);
-    assert_eq!(r.request(T_IN, 0, Some((DATA, 512, true))), (S_IOERR, 1));
-    assert_eq!(r.request(T_OUT, 0, Some((DATA, 512, false))), (S_IOERR, 1));
-    assert_eq!(r.request(T_FLUSH, 0, None), (S_IOERR, 1));
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_IN, 0, Some((DATA, 512, true))),
+        (S_IOERR, 1)
+    );
+    assert_eq!(
+        r.request(VIRTIO_BLK_T_OUT, 0, Some((DATA, 512, false))),
+        (S_IOERR, 1)
+    );
+    assert_eq!(r.request(VIRTIO_BLK_T_FLUSH, 0, None), (S_IOERR, 1));
     assert_eq!(rd(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
 }
 
@@ -738,13 +793,13 @@ fn async_write_reaches_the_file_and_reads_back() {
     let data = pattern(5, 1024);
     r.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
     assert_eq!(
-        r.request_async(T_OUT, 3, Some((DATA, 1024, false))),
+        r.request_async(VIRTIO_BLK_T_OUT, 3, Some((DATA, 1024, false))),
         (S_OK, 1)
     );
     assert_eq!(r.file_bytes(3 * 512, 1024), data);
     r.mem.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
     assert_eq!(
-        r.request_async(T_IN, 3, Some((DATA, 1024, true))),
+        r.request_async(VIRTIO_BLK_T_IN, 3, Some((DATA, 1024, true))),
         (S_OK, 1025)
     );
     let mut back = vec![0u8; 1024];
@@ -756,12 +811,12 @@ fn async_write_reaches_the_file_and_reads_back() {
 fn async_requests_with_bad_ranges_or_types_still_complete() {
     let mut r = async_rig(SECTORS);
     assert_eq!(
-        r.request_async(T_IN, SECTORS, Some((DATA, 512, true))),
+        r.request_async(VIRTIO_BLK_T_IN, SECTORS, Some((DATA, 512, true))),
         (S_IOERR, 1)
     );
     assert_eq!(r.request_async(99, 0, None), (S_UNSUPP, 1));
     assert_eq!(
-        r.request_async(T_GET_ID, 0, Some((DATA, 20, true))),
+        r.request_async(VIRTIO_BLK_T_GET_ID, 0, Some((DATA, 20, true))),
         (S_OK, 21)
     );
 }
@@ -771,7 +826,7 @@ fn async_read_of_a_file_shrunk_under_the_device_fails_with_ioerr() {
     let mut r = async_rig(SECTORS);
     r.image.as_file().set_len(0).unwrap();
     assert_eq!(
-        r.request_async(T_IN, 1, Some((DATA, 512, true))),
+        r.request_async(VIRTIO_BLK_T_IN, 1, Some((DATA, 512, true))),
         (S_IOERR, 1)
     );
 }
@@ -779,7 +834,7 @@ fn async_read_of_a_file_shrunk_under_the_device_fails_with_ioerr() {
 #[test]
 fn async_flush_is_used_only_after_its_fsync_completion_was_reaped() {
     let mut r = async_rig(SECTORS);
-    r.header(T_FLUSH, 0);
+    r.header(VIRTIO_BLK_T_FLUSH, 0);
     r.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     r.post(&[(HDR, 16, false), (STATUS, 1, true)]);
     // Submitted, maybe even finished by the kernel, but not reaped: the guest sees nothing.
@@ -799,7 +854,7 @@ fn many_async_reads_in_flight_all_complete_with_their_own_data() {
     for i in 0..n {
         let hdr = HDR + i * 16;
         let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&T_IN.to_le_bytes());
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
         h[8..16].copy_from_slice(&(i % SECTORS).to_le_bytes());
         r.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
         r.q.add_chain(
@@ -832,7 +887,7 @@ fn many_async_reads_in_flight_all_complete_with_their_own_data() {
 #[test]
 fn async_device_reset_with_requests_in_flight_works_after_reactivation() {
     let mut r = async_rig(SECTORS);
-    r.header(T_IN, 0);
+    r.header(VIRTIO_BLK_T_IN, 0);
     r.post(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
     // Reset (stale completions are dropped) and probe again with a fresh queue.
     wr(&mut r.t, 0x70, 0);
@@ -843,6 +898,6 @@ fn async_device_reset_with_requests_in_flight_works_after_reactivation() {
         .write_slice(&[0u8; 0x3000], GuestAddress(0x1000))
         .unwrap();
     assert_ne!(probe(&mut r.t, &[&r.q]) & STATUS_DRIVER_OK, 0);
-    assert_eq!(r.request_async(T_FLUSH, 0, None), (S_OK, 1));
+    assert_eq!(r.request_async(VIRTIO_BLK_T_FLUSH, 0, None), (S_OK, 1));
     assert_eq!(r.q.used_idx(&r.mem), 1);
 }

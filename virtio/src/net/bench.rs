@@ -18,10 +18,13 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use address_space::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 
 use super::header::VnetHeader;
 use super::*;
-use crate::mmio::{MmioTransport, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1};
+use crate::device::feature;
+use crate::mmio::{MmioTransport, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
 use crate::testing::{negotiate, rd, wr, TestQueue, F_WRITE};
 
 const MEM: usize = 0x80_0000;
@@ -104,7 +107,9 @@ fn bench() -> Bench {
     let txq = TestQueue::new(QUEUE_SIZE, 0x4000);
     rxq.clear_rings(&mem);
     txq.clear_rings(&mem);
-    let status = negotiate(&mut t, |f| f & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC));
+    let status = negotiate(&mut t, |f| {
+        f & (feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC))
+    });
     assert_ne!(status & STATUS_FEATURES_OK, 0, "FEATURES_OK refused");
     rxq.setup(&mut t, 0);
     txq.setup(&mut t, 1);

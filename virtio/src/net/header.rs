@@ -4,10 +4,14 @@
 //! On tx the header comes from the guest: nothing in it is trusted. On rx it comes from the
 //! tap and is adjusted to what the driver accepted.
 
-use super::{
+use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
 };
+
+use crate::device::{feature, to_u8};
 
 /// Bytes of the header: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
 /// num_buffers (the same size with or without VIRTIO_NET_F_MRG_RXBUF in virtio 1.x).
@@ -20,17 +24,17 @@ pub const MAX_FRAME_LEN: usize = 0x1_0000 + ETH_HLEN;
 pub const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 
 /// Header flag: the device must finish the checksum at csum_start + csum_offset.
-pub const HDR_F_NEEDS_CSUM: u8 = 1;
+pub const HDR_F_NEEDS_CSUM: u8 = to_u8(VIRTIO_NET_HDR_F_NEEDS_CSUM);
 /// Header flag (rx only): the checksum has been validated.
-pub const HDR_F_DATA_VALID: u8 = 2;
+pub const HDR_F_DATA_VALID: u8 = to_u8(VIRTIO_NET_HDR_F_DATA_VALID);
 /// gso_type: not a GSO frame.
-pub const GSO_NONE: u8 = 0;
+pub const GSO_NONE: u8 = to_u8(VIRTIO_NET_HDR_GSO_NONE);
 /// gso_type: TCP over IPv4 segmentation.
-pub const GSO_TCPV4: u8 = 1;
+pub const GSO_TCPV4: u8 = to_u8(VIRTIO_NET_HDR_GSO_TCPV4);
 /// gso_type: UDP fragmentation (UFO).
-pub const GSO_UDP: u8 = 3;
+pub const GSO_UDP: u8 = to_u8(VIRTIO_NET_HDR_GSO_UDP);
 /// gso_type: TCP over IPv6 segmentation.
-pub const GSO_TCPV6: u8 = 4;
+pub const GSO_TCPV6: u8 = to_u8(VIRTIO_NET_HDR_GSO_TCPV6);
 
 /// Offset of num_buffers in the header.
 pub(crate) const NUM_BUFFERS_OFFSET: usize = 10;
@@ -98,9 +102,18 @@ impl VnetHeader {
 /// The feature a gso_type needs, host side (tx) and guest side (rx).
 fn gso_features(gso_type: u8) -> Option<(u64, u64)> {
     match gso_type {
-        GSO_TCPV4 => Some((VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4)),
-        GSO_TCPV6 => Some((VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6)),
-        GSO_UDP => Some((VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_GUEST_UFO)),
+        GSO_TCPV4 => Some((
+            feature(VIRTIO_NET_F_HOST_TSO4),
+            feature(VIRTIO_NET_F_GUEST_TSO4),
+        )),
+        GSO_TCPV6 => Some((
+            feature(VIRTIO_NET_F_HOST_TSO6),
+            feature(VIRTIO_NET_F_GUEST_TSO6),
+        )),
+        GSO_UDP => Some((
+            feature(VIRTIO_NET_F_HOST_UFO),
+            feature(VIRTIO_NET_F_GUEST_UFO),
+        )),
         _ => None,
     }
 }
@@ -115,7 +128,7 @@ pub(crate) fn check_tx(h: &VnetHeader, len: usize, acked: u64) -> Result<(), Hea
         return Err(HeaderError::Flags(h.flags));
     }
     if h.flags & HDR_F_NEEDS_CSUM != 0 {
-        if acked & VIRTIO_NET_F_CSUM == 0 {
+        if acked & feature(VIRTIO_NET_F_CSUM) == 0 {
             return Err(HeaderError::CsumNotNegotiated);
         }
         let end = usize::from(h.csum_start) + usize::from(h.csum_offset) + 2;
@@ -153,7 +166,7 @@ pub(crate) fn fix_rx(
     acked: u64,
     num_buffers: u16,
 ) -> Result<VnetHeader, HeaderError> {
-    if acked & VIRTIO_NET_F_GUEST_CSUM == 0 {
+    if acked & feature(VIRTIO_NET_F_GUEST_CSUM) == 0 {
         if h.flags & HDR_F_NEEDS_CSUM != 0 {
             return Err(HeaderError::CsumNotNegotiated);
         }
@@ -175,19 +188,21 @@ pub(crate) fn fix_rx(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use virtio_bindings::virtio_net::VIRTIO_NET_HDR_GSO_ECN;
+
     use super::*;
 
     /// gso_type bit: TCP with ECN (needs HOST_ECN/GUEST_ECN, not offered).
-    const GSO_ECN: u8 = 0x80;
+    const GSO_ECN: u8 = to_u8(VIRTIO_NET_HDR_GSO_ECN);
 
-    const ALL: u64 = VIRTIO_NET_F_CSUM
-        | VIRTIO_NET_F_HOST_TSO4
-        | VIRTIO_NET_F_HOST_TSO6
-        | VIRTIO_NET_F_HOST_UFO
-        | VIRTIO_NET_F_GUEST_CSUM
-        | VIRTIO_NET_F_GUEST_TSO4
-        | VIRTIO_NET_F_GUEST_TSO6
-        | VIRTIO_NET_F_GUEST_UFO;
+    const ALL: u64 = feature(VIRTIO_NET_F_CSUM)
+        | feature(VIRTIO_NET_F_HOST_TSO4)
+        | feature(VIRTIO_NET_F_HOST_TSO6)
+        | feature(VIRTIO_NET_F_HOST_UFO)
+        | feature(VIRTIO_NET_F_GUEST_CSUM)
+        | feature(VIRTIO_NET_F_GUEST_TSO4)
+        | feature(VIRTIO_NET_F_GUEST_TSO6)
+        | feature(VIRTIO_NET_F_GUEST_UFO);
 
     fn tso4() -> VnetHeader {
         VnetHeader {
@@ -221,7 +236,7 @@ mod tests {
 
     #[test]
     fn gso_without_the_host_feature_is_refused() {
-        let acked = ALL & !VIRTIO_NET_F_HOST_TSO4;
+        let acked = ALL & !feature(VIRTIO_NET_F_HOST_TSO4);
         assert_eq!(check_tx(&tso4(), 3000, acked), Err(HeaderError::Gso(1)));
     }
 
@@ -330,7 +345,7 @@ mod tests {
         let h = tso4();
         assert_eq!(fix_rx(h, ALL, 3).unwrap().num_buffers, 3);
         assert_eq!(
-            fix_rx(h, ALL & !VIRTIO_NET_F_GUEST_TSO4, 1),
+            fix_rx(h, ALL & !feature(VIRTIO_NET_F_GUEST_TSO4), 1),
             Err(HeaderError::Gso(GSO_TCPV4))
         );
         assert_eq!(fix_rx(h, 0, 1), Err(HeaderError::CsumNotNegotiated));

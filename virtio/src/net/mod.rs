@@ -21,6 +21,13 @@ use std::sync::Arc;
 
 use address_space::vm_memory::GuestMemoryMmap;
 use log::warn;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -33,11 +40,12 @@ pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
 pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
 use crate::device::{
-    read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_USED_BUFFER,
+    feature, read_config_bytes, to_u16, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
+    INT_USED_BUFFER,
 };
 
 /// Virtio device ID of a network device.
-pub const DEVICE_TYPE_NET: u32 = 1;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_NET as DEVICE_TYPE_NET;
 /// The receive queue.
 pub const RX_QUEUE: u16 = 0;
 /// The transmit queue.
@@ -48,48 +56,19 @@ const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
 /// Frames read from the tap per [`Net::rx_ready`] call, so one busy tap cannot hold the loop.
 pub const RX_BUDGET: usize = 256;
 
-/// Feature: the device completes checksums of frames the guest sends.
-pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
-/// Feature: the guest accepts frames with partial checksums.
-pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
-/// Feature: config `mtu` is valid.
-pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
-/// Feature: config `mac` is valid.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-/// Feature: the guest accepts TSOv4 frames.
-pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
-/// Feature: the guest accepts TSOv6 frames.
-pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
-/// Feature: the guest accepts UFO frames.
-pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
-/// Feature: the device accepts TSOv4 frames.
-pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
-/// Feature: the device accepts TSOv6 frames.
-pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
-/// Feature: the device accepts UFO frames.
-pub const VIRTIO_NET_F_HOST_UFO: u64 = 1 << 14;
-/// Feature: the guest can merge receive buffers.
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-/// Feature: config `status` is valid.
-pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
-/// Feature: event-index notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-/// Config status bit: the link is up.
-pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
-
 /// Features every net device offers (VIRTIO_NET_F_MTU is added when an MTU is set).
-pub const NET_FEATURES: u64 = VIRTIO_NET_F_CSUM
-    | VIRTIO_NET_F_GUEST_CSUM
-    | VIRTIO_NET_F_MAC
-    | VIRTIO_NET_F_GUEST_TSO4
-    | VIRTIO_NET_F_GUEST_TSO6
-    | VIRTIO_NET_F_GUEST_UFO
-    | VIRTIO_NET_F_HOST_TSO4
-    | VIRTIO_NET_F_HOST_TSO6
-    | VIRTIO_NET_F_HOST_UFO
-    | VIRTIO_NET_F_MRG_RXBUF
-    | VIRTIO_NET_F_STATUS
-    | VIRTIO_RING_F_EVENT_IDX;
+pub const NET_FEATURES: u64 = feature(VIRTIO_NET_F_CSUM)
+    | feature(VIRTIO_NET_F_GUEST_CSUM)
+    | feature(VIRTIO_NET_F_MAC)
+    | feature(VIRTIO_NET_F_GUEST_TSO4)
+    | feature(VIRTIO_NET_F_GUEST_TSO6)
+    | feature(VIRTIO_NET_F_GUEST_UFO)
+    | feature(VIRTIO_NET_F_HOST_TSO4)
+    | feature(VIRTIO_NET_F_HOST_TSO6)
+    | feature(VIRTIO_NET_F_HOST_UFO)
+    | feature(VIRTIO_NET_F_MRG_RXBUF)
+    | feature(VIRTIO_NET_F_STATUS)
+    | feature(VIRTIO_RING_F_EVENT_IDX);
 
 /// Bytes of configuration space: mac, status, max_virtqueue_pairs, mtu.
 const CONFIG_SIZE: usize = 12;
@@ -209,7 +188,7 @@ impl Net {
             .unwrap_or_else(|| MacAddr::default_for_id(&options.id));
         let mut config = [0u8; CONFIG_SIZE];
         config[0..6].copy_from_slice(&mac.0);
-        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config[6..8].copy_from_slice(&to_u16(VIRTIO_NET_S_LINK_UP).to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         if let Some(mtu) = options.mtu {
             let max = MAX_FRAME_LEN - header::ETH_HLEN;
@@ -220,7 +199,7 @@ impl Net {
                     max,
                 });
             }
-            features |= VIRTIO_NET_F_MTU;
+            features |= feature(VIRTIO_NET_F_MTU);
             config[10..12].copy_from_slice(&mtu.to_le_bytes());
         }
         let rx_resume = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::EventFd {
@@ -387,7 +366,7 @@ fn rx_step(
     frame: &mut RxFrame,
     counters: &mut NetCounters,
 ) -> Result<Option<bool>, u16> {
-    let mergeable = active.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+    let mergeable = active.acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0;
     let mem = active.mem.as_ref();
     // Retries after re-enabling notifications; bounded so a ring that reports buffers it does
     // not yield cannot spin.
@@ -497,14 +476,14 @@ fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
 
 /// The TUN_F_* offloads matching what the guest accepts on receive.
 pub fn tap_offloads(acked: u64) -> u32 {
-    if acked & VIRTIO_NET_F_GUEST_CSUM == 0 {
+    if acked & feature(VIRTIO_NET_F_GUEST_CSUM) == 0 {
         return 0;
     }
     let mut flags = libc::TUN_F_CSUM;
     for (feature, flag) in [
-        (VIRTIO_NET_F_GUEST_TSO4, libc::TUN_F_TSO4),
-        (VIRTIO_NET_F_GUEST_TSO6, libc::TUN_F_TSO6),
-        (VIRTIO_NET_F_GUEST_UFO, libc::TUN_F_UFO),
+        (feature(VIRTIO_NET_F_GUEST_TSO4), libc::TUN_F_TSO4),
+        (feature(VIRTIO_NET_F_GUEST_TSO6), libc::TUN_F_TSO6),
+        (feature(VIRTIO_NET_F_GUEST_UFO), libc::TUN_F_UFO),
     ] {
         if acked & feature != 0 {
             flags |= flag;
@@ -550,7 +529,7 @@ impl VirtioDevice for Net {
                 expected: 2,
                 got: queues.len(),
             })?;
-        let event_idx = acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
         for (index, queue) in [&mut rx, &mut tx].into_iter().enumerate() {
             if queue.ready() && !queue.is_valid(mem.as_ref()) {
                 return Err(ActivateError::InvalidQueue(index));

@@ -9,9 +9,11 @@ use std::io;
 use std::os::fd::RawFd;
 
 use log::{info, warn};
+use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
 
 use super::tap::{TapError, TapIo};
-use super::{tap_offloads, MacAddr, Net, NetError, NetOptions, VIRTIO_NET_S_LINK_UP};
+use super::{tap_offloads, MacAddr, Net, NetError, NetOptions};
+use crate::device::to_u16;
 
 /// The backend of a device without a tap: nothing to read, every write refused.
 #[derive(Debug, Default, Clone, Copy)]
@@ -116,9 +118,9 @@ impl Net {
     fn set_link(&mut self, up: bool) {
         let mut status = u16::from_le_bytes([self.config[6], self.config[7]]);
         if up {
-            status |= VIRTIO_NET_S_LINK_UP;
+            status |= to_u16(VIRTIO_NET_S_LINK_UP);
         } else {
-            status &= !VIRTIO_NET_S_LINK_UP;
+            status &= !to_u16(VIRTIO_NET_S_LINK_UP);
         }
         self.config[6..8].copy_from_slice(&status.to_le_bytes());
         if let Some(active) = &self.active {
@@ -142,7 +144,7 @@ mod tests {
     }
 
     fn link_up(net: &Net) -> bool {
-        u16::from_le_bytes([net.config[6], net.config[7]]) & VIRTIO_NET_S_LINK_UP != 0
+        u16::from_le_bytes([net.config[6], net.config[7]]) & to_u16(VIRTIO_NET_S_LINK_UP) != 0
     }
 
     #[test]

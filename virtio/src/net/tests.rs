@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use address_space::vm_memory::{Bytes, GuestAddress};
 use address_space::IoHandler;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use super::header::{VnetHeader, GSO_TCPV4, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM};
 use super::*;
-use crate::mmio::{
-    MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
-    VIRTIO_F_VERSION_1,
-};
+use crate::device::feature;
+use crate::mmio::{MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
 use crate::testing::{memory, negotiate, rd, wr, TestQueue, F_NEXT, MEM_SIZE};
 
 const SIZE: u16 = 16;
@@ -104,7 +107,7 @@ fn rig_with(pick: impl Fn(u64) -> u64) -> Rig {
 
 /// Every feature but MRG_RXBUF and EVENT_IDX.
 fn rig() -> Rig {
-    rig_with(|f| f & !(VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX))
+    rig_with(|f| f & !(feature(VIRTIO_NET_F_MRG_RXBUF) | feature(VIRTIO_RING_F_EVENT_IDX)))
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -330,7 +333,7 @@ fn tap_frame_fills_a_chain_of_several_buffers_without_mrg_rxbuf() {
 
 #[test]
 fn tap_frame_spans_several_chains_with_mrg_rxbuf() {
-    let mut r = rig_with(|f| f & !VIRTIO_RING_F_EVENT_IDX);
+    let mut r = rig_with(|f| f & !feature(VIRTIO_RING_F_EVENT_IDX));
     for i in 0..3 {
         r.post_rx(&[(RX_BUF + i * 0x1000, 1000)]);
     }
@@ -370,7 +373,7 @@ fn no_rx_buffers_stops_reading_and_keeps_the_frame_until_buffers_come() {
 
 #[test]
 fn mrg_frame_waits_for_enough_buffers_then_is_delivered_whole() {
-    let mut r = rig_with(|f| f & !VIRTIO_RING_F_EVENT_IDX);
+    let mut r = rig_with(|f| f & !feature(VIRTIO_RING_F_EVENT_IDX));
     assert!(r.resumed(), "activation resumes rx");
     r.post_rx(&[(RX_BUF, 1000)]);
     r.to_tap(&plain_frame(10, 2500));
@@ -391,7 +394,7 @@ fn mrg_frame_waits_for_enough_buffers_then_is_delivered_whole() {
 
 #[test]
 fn mrg_frame_no_number_of_buffers_can_hold_is_dropped_and_buffers_returned() {
-    let mut r = rig_with(|f| f & !VIRTIO_RING_F_EVENT_IDX);
+    let mut r = rig_with(|f| f & !feature(VIRTIO_RING_F_EVENT_IDX));
     for i in 0..u64::from(SIZE) {
         r.post_rx(&[(RX_BUF + i * 0x100, 12)]);
     }
@@ -426,7 +429,8 @@ fn tap_frame_too_big_for_the_chain_is_dropped_and_counted() {
 
 #[test]
 fn tap_frame_with_offload_the_guest_refused_is_dropped_and_counted() {
-    let mut r = rig_with(|f| f & !(VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_RING_F_EVENT_IDX));
+    let mut r =
+        rig_with(|f| f & !(feature(VIRTIO_NET_F_GUEST_TSO4) | feature(VIRTIO_RING_F_EVENT_IDX)));
     r.post_rx(&[(RX_BUF, 4096)]);
     let h = VnetHeader {
         flags: HDR_F_NEEDS_CSUM,
@@ -486,7 +490,7 @@ fn without_event_idx_every_tx_frame_interrupts() {
 
 #[test]
 fn event_idx_suppresses_rx_interrupts_until_used_event() {
-    let mut r = rig_with(|f| f & !VIRTIO_NET_F_MRG_RXBUF);
+    let mut r = rig_with(|f| f & !feature(VIRTIO_NET_F_MRG_RXBUF));
     r.set_used_event(&r.rxq, 1);
     for i in 0..3 {
         r.post_rx(&[(RX_BUF + i * 0x1000, 2048)]);
@@ -504,7 +508,7 @@ fn guest_offloads_reach_the_tap() {
     let r = rig();
     let all = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_UFO;
     assert_eq!(r.offloads.load(Ordering::SeqCst), all);
-    let r = rig_with(|f| f & !VIRTIO_NET_F_GUEST_CSUM);
+    let r = rig_with(|f| f & !feature(VIRTIO_NET_F_GUEST_CSUM));
     assert_eq!(r.offloads.load(Ordering::SeqCst), 0);
 }
 
@@ -545,8 +549,12 @@ fn config_space_holds_mac_link_up_pairs_and_mtu() {
     );
     assert_eq!(rd(&mut t, 0x08), DEVICE_TYPE_NET);
     let features = net.lock().features();
-    assert_eq!(features, NET_FEATURES | VIRTIO_NET_F_MTU);
-    assert_eq!(features & VIRTIO_F_VERSION_1, 0, "the transport adds it");
+    assert_eq!(features, NET_FEATURES | feature(VIRTIO_NET_F_MTU));
+    assert_eq!(
+        features & feature(VIRTIO_F_VERSION_1),
+        0,
+        "the transport adds it"
+    );
     // Writes are ignored.
     t.write(0x100, &[0; 6]);
     assert_eq!(net.lock().mac().to_string(), "52:54:00:aa:bb:cc");
@@ -568,5 +576,5 @@ fn mtu_out_of_range_is_refused() {
 #[test]
 fn without_mtu_the_feature_is_not_offered() {
     let (net, _peer, _) = device(&options());
-    assert_eq!(net.lock().features() & VIRTIO_NET_F_MTU, 0);
+    assert_eq!(net.lock().features() & feature(VIRTIO_NET_F_MTU), 0);
 }

@@ -10,28 +10,27 @@ use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use super::VIRTIO_NET_F_MRG_RXBUF;
-use crate::mmio::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use crate::device::feature;
 
 /// The vhost-net control device.
 pub const VHOST_NET_PATH: &str = "/dev/vhost-net";
 
-/// Feature: the driver may ask for an interrupt when the available ring empties.
-pub const VIRTIO_F_NOTIFY_ON_EMPTY: u64 = 1 << 24;
-/// Feature: indirect descriptor tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// vhost-only feature: the vhost backend adds the virtio-net header itself (tap without
-/// IFF_VNET_HDR). Never offered to the guest.
-pub const VHOST_NET_F_VIRTIO_NET_HDR: u64 = 1 << 27;
+/// vhost-only feature bit (linux/vhost.h, not in virtio-bindings): the vhost backend adds the
+/// virtio-net header itself (tap without IFF_VNET_HDR). Never offered to the guest.
+pub const VHOST_NET_F_VIRTIO_NET_HDR: u32 = 27;
 
 /// Feature bits whose implementation moves into vhost-net: they describe the rings and the
 /// receive buffers, which the kernel handles. Every other bit (MAC, STATUS, offloads, MTU) stays
 /// with the device model and the tap.
-pub const VHOST_NET_RING_FEATURES: u64 = VIRTIO_F_NOTIFY_ON_EMPTY
-    | VIRTIO_RING_F_INDIRECT_DESC
-    | super::VIRTIO_RING_F_EVENT_IDX
-    | VIRTIO_NET_F_MRG_RXBUF
-    | VIRTIO_F_VERSION_1;
+pub const VHOST_NET_RING_FEATURES: u64 = feature(VIRTIO_F_NOTIFY_ON_EMPTY)
+    | feature(VIRTIO_RING_F_INDIRECT_DESC)
+    | feature(VIRTIO_RING_F_EVENT_IDX)
+    | feature(VIRTIO_NET_F_MRG_RXBUF)
+    | feature(VIRTIO_F_VERSION_1);
 
 /// `vhost=` and `vhostfd=` of `-netdev tap`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,7 +110,7 @@ pub fn vhost_offered_features(device: u64, backend: u64) -> u64 {
 pub fn vhost_acked_features(acked: u64, tap_has_vnet_hdr: bool) -> u64 {
     let mut features = acked & VHOST_NET_RING_FEATURES;
     if !tap_has_vnet_hdr {
-        features |= VHOST_NET_F_VIRTIO_NET_HDR;
+        features |= feature(VHOST_NET_F_VIRTIO_NET_HDR);
     }
     features
 }
@@ -119,7 +118,7 @@ pub fn vhost_acked_features(acked: u64, tap_has_vnet_hdr: bool) -> u64 {
 /// The header size the tap must use (TUNSETVNETHDRSZ) under vhost-net: 12 bytes with
 /// VERSION_1 or MRG_RXBUF, the legacy 10 otherwise.
 pub fn vhost_vnet_hdr_len(acked: u64) -> usize {
-    if acked & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+    if acked & (feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF)) != 0 {
         12
     } else {
         10
@@ -130,10 +129,11 @@ pub fn vhost_vnet_hdr_len(acked: u64) -> usize {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
-    use crate::net::{
-        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC, VIRTIO_RING_F_EVENT_IDX,
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
     };
+
+    use super::*;
 
     #[test]
     fn absent_vhost_net_gives_a_clear_error() {
@@ -165,45 +165,49 @@ mod tests {
 
     #[test]
     fn ring_features_the_backend_lacks_are_not_offered() {
-        let device = VIRTIO_NET_F_MAC
-            | VIRTIO_NET_F_CSUM
-            | VIRTIO_NET_F_MRG_RXBUF
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_F_VERSION_1;
-        let backend = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF;
+        let device = feature(VIRTIO_NET_F_MAC)
+            | feature(VIRTIO_NET_F_CSUM)
+            | feature(VIRTIO_NET_F_MRG_RXBUF)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | feature(VIRTIO_F_VERSION_1);
+        let backend = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF);
         assert_eq!(
             vhost_offered_features(device, backend),
-            device & !VIRTIO_RING_F_EVENT_IDX
+            device & !feature(VIRTIO_RING_F_EVENT_IDX)
         );
     }
 
     #[test]
     fn device_features_outside_the_rings_stay_offered() {
-        let device = VIRTIO_NET_F_MAC | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_TSO4;
+        let device = feature(VIRTIO_NET_F_MAC)
+            | feature(VIRTIO_NET_F_CSUM)
+            | feature(VIRTIO_NET_F_GUEST_TSO4);
         assert_eq!(vhost_offered_features(device, 0), device);
     }
 
     #[test]
     fn backend_gets_only_ring_features() {
-        let acked = VIRTIO_NET_F_MAC
-            | VIRTIO_NET_F_CSUM
-            | VIRTIO_NET_F_MRG_RXBUF
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_F_VERSION_1;
+        let acked = feature(VIRTIO_NET_F_MAC)
+            | feature(VIRTIO_NET_F_CSUM)
+            | feature(VIRTIO_NET_F_MRG_RXBUF)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | feature(VIRTIO_F_VERSION_1);
         assert_eq!(
             vhost_acked_features(acked, true),
-            VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX | VIRTIO_F_VERSION_1
+            feature(VIRTIO_NET_F_MRG_RXBUF)
+                | feature(VIRTIO_RING_F_EVENT_IDX)
+                | feature(VIRTIO_F_VERSION_1)
         );
         assert_ne!(
-            vhost_acked_features(acked, false) & VHOST_NET_F_VIRTIO_NET_HDR,
+            vhost_acked_features(acked, false) & feature(VHOST_NET_F_VIRTIO_NET_HDR),
             0
         );
     }
 
     #[test]
     fn header_is_12_bytes_for_virtio_1() {
-        assert_eq!(vhost_vnet_hdr_len(VIRTIO_F_VERSION_1), 12);
-        assert_eq!(vhost_vnet_hdr_len(VIRTIO_NET_F_MRG_RXBUF), 12);
+        assert_eq!(vhost_vnet_hdr_len(feature(VIRTIO_F_VERSION_1)), 12);
+        assert_eq!(vhost_vnet_hdr_len(feature(VIRTIO_NET_F_MRG_RXBUF)), 12);
         assert_eq!(vhost_vnet_hdr_len(0), 10);
     }
 
