@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use address_space::vm_memory::GuestMemoryMmap;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 /// InterruptStatus bits: the device used a buffer in at least one queue (`INT_USED_BUFFER`);
@@ -148,15 +148,23 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The one queue of a single-queue device, or the error for any other count.
-pub(crate) fn single_queue(mut queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+/// The one queue of a single-queue device; an error for any other count, or for a ready queue
+/// whose rings are not inside guest RAM.
+pub(crate) fn single_queue(
+    mut queues: Vec<Queue>,
+    mem: &GuestMemoryMmap,
+) -> Result<Queue, ActivateError> {
     if queues.len() != 1 {
         return Err(ActivateError::QueueCount {
             expected: 1,
             got: queues.len(),
         });
     }
-    Ok(queues.remove(0))
+    let queue = queues.remove(0);
+    if queue.ready() && !queue.is_valid(mem) {
+        return Err(ActivateError::InvalidQueue(0));
+    }
+    Ok(queue)
 }
 
 /// A virtio device behind a transport. The transport owns the register state and the queues

@@ -290,7 +290,7 @@ impl VirtioDevice for Rng {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues)?;
+        let queue = single_queue(queues, mem.as_ref())?;
         self.active = Some(Active {
             mem,
             queue,

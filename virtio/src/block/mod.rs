@@ -276,10 +276,7 @@ impl VirtioDevice for BlockState {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues)?;
-        if queue.ready() && !queue.is_valid(mem.as_ref()) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
+        let queue = single_queue(queues, mem.as_ref())?;
         self.active = Some(Active {
             mem,
             queue,
