@@ -5,7 +5,9 @@
 //! change, the data behind the lock is still what its last holder left, and every user in the
 //! workspace goes on with it rather than failing the VM.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Duration;
 
 /// Locks `mutex`, going on with the data of a holder that panicked.
@@ -23,14 +25,19 @@ pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Waits on `condvar` for at most `timeout`, going on as [`lock`] does after a panic.
-pub fn wait_timeout<'a, T>(
+/// Waits on `condvar` while `condition` holds, for at most `timeout`, going on as [`lock`]
+/// does after a panic.
+pub fn wait_timeout_while<'a, T, F>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
     timeout: Duration,
-) -> MutexGuard<'a, T> {
+    condition: F,
+) -> MutexGuard<'a, T>
+where
+    F: FnMut(&mut T) -> bool,
+{
     condvar
-        .wait_timeout(guard, timeout)
+        .wait_timeout_while(guard, timeout, condition)
         .map(|(guard, _)| guard)
         .unwrap_or_else(|poisoned| poisoned.into_inner().0)
 }

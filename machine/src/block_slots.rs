@@ -1,5 +1,5 @@
-//! Block hot-plug through replaceable slots, as StratoVirt does it on virtio-mmio (which has no
-//! hot-plug signalling): `slots` virtio-blk devices exist from boot, the `-drive`s fill slots
+//! Block hot-plug through replaceable slots (`slots.rs`): `slots` virtio-blk devices exist from
+//! boot, the `-drive`s fill slots
 //! 0.. in order and the rest are empty (capacity 0). QMP `blockdev-add` registers a backend
 //! (a node: an opened image), `device_add` attaches a node to a slot (the guest sees the new
 //! capacity after a configuration-change interrupt), `device_del` detaches it once its requests
@@ -8,9 +8,10 @@
 
 use crate::config::DriveConfig;
 use crate::error::MachineError;
+use crate::slots::{device_deleted, new_device_id, os_text, Labelled, SlotTable};
 use qmp::schema::{
     BlockDeviceInfo, BlockInfo, BlockdevAio, BlockdevCacheInfo, BlockdevDriverOptions,
-    BlockdevOptions, BlockdevOptionsFile, BlockdevRef, DeviceAddArgs, DeviceDeletedInfo, ImageInfo,
+    BlockdevOptions, BlockdevOptionsFile, BlockdevRef, DeviceAddArgs, ImageInfo,
 };
 use qmp::{Event, QmpError};
 use std::collections::BTreeMap;
@@ -36,21 +37,12 @@ struct Node {
     slot: Option<usize>,
 }
 
-/// One replaceable block device.
-struct Slot {
-    handle: BlockHandle,
-    /// The device id and the node behind it, while attached.
-    device: Option<(String, String)>,
-}
-
-/// The block slots and the backends that can go in them.
+/// The block slots (each a handle to its device; the occupant's backend is a node name) and
+/// the backends that can go in them.
 pub struct BlockSlots {
-    slots: Vec<Slot>,
+    slots: SlotTable<BlockHandle>,
     nodes: BTreeMap<String, Node>,
 }
-
-/// A device to place, with a description for the log.
-pub type Labelled = (String, Box<dyn VirtioDevice>);
 
 /// Creates `max(slots, drives.len())` block devices: the drives in order, then empty slots.
 pub fn block_devices(
@@ -58,16 +50,14 @@ pub fn block_devices(
     slots: usize,
 ) -> Result<(BlockSlots, Vec<Labelled>), MachineError> {
     let mut table = BlockSlots {
-        slots: Vec::new(),
+        slots: SlotTable::default(),
         nodes: BTreeMap::new(),
     };
     let mut devices = Vec::new();
     for (index, drive) in drives.iter().enumerate() {
         let block = drive_device(drive)?;
-        table.slots.push(Slot {
-            handle: block.handle(),
-            device: Some((drive.id.clone(), drive.id.clone())),
-        });
+        let occupant = (drive.id.clone(), drive.id.clone());
+        table.slots.push(block.handle(), Some(occupant));
         table.nodes.insert(
             drive.id.clone(),
             Node {
@@ -95,10 +85,7 @@ pub fn block_devices(
             id: serial.clone(),
             source,
         })?;
-        table.slots.push(Slot {
-            handle: block.handle(),
-            device: None,
-        });
+        table.slots.push(block.handle(), None);
         devices.push((format!("empty block slot {index}"), Box::new(block) as _));
     }
     Ok((table, devices))
@@ -210,7 +197,7 @@ impl BlockSlots {
                 "Drive '{drive}' is already in use by another device"
             )));
         }
-        let index = pick_slot("Block", self.occupants(), &id, args.addr.as_deref())?;
+        let index = self.slots.pick("Block", &id, args.addr.as_deref())?;
         self.attach(index, id, drive)
     }
 
@@ -225,7 +212,7 @@ impl BlockSlots {
             .ok_or_else(|| QmpError::generic(format!("Drive '{drive}' has no image open")))?;
         let slot = &mut self.slots[index];
         if let Err(disk) = slot
-            .handle
+            .device
             .attach(disk, node.readonly, node.aio != Aio::Off)
         {
             node.disk = Some(disk);
@@ -235,39 +222,26 @@ impl BlockSlots {
         log::info!(
             "device_add '{id}': node '{drive}' ({:?}) in block slot {index}, {} sectors",
             node.path,
-            slot.handle.capacity()
+            slot.device.capacity()
         );
-        slot.device = Some((id, drive.to_owned()));
+        slot.occupant = Some((id, drive.to_owned()));
         Ok(())
-    }
-
-    /// The device id in each slot.
-    fn occupants(&self) -> impl Iterator<Item = Option<&str>> {
-        self.slots
-            .iter()
-            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
-    }
-
-    /// The slot holding device `id`.
-    fn device_slot(&self, id: &str) -> Option<usize> {
-        self.occupants().position(|d| d == Some(id))
     }
 
     /// Whether one of these slots holds device `id`.
     pub fn has_device(&self, id: &str) -> bool {
-        self.device_slot(id).is_some()
+        self.slots.has_device(id)
     }
 
     /// `device_del` of a block device: detaches its node once the requests in flight on it
     /// completed, and returns the `DEVICE_DELETED` event. `None` if no block device has `id`.
     pub fn device_del(&mut self, id: &str) -> Option<Result<Event, QmpError>> {
-        let index = self.device_slot(id)?;
-        let slot = &mut self.slots[index];
-        let disk = match slot.handle.detach() {
+        let index = self.slots.slot_of(id)?;
+        let disk = match self.slots[index].device.detach() {
             Ok(disk) => disk,
             Err(e) => return Some(Err(QmpError::generic(format!("{e}")))),
         };
-        let (_, node_name) = slot.device.take()?;
+        let (_, node_name) = self.slots.vacate(id)?;
         if let Some(node) = self.nodes.get_mut(&node_name) {
             node.disk = Some(disk);
             node.slot = None;
@@ -281,9 +255,9 @@ impl BlockSlots {
         self.slots
             .iter()
             .filter_map(|slot| {
-                let (id, node_name) = slot.device.as_ref()?;
+                let (id, node_name) = slot.occupant.as_ref()?;
                 let node = self.nodes.get(node_name)?;
-                Some(block_info(id, node_name, node, slot.handle.capacity()))
+                Some(block_info(id, node_name, node, slot.device.capacity()))
             })
             .collect()
     }
@@ -361,86 +335,6 @@ fn file_options(
     }
 }
 
-/// The `id` of a `device_add`: it is required (`device_del` needs it) and must not be `in_use`.
-pub(crate) fn new_device_id(
-    args: &DeviceAddArgs,
-    in_use: impl Fn(&str) -> bool,
-) -> Result<String, QmpError> {
-    let id = args.id.clone().ok_or_else(|| {
-        QmpError::generic("Parameter 'id' is missing (device_del needs it to unplug)")
-    })?;
-    if in_use(&id) {
-        return Err(duplicate_device_id(&id));
-    }
-    Ok(id)
-}
-
-/// QEMU's error for a `device_add` whose id another device has.
-pub(crate) fn duplicate_device_id(id: &str) -> QmpError {
-    QmpError::generic(format!("Duplicate ID '{id}' for device"))
-}
-
-/// The `DEVICE_DELETED` event of device `id` (on virtio-mmio its path is its id).
-pub(crate) fn device_deleted(id: &str) -> Event {
-    Event::DeviceDeleted(DeviceDeletedInfo {
-        device: Some(id.to_owned()),
-        path: id.to_owned(),
-    })
-}
-
-/// The slot of kind `kind` (`"Block"`, `"Net"`) that `addr` names, or the first free one when
-/// there is no `addr`; `occupants` says which device holds each slot. It must exist and be free.
-pub(crate) fn pick_slot<'a>(
-    kind: &str,
-    occupants: impl Iterator<Item = Option<&'a str>>,
-    id: &str,
-    addr: Option<&str>,
-) -> Result<usize, QmpError> {
-    let occupants: Vec<Option<&str>> = occupants.collect();
-    let lower = kind.to_lowercase();
-    let Some(addr) = addr else {
-        return occupants.iter().position(Option::is_none).ok_or_else(|| {
-            QmpError::generic(format!(
-                "No free {lower} slot for '{id}': all {} are in use",
-                occupants.len()
-            ))
-        });
-    };
-    let index = parse_addr(addr).ok_or_else(|| {
-        QmpError::generic(format!(
-            "Property 'addr' doesn't take value '{addr}' (expected a slot number such as 0x1)"
-        ))
-    })?;
-    match occupants.get(index) {
-        None => Err(QmpError::generic(format!(
-            "{kind} slot {index:#x} does not exist: the machine has {} {lower} slots",
-            occupants.len()
-        ))),
-        Some(Some(other)) => Err(QmpError::generic(format!(
-            "{kind} slot {index:#x} not available for {id}, in use by {other}"
-        ))),
-        Some(None) => Ok(index),
-    }
-}
-
-/// `"0x1"`, `"0X1"` or `"1"` (hex, as QEMU reads a device address).
-fn parse_addr(addr: &str) -> Option<usize> {
-    let digits = addr
-        .strip_prefix("0x")
-        .or_else(|| addr.strip_prefix("0X"))
-        .unwrap_or(addr);
-    usize::from_str_radix(digits, 16).ok()
-}
-
-/// The system's text for an error, without Rust's " (os error N)".
-pub(crate) fn os_text(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
-    }
-}
-
 #[cfg(test)]
-#[path = "hotplug_tests.rs"]
+#[path = "block_slots_tests.rs"]
 mod tests;

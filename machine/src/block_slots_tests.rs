@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use qmp::schema::DeviceDeletedInfo;
 use qmp::ErrorClass;
 use serde_json::{json, Value};
 use vmm_sys_util::tempfile::TempFile;
@@ -57,7 +58,7 @@ fn drives_fill_the_first_slots_and_the_rest_are_empty() {
     let (a, b) = (image(8), image(16));
     let (table, devices) = slots(&[drive("d0", &a), drive("d1", &b)], 4);
     assert_eq!(devices.len(), 4);
-    let caps: Vec<u64> = table.slots.iter().map(|s| s.handle.capacity()).collect();
+    let caps: Vec<u64> = table.slots.iter().map(|s| s.device.capacity()).collect();
     assert_eq!(caps, [8, 16, 0, 0]);
     assert!(devices[2].0.contains("empty block slot 2"));
     assert_eq!(table.query_block().len(), 2);
@@ -75,11 +76,11 @@ fn blockdev_add_and_device_add_put_the_image_in_the_slot() {
     let img = image(64);
     let (mut table, _) = slots(&[], 4);
     table.blockdev_add(&raw_node("drive-1", &img)).unwrap();
-    assert_eq!(table.slots[1].handle.capacity(), 0);
+    assert_eq!(table.slots[1].device.capacity(), 0);
     table
         .device_add(&device("vdb", "drive-1", Some("0x1")))
         .unwrap();
-    assert_eq!(table.slots[1].handle.capacity(), 64);
+    assert_eq!(table.slots[1].device.capacity(), 64);
     let info = serde_json::to_value(table.query_block()).unwrap();
     assert_eq!(info[0]["qdev"], "vdb");
     assert_eq!(info[0]["inserted"]["node-name"], "drive-1");
@@ -92,7 +93,7 @@ fn device_add_without_addr_takes_the_first_free_slot() {
     let (mut table, _) = slots(&[drive("d0", &a)], 3);
     table.blockdev_add(&raw_node("n", &b)).unwrap();
     table.device_add(&device("x", "n", None)).unwrap();
-    assert_eq!(table.slots[1].device, Some(("x".into(), "n".into())));
+    assert_eq!(table.slots[1].occupant, Some(("x".into(), "n".into())));
 }
 
 #[test]
@@ -109,7 +110,7 @@ fn device_del_empties_the_slot_and_reports_device_deleted() {
             path: "vdb".into()
         })
     );
-    assert_eq!(table.slots[1].handle.capacity(), 0);
+    assert_eq!(table.slots[1].device.capacity(), 0);
     assert!(table.query_block().is_empty());
     // The node is free again: it can go back in, or be deleted.
     table.device_add(&device("vdc", "n", Some("0x0"))).unwrap();
@@ -234,7 +235,7 @@ fn read_only_and_aio_and_direct_come_from_either_level() {
     assert!(n.readonly);
     assert_eq!(n.aio, Aio::Native);
     table.device_add(&device("x", "n", None)).unwrap();
-    assert!(table.slots[0].handle.is_async());
+    assert!(table.slots[0].device.is_async());
 }
 
 #[test]
@@ -242,12 +243,4 @@ fn raw_over_a_node_reference_is_not_supported() {
     let (mut table, _) = slots(&[], 1);
     let node = options(json!({"node-name": "n", "driver": "raw", "file": "other"}));
     assert!(desc(table.blockdev_add(&node)).contains("reference to node 'other'"));
-}
-
-#[test]
-fn addr_is_read_as_hex() {
-    assert_eq!(parse_addr("0x1"), Some(1));
-    assert_eq!(parse_addr("0XA"), Some(10));
-    assert_eq!(parse_addr("b"), Some(11));
-    assert_eq!(parse_addr("0xg"), None);
 }

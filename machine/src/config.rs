@@ -82,7 +82,7 @@ pub struct MachineConfig {
     pub drives: Vec<DriveConfig>,
     /// Replaceable virtio-blk devices for QMP hot-plug (`device_add`), created only with a QMP
     /// monitor: the drives fill slots 0.., the rest start empty. More drives than slots get one
-    /// slot each. Default [`crate::hotplug::DEFAULT_BLK_SLOTS`] (4).
+    /// slot each. Default [`crate::block_slots::DEFAULT_BLK_SLOTS`] (4).
     pub blk_slots: usize,
     /// Replaceable virtio-net devices for QMP hot-plug, like `blk_slots`: the nets fill slots
     /// 0.., the rest start empty with their link down. Default
@@ -111,7 +111,7 @@ impl Default for MachineConfig {
             cmdline: String::new(),
             serial: SerialConfig::None,
             drives: Vec::new(),
-            blk_slots: crate::hotplug::DEFAULT_BLK_SLOTS,
+            blk_slots: crate::block_slots::DEFAULT_BLK_SLOTS,
             net_slots: crate::net_slots::DEFAULT_NET_SLOTS,
             nets: Vec::new(),
             rng: None,

@@ -106,8 +106,19 @@ pub enum MachineError {
         source: crate::net_devices::NetdevError,
     },
     /// More virtio devices than IRQ lines set aside for them.
-    #[error("too many virtio devices: at most {max} fit the interrupt lines")]
+    #[error(
+        "too many virtio devices: {given} given ({drives} disks, {nets} network devices, \
+         {others} other), at most {max} fit the interrupt lines"
+    )]
     TooManyVirtioDevices {
+        /// How many the configuration has.
+        given: usize,
+        /// Disks among them.
+        drives: usize,
+        /// Network devices among them.
+        nets: usize,
+        /// Other devices (the entropy device).
+        others: usize,
         /// How many fit.
         max: usize,
     },
@@ -126,6 +137,18 @@ pub enum MachineError {
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),
+    /// A source the VM cannot run without could not join the event loop.
+    #[error("cannot watch {what}")]
+    Watch {
+        /// What it is.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: event_manager::Error,
+    },
+    /// The event manager could not be created or failed while waiting.
+    #[error("event loop failed")]
+    EventManager(#[source] event_manager::Error),
     /// The terminal could not be switched to raw mode.
     #[error("cannot put the terminal in raw mode")]
     Terminal(#[source] std::io::Error),

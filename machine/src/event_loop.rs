@@ -1,118 +1,156 @@
-//! The VMM thread's epoll loop: a thin wrapper over epoll with a token enum per source.
+//! The VMM thread's event loop: rust-vmm's `event-manager`, which Firecracker uses too.
+//!
+//! Everything the VMM thread waits on is a subscriber: the machine's control sources
+//! (`control.rs`), the QMP socket (`qmp_server.rs`), each virtio device's queue notifications
+//! and I/O completions (`virtio_devices.rs`) and each net device's tap (`net_devices.rs`). A
+//! subscriber registers its descriptors in `init` and, from inside its own `process`, adds,
+//! modifies and removes them at run time through the `EventOps` it is handed (a net device
+//! stops watching its tap while the guest has no receive buffers; the QMP server swaps its
+//! listener for its client and back).
+//!
+//! Device subscribers join with [`EventLoop::add_device`] and are frozen with the VM: QMP
+//! `stop` takes every one of them off the loop ([`EventLoop::freeze_devices`]) and `cont` puts
+//! them back, where `init` registers whatever each has at that moment. A device whose
+//! descriptors changed from outside its handler (a tap hot-plugged behind a net slot) rejoins
+//! the same way ([`EventLoop::rejoin`]).
 
-use std::io;
+use event_manager::{
+    EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use std::os::fd::RawFd;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::epoll::EventSet;
 
-/// Every event source of the VMM thread. Fixed sources have fixed values; device event sources
-/// (ioeventfds, I/O completion eventfds, taps: see `device_events.rs`) are `Device(index)`,
-/// numbered from [`Token::DEVICE_BASE`].
+pub use event_manager::Error as EventLoopError;
+
+/// A subscriber as the loop holds it: the owner keeps a clone to reach it between events.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A device subscriber's place in the loop, valid for the VM's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Token {
-    /// Console input on stdin.
-    Stdin,
-    /// A vCPU thread stopped and sent its report.
-    VcpuStopped,
-    /// The guest pulsed the i8042 reset line.
-    I8042Reset,
-    /// SIGTERM, SIGINT or SIGHUP arrived.
-    StopSignal,
-    /// A client connects to the QMP socket.
-    QmpListener,
-    /// The QMP client sent something or can take more output.
-    QmpClient,
-    /// Device event source number `n` of the machine's `DeviceEvents`.
-    Device(u32),
+pub struct DeviceId(usize);
+
+struct Device {
+    subscriber: Subscriber,
+    /// Its id in the event manager while it is on the loop.
+    joined: Option<SubscriberId>,
 }
 
-impl Token {
-    /// The first raw value of device event sources; fixed tokens are below it.
-    pub const DEVICE_BASE: u64 = 1 << 32;
-
-    /// The epoll data word of this token.
-    pub fn raw(self) -> u64 {
-        match self {
-            Token::Stdin => 0,
-            Token::VcpuStopped => 1,
-            Token::I8042Reset => 2,
-            Token::StopSignal => 3,
-            Token::QmpListener => 4,
-            Token::QmpClient => 5,
-            Token::Device(n) => Token::DEVICE_BASE + u64::from(n),
-        }
-    }
-
-    /// The token whose [`Token::raw`] is `raw`, if any.
-    fn from_raw(raw: u64) -> Option<Token> {
-        Some(match raw {
-            0 => Token::Stdin,
-            1 => Token::VcpuStopped,
-            2 => Token::I8042Reset,
-            3 => Token::StopSignal,
-            4 => Token::QmpListener,
-            5 => Token::QmpClient,
-            _ => Token::Device(u32::try_from(raw.checked_sub(Token::DEVICE_BASE)?).ok()?),
-        })
-    }
-}
-
-/// An epoll set whose events come back as tokens.
+/// The event manager, and the device subscribers that QMP `stop` freezes.
 pub struct EventLoop {
-    epoll: Epoll,
+    manager: EventManager<Subscriber>,
+    devices: Vec<Device>,
+    frozen: bool,
 }
 
 impl EventLoop {
     /// An empty loop.
-    pub fn new() -> io::Result<Self> {
+    pub fn new() -> Result<Self, EventLoopError> {
         Ok(Self {
-            epoll: Epoll::new()?,
+            manager: EventManager::new()?,
+            devices: Vec::new(),
+            frozen: false,
         })
     }
 
-    /// Watches `fd` for input.
-    pub fn add(&self, fd: RawFd, token: Token) -> io::Result<()> {
-        self.epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token.raw()),
-        )
+    /// Adds a subscriber that stays for the VM's life (its `init` runs now).
+    pub fn add(&mut self, subscriber: Subscriber) -> SubscriberId {
+        self.manager.add_subscriber(subscriber)
     }
 
-    /// Watches `fd` for input, and for room to write when `want_write`.
-    pub fn modify(&self, fd: RawFd, token: Token, want_write: bool) -> io::Result<()> {
-        let events = if want_write {
-            EventSet::IN | EventSet::OUT
-        } else {
-            EventSet::IN
+    /// The operations of subscriber `id`, to change its descriptors between events.
+    pub fn ops(&mut self, id: SubscriberId) -> Result<EventOps<'_>, EventLoopError> {
+        self.manager.event_ops(id)
+    }
+
+    /// Adds a device subscriber; it joins the loop now unless the devices are frozen, then at
+    /// [`EventLoop::thaw_devices`].
+    pub fn add_device(&mut self, subscriber: Subscriber) -> DeviceId {
+        let joined = (!self.frozen).then(|| self.manager.add_subscriber(subscriber.clone()));
+        self.devices.push(Device { subscriber, joined });
+        DeviceId(self.devices.len() - 1)
+    }
+
+    /// Takes device `id` off the loop and puts it back: its `init` registers the descriptors
+    /// it has now (while frozen, that happens at thaw).
+    pub fn rejoin(&mut self, id: DeviceId) {
+        let Some(device) = self.devices.get_mut(id.0) else {
+            log::warn!("rejoin of unknown device subscriber {id:?}");
+            return;
         };
-        self.epoll.ctl(
-            ControlOperation::Modify,
-            fd,
-            EpollEvent::new(events, token.raw()),
-        )
+        if let Some(joined) = device.joined.take() {
+            let _ = self.manager.remove_subscriber(joined);
+            device.joined = Some(self.manager.add_subscriber(device.subscriber.clone()));
+        }
     }
 
-    /// Stops watching `fd`.
-    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
-        self.epoll
-            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
-    }
-
-    /// Waits for events (EINTR is retried) and returns their tokens.
-    pub fn wait(&self) -> io::Result<Vec<Token>> {
-        let mut events = [EpollEvent::default(); 32];
-        loop {
-            match self.epoll.wait(-1, &mut events) {
-                Ok(n) => {
-                    return Ok(events[..n]
-                        .iter()
-                        .filter_map(|e| Token::from_raw(e.data()))
-                        .collect())
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
+    /// Takes every device subscriber off the loop: no device source is watched or handled
+    /// until [`EventLoop::thaw_devices`].
+    pub fn freeze_devices(&mut self) {
+        if self.frozen {
+            return;
+        }
+        self.frozen = true;
+        for device in &mut self.devices {
+            if let Some(joined) = device.joined.take() {
+                let _ = self.manager.remove_subscriber(joined);
             }
         }
+        log::debug!("device event sources frozen");
+    }
+
+    /// Puts every device subscriber back on the loop; the level-triggered loop then reports
+    /// whatever became readable meanwhile.
+    pub fn thaw_devices(&mut self) {
+        if !self.frozen {
+            return;
+        }
+        self.frozen = false;
+        for device in &mut self.devices {
+            device.joined = Some(self.manager.add_subscriber(device.subscriber.clone()));
+        }
+        log::debug!("device event sources thawed");
+    }
+
+    /// Waits for events and hands each to its subscriber; returns how many there were (0 when
+    /// a signal interrupted the wait).
+    pub fn run(&mut self) -> Result<usize, EventLoopError> {
+        self.manager.run()
+    }
+
+    /// As [`EventLoop::run`], waiting at most `ms` milliseconds.
+    #[cfg(test)]
+    pub fn run_for(&mut self, ms: i32) -> Result<usize, EventLoopError> {
+        self.manager.run_with_timeout(ms)
+    }
+}
+
+/// Watching `fd` for input, with `data` (a subscriber's token) coming back with its events.
+pub fn input(fd: RawFd, data: u32) -> Events {
+    Events::with_data_raw(fd, data, EventSet::IN)
+}
+
+/// Watching `fd` for input and, when `want_write`, for room to write.
+pub fn input_output(fd: RawFd, data: u32, want_write: bool) -> Events {
+    let set = if want_write {
+        EventSet::IN | EventSet::OUT
+    } else {
+        EventSet::IN
+    };
+    Events::with_data_raw(fd, data, set)
+}
+
+/// Registers `events`, logging (not failing) when the loop refuses: `what` names the source.
+pub fn watch(ops: &mut EventOps, events: Events, what: &str) {
+    if let Err(e) = ops.add(events) {
+        log::warn!("cannot watch {what}: {e}");
+    }
+}
+
+/// Stops watching `events`' descriptor, logging when the loop refuses.
+pub fn unwatch(ops: &mut EventOps, events: Events, what: &str) {
+    if let Err(e) = ops.remove(events) {
+        log::warn!("cannot stop watching {what}: {e}");
     }
 }
 
@@ -122,59 +160,123 @@ mod tests {
     use std::os::fd::AsRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    #[test]
-    fn every_token_maps_back_from_its_raw_value() {
-        let tokens = [
-            Token::Stdin,
-            Token::VcpuStopped,
-            Token::I8042Reset,
-            Token::StopSignal,
-            Token::QmpListener,
-            Token::QmpClient,
-            Token::Device(0),
-            Token::Device(7),
-            Token::Device(u32::MAX),
-        ];
-        for token in tokens {
-            assert_eq!(Token::from_raw(token.raw()), Some(token));
+    /// Drains its eventfds and records their tokens; with `stop_after_first`, removes each
+    /// source from inside its own handler.
+    struct Recorder {
+        evts: Vec<EventFd>,
+        seen: Vec<u32>,
+        inits: usize,
+        remove_on_event: bool,
+    }
+
+    impl MutEventSubscriber for Recorder {
+        fn process(&mut self, events: Events, ops: &mut EventOps) {
+            let n = events.data();
+            self.seen.push(n);
+            if self.remove_on_event {
+                unwatch(ops, events, "test source");
+            } else {
+                let _ = self.evts[n as usize].read();
+            }
+        }
+
+        fn init(&mut self, ops: &mut EventOps) {
+            self.inits += 1;
+            for (n, evt) in self.evts.iter().enumerate() {
+                watch(ops, input(evt.as_raw_fd(), n as u32), "test source");
+            }
         }
     }
 
-    #[test]
-    fn raw_values_between_fixed_and_device_tokens_or_past_them_are_none() {
-        assert_eq!(Token::from_raw(6), None);
-        assert_eq!(Token::from_raw(Token::DEVICE_BASE - 1), None);
-        assert_eq!(Token::from_raw(Token::DEVICE_BASE + (1 << 32)), None);
+    fn recorder(n: usize, remove_on_event: bool) -> Arc<Mutex<Recorder>> {
+        Arc::new(Mutex::new(Recorder {
+            evts: (0..n)
+                .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+                .collect(),
+            seen: Vec::new(),
+            inits: 0,
+            remove_on_event,
+        }))
+    }
+
+    fn fire(r: &Arc<Mutex<Recorder>>, n: usize) {
+        r.lock().expect("lock").evts[n].write(1).expect("write");
+    }
+
+    fn seen(r: &Arc<Mutex<Recorder>>) -> Vec<u32> {
+        r.lock().expect("lock").seen.clone()
     }
 
     #[test]
-    fn device_fd_comes_back_as_its_device_token() {
-        let lp = EventLoop::new().expect("epoll");
-        let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        lp.add(evt.as_raw_fd(), Token::Device(3)).expect("add");
-        evt.write(1).expect("write");
-        assert_eq!(lp.wait().expect("wait"), vec![Token::Device(3)]);
+    fn readable_source_reaches_its_subscriber_with_its_token() {
+        let mut lp = EventLoop::new().expect("loop");
+        let r = recorder(3, false);
+        lp.add(r.clone());
+        fire(&r, 2);
+        assert_eq!(lp.run_for(1000).expect("run"), 1);
+        assert_eq!(seen(&r), vec![2]);
     }
 
     #[test]
-    fn ready_fd_comes_back_as_its_token() {
-        let lp = EventLoop::new().expect("epoll");
-        let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        lp.add(evt.as_raw_fd(), Token::I8042Reset).expect("add");
-        evt.write(1).expect("write");
-        assert_eq!(lp.wait().expect("wait"), vec![Token::I8042Reset]);
+    fn source_removed_from_inside_its_handler_is_not_reported_again() {
+        let mut lp = EventLoop::new().expect("loop");
+        let r = recorder(1, true);
+        lp.add(r.clone());
+        fire(&r, 0);
+        lp.run_for(1000).expect("run");
+        // Still readable (never drained) but no longer watched.
+        assert_eq!(lp.run_for(50).expect("run"), 0);
+        assert_eq!(seen(&r), vec![0]);
     }
 
     #[test]
-    fn removed_fd_is_no_longer_reported() {
-        let lp = EventLoop::new().expect("epoll");
-        let a = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let b = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        lp.add(a.as_raw_fd(), Token::Stdin).expect("add");
-        lp.add(b.as_raw_fd(), Token::VcpuStopped).expect("add");
-        lp.remove(a.as_raw_fd()).expect("remove");
-        a.write(1).expect("write");
-        b.write(1).expect("write");
-        assert_eq!(lp.wait().expect("wait"), vec![Token::VcpuStopped]);
+    fn frozen_devices_are_not_handled_until_thawed() {
+        let mut lp = EventLoop::new().expect("loop");
+        let device = recorder(2, false);
+        let control = recorder(1, false);
+        lp.add_device(device.clone());
+        lp.add(control.clone());
+        lp.freeze_devices();
+        fire(&device, 1);
+        fire(&control, 0);
+        lp.run_for(1000).expect("run");
+        assert_eq!(
+            lp.run_for(50).expect("run"),
+            0,
+            "only the control source came"
+        );
+        assert!(seen(&device).is_empty());
+        assert_eq!(seen(&control), vec![0]);
+        lp.thaw_devices();
+        lp.run_for(1000).expect("run");
+        assert_eq!(seen(&device), vec![1]);
+    }
+
+    #[test]
+    fn device_added_while_frozen_joins_at_thaw() {
+        let mut lp = EventLoop::new().expect("loop");
+        lp.freeze_devices();
+        let device = recorder(1, false);
+        lp.add_device(device.clone());
+        assert_eq!(device.lock().expect("lock").inits, 0);
+        fire(&device, 0);
+        assert_eq!(lp.run_for(50).expect("run"), 0);
+        lp.thaw_devices();
+        lp.run_for(1000).expect("run");
+        assert_eq!(seen(&device), vec![0]);
+    }
+
+    #[test]
+    fn rejoining_device_registers_its_sources_anew() {
+        let mut lp = EventLoop::new().expect("loop");
+        let device = recorder(1, true);
+        let id = lp.add_device(device.clone());
+        fire(&device, 0);
+        lp.run_for(1000).expect("run");
+        assert_eq!(lp.run_for(50).expect("run"), 0, "removed by its handler");
+        lp.rejoin(id);
+        assert_eq!(device.lock().expect("lock").inits, 2);
+        lp.run_for(1000).expect("run");
+        assert_eq!(seen(&device), vec![0, 0]);
     }
 }

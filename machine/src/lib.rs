@@ -6,12 +6,14 @@
 //! the VMM thread's epoll loop until the guest resets, powers off or fails. Addresses and IRQ
 //! lines live in [`layout`]. It knows nothing about the command line.
 
+#![deny(unsafe_code)]
+
+mod block_slots;
 mod config;
+mod control;
 mod cpuid;
-mod device_events;
 mod error;
 mod event_loop;
-mod hotplug;
 pub mod layout;
 mod legacy;
 mod memory;
@@ -22,15 +24,16 @@ mod qmp_server;
 mod running;
 mod seccomp;
 mod signals;
+mod slots;
 mod terminal;
 mod vcpu;
 mod virtio_devices;
 mod vm;
 
 pub use address_space::{RamBacking, RamOptions};
+pub use block_slots::DEFAULT_BLK_SLOTS;
 pub use config::{DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource};
 pub use error::MachineError;
-pub use hotplug::DEFAULT_BLK_SLOTS;
 pub use net_slots::DEFAULT_NET_SLOTS;
 pub use qmp_server::QmpEndpoint;
 pub use seccomp::{

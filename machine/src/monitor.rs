@@ -1,10 +1,10 @@
 //! The machine's side of QMP: carries out each command on the running VM.
 
-use crate::hotplug::{duplicate_device_id, BlockSlots};
+use crate::block_slots::BlockSlots;
+use crate::event_loop::EventLoop;
 use crate::net_slots::NetSlots;
-use crate::vcpu::{Request, VcpuControl, VcpuHandle};
-use kvm_bindings::kvm_clock_data;
-use kvm_ioctls::VmFd;
+use crate::slots::duplicate_device_id;
+use crate::vcpu::VcpuSet;
 use qmp::schema::{
     BalloonArgs, ChardevInfo, CpuInfo, CpuInfoFast, CpuInstanceProperties, DeviceAddArgs,
     HotpluggableCpu, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo, VersionInfo,
@@ -12,113 +12,51 @@ use qmp::schema::{
 use qmp::{AfterReply, Command, Event, QmpError, QmpHandler, Response};
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-/// How long `stop` waits for every vCPU to leave the guest.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long vCPU threads get to leave after the machine stops.
-const VCPU_EXIT_GRACE: Duration = Duration::from_millis(500);
-
-/// The running machine as the monitor sees it.
-pub struct VmState {
-    /// The KVM VM (for the clock).
-    pub vm: Arc<VmFd>,
-    /// Run/pause/exit requests for the vCPU threads.
-    pub control: Arc<VcpuControl>,
-    /// The vCPU threads.
-    pub vcpus: Vec<VcpuHandle>,
-    /// Number of vCPUs the machine has.
-    pub cpus: u8,
+/// What only the monitor keeps: what it reports about the machine and the descriptors
+/// `getfd` stored.
+pub struct MonitorState {
     /// The QMP version reported.
     pub version: VersionInfo,
     /// What the serial console is connected to, for `query-chardev`.
     pub serial_backend: String,
-    /// Whether `stop` paused the vCPUs.
-    pub paused: bool,
-    /// The guest clock saved at `stop`, restored at `cont`.
-    pub frozen_clock: Option<kvm_clock_data>,
     /// Descriptors stored by `getfd`.
     pub fds: HashMap<String, File>,
-    /// The replaceable block devices and the backends `blockdev-add` registered.
-    pub block_slots: BlockSlots,
-    /// The replaceable net devices and the backends `netdev_add` registered.
-    pub net_slots: NetSlots,
 }
 
-impl VmState {
-    /// Kicks every vCPU out of the guest and parks it; freezes the guest clock.
-    pub fn pause(&mut self) -> Result<(), QmpError> {
-        if self.paused {
-            return Ok(());
-        }
-        self.control.request(Request::Pause);
-        self.kick_all();
-        let running = self.vcpus.iter().filter(|v| !v.is_finished()).count();
-        if !self.control.wait_paused(running, PAUSE_TIMEOUT) {
-            self.control.request(Request::Run);
-            return Err(QmpError::generic("the vCPUs did not stop in time"));
-        }
-        self.frozen_clock = match self.vm.get_clock() {
-            Ok(clock) => Some(clock),
-            Err(err) => {
-                log::warn!("cannot read the guest clock: {err}");
-                None
-            }
-        };
-        self.paused = true;
-        Ok(())
-    }
-
-    /// Restores the guest clock and lets the vCPUs run again.
-    pub fn resume(&mut self) {
-        if !self.paused {
-            return;
-        }
-        if let Some(clock) = self.frozen_clock.take() {
-            let restore = kvm_clock_data {
-                clock: clock.clock,
-                ..Default::default()
-            };
-            if let Err(err) = self.vm.set_clock(&restore) {
-                log::warn!("cannot restore the guest clock: {err}");
-            }
-        }
-        self.control.request(Request::Run);
-        self.paused = false;
-    }
-
-    /// Asks every vCPU thread to leave and waits a little for them.
-    pub fn stop_vcpus(&self) {
-        self.control.request(Request::Exit);
-        let deadline = Instant::now() + VCPU_EXIT_GRACE;
-        while Instant::now() < deadline && !self.vcpus.iter().all(VcpuHandle::is_finished) {
-            self.kick_all();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn kick_all(&self) {
-        self.vcpus
-            .iter()
-            .filter(|v| !v.is_finished())
-            .for_each(VcpuHandle::kick);
-    }
+/// The replaceable devices and the backends that can go in them.
+pub struct Hotplug {
+    /// Block slots and `blockdev-add` nodes.
+    pub block: BlockSlots,
+    /// Net slots and `netdev_add` backends.
+    pub net: NetSlots,
 }
 
-/// One command's view of the machine: the state, the descriptor that came with the command's
+/// The parts of the running machine a command can act on.
+pub struct Machine<'a> {
+    /// The vCPUs (`stop`, `cont`, `query-cpus`).
+    pub vcpus: &'a mut VcpuSet,
+    /// The device slots (hot-plug).
+    pub hotplug: &'a mut Hotplug,
+    /// The event loop: `stop` freezes the devices on it, hot-plug makes a device rejoin it.
+    pub events: &'a mut EventLoop,
+    /// The monitor's own data.
+    pub state: &'a mut MonitorState,
+}
+
+/// One command's view of the machine: its parts, the descriptor that came with the command's
 /// bytes, and the events the command caused.
 pub struct Monitor<'a> {
-    state: &'a mut VmState,
+    machine: Machine<'a>,
     received_fd: &'a mut Option<File>,
     events: Vec<Event>,
 }
 
 impl<'a> Monitor<'a> {
-    /// A monitor over `state`; `received_fd` is what `getfd` stores.
-    pub fn new(state: &'a mut VmState, received_fd: &'a mut Option<File>) -> Self {
+    /// A monitor over `machine`; `received_fd` is what `getfd` stores.
+    pub fn new(machine: Machine<'a>, received_fd: &'a mut Option<File>) -> Self {
         Self {
-            state,
+            machine,
             received_fd,
             events: Vec::new(),
         }
@@ -140,8 +78,9 @@ impl<'a> Monitor<'a> {
     }
 
     fn query_cpus(&self) -> Vec<CpuInfo> {
-        self.state
+        self.machine
             .vcpus
+            .handles()
             .iter()
             .map(|v| CpuInfo {
                 cpu: i64::from(v.id),
@@ -157,8 +96,9 @@ impl<'a> Monitor<'a> {
     }
 
     fn query_cpus_fast(&self) -> Vec<CpuInfoFast> {
-        self.state
+        self.machine
             .vcpus
+            .handles()
             .iter()
             .map(|v| CpuInfoFast {
                 cpu_index: i64::from(v.id),
@@ -172,7 +112,7 @@ impl<'a> Monitor<'a> {
     }
 
     fn query_hotpluggable_cpus(&self) -> Vec<HotpluggableCpu> {
-        (0..self.state.cpus)
+        (0..self.machine.vcpus.count())
             .map(|id| HotpluggableCpu {
                 kind: "host-x86_64-cpu".to_string(),
                 vcpus_count: 1,
@@ -192,12 +132,12 @@ impl<'a> Monitor<'a> {
                 "Parameter 'fdname' may not start with a digit",
             ));
         }
-        self.state.fds.insert(name, fd);
+        self.machine.state.fds.insert(name, fd);
         Ok(Response::empty())
     }
 
     fn closefd(&mut self, name: &str) -> Result<Response, QmpError> {
-        match self.state.fds.remove(name) {
+        match self.machine.state.fds.remove(name) {
             Some(_) => Ok(Response::empty()),
             None => Err(QmpError::generic(format!(
                 "File descriptor named '{name}' not found"
@@ -220,10 +160,24 @@ impl<'a> Monitor<'a> {
 }
 
 impl Monitor<'_> {
+    /// `stop`: parks the vCPUs, then freezes every device source, so devices process nothing
+    /// until `cont`.
+    fn stop(&mut self) -> Result<Response, QmpError> {
+        if !self.machine.vcpus.is_paused() {
+            if !self.machine.vcpus.pause() {
+                return Err(QmpError::generic("the vCPUs did not stop in time"));
+            }
+            self.machine.events.freeze_devices();
+            self.events.push(Event::Stop);
+        }
+        Ok(Response::empty())
+    }
+
     /// `device_add` into a block or a net slot. Each slot table refuses the ids it holds; a
     /// device id is unique across both, as in QEMU, so the other table is asked too.
     fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Response, QmpError> {
-        let (blocks, nets) = (&mut self.state.block_slots, &mut self.state.net_slots);
+        let hotplug = &mut *self.machine.hotplug;
+        let (blocks, nets) = (&mut hotplug.block, &mut hotplug.net);
         let id = args.id.as_deref();
         if BlockSlots::is_block_driver(&args.driver) {
             if let Some(id) = id.filter(|id| nets.has_device(id)) {
@@ -234,7 +188,7 @@ impl Monitor<'_> {
             if let Some(id) = id.filter(|id| blocks.has_device(id)) {
                 return Err(duplicate_device_id(id));
             }
-            nets.device_add(args)?;
+            nets.device_add(args, self.machine.events)?;
         } else {
             return Err(not_yet(&format!("device_add of '{}'", args.driver)));
         }
@@ -261,17 +215,12 @@ fn not_yet(what: &str) -> QmpError {
 impl QmpHandler for Monitor<'_> {
     fn execute(&mut self, command: Command) -> Result<Response, QmpError> {
         match command {
-            Command::QueryStatus => json(&StatusInfo::new(!self.state.paused)),
-            Command::Stop => {
-                if !self.state.paused {
-                    self.state.pause()?;
-                    self.events.push(Event::Stop);
-                }
-                Ok(Response::empty())
-            }
+            Command::QueryStatus => json(&StatusInfo::new(!self.machine.vcpus.is_paused())),
+            Command::Stop => self.stop(),
             Command::Cont => {
-                if self.state.paused {
-                    self.state.resume();
+                if self.machine.vcpus.is_paused() {
+                    self.machine.events.thaw_devices();
+                    self.machine.vcpus.resume();
                     self.events.push(Event::Resume);
                 }
                 Ok(Response::empty())
@@ -293,27 +242,28 @@ impl QmpHandler for Monitor<'_> {
             Command::Getfd(args) => self.getfd(args.fdname),
             Command::Closefd(args) => self.closefd(&args.fdname),
             Command::BlockdevAdd(options) => {
-                self.state.block_slots.blockdev_add(&options)?;
+                self.machine.hotplug.block.blockdev_add(&options)?;
                 Ok(Response::empty())
             }
             Command::BlockdevDel(args) => {
-                self.state.block_slots.blockdev_del(&args.node_name)?;
+                self.machine.hotplug.block.blockdev_del(&args.node_name)?;
                 Ok(Response::empty())
             }
             Command::NetdevAdd(args) => {
-                let state = &mut *self.state;
-                state.net_slots.netdev_add(&args, &mut state.fds)?;
+                let fds = &mut self.machine.state.fds;
+                self.machine.hotplug.net.netdev_add(&args, fds)?;
                 Ok(Response::empty())
             }
             Command::NetdevDel(args) => {
-                self.state.net_slots.netdev_del(&args.id)?;
+                self.machine.hotplug.net.netdev_del(&args.id)?;
                 Ok(Response::empty())
             }
             Command::DeviceAdd(args) => self.device_add(&args),
             Command::DeviceDel(args) => {
-                let deleted = match self.state.block_slots.device_del(&args.id) {
+                let hotplug = &mut *self.machine.hotplug;
+                let deleted = match hotplug.block.device_del(&args.id) {
                     Some(deleted) => Some(deleted),
-                    None => self.state.net_slots.device_del(&args.id),
+                    None => hotplug.net.device_del(&args.id, self.machine.events),
                 };
                 match deleted {
                     Some(deleted) => {
@@ -324,7 +274,7 @@ impl QmpHandler for Monitor<'_> {
                 }
             }
             Command::Balloon(BalloonArgs { .. }) | Command::QueryBalloon => Err(no_balloon()),
-            Command::QueryVersion => json(&self.state.version),
+            Command::QueryVersion => json(&self.machine.state.version),
             Command::QueryCommands => json(&qmp::query_commands()),
             Command::QueryEvents => json(&qmp::query_events()),
             Command::QueryMachines => json(&self.machines()),
@@ -335,10 +285,10 @@ impl QmpHandler for Monitor<'_> {
             Command::QueryTarget => json(&TargetInfo {
                 arch: "x86_64".to_string(),
             }),
-            Command::QueryBlock => json(&self.state.block_slots.query_block()),
+            Command::QueryBlock => json(&self.machine.hotplug.block.query_block()),
             Command::QueryChardev => json(&vec![ChardevInfo {
                 label: "serial0".to_string(),
-                filename: self.state.serial_backend.clone(),
+                filename: self.machine.state.serial_backend.clone(),
                 frontend_open: true,
             }]),
         }

@@ -1,28 +1,32 @@
 //! virtio-net devices: opens each device's tap (by name, or the inherited descriptor as it is)
 //! and keeps the tap watched by the VMM thread's loop only while the guest has receive buffers.
 //!
-//! Each device has two event sources: its tap poller ([`TAP`], a [`TapPoll`]: an epoll
-//! descriptor holding the tap the device has now, so that QMP can swap taps without touching
-//! the loop) and the device's receive-resume eventfd ([`RESUME`]). When [`Net::rx_ready`] says
-//! the guest has no buffers (or the device needs a reset, or the tap failed), the loop stops
-//! watching the tap, so a busy tap neither spins the loop nor drops frames; the device writes
-//! the resume eventfd once the guest posted buffers, and the tap is watched again.
+//! Each device is a device subscriber with two sources: its tap ([`Token::Tap`]) and the
+//! device's receive-resume eventfd ([`Token::Resume`]). When [`Net::rx_ready`] says the guest
+//! has no buffers (or the device needs a reset, or the tap failed), the subscriber stops
+//! watching the tap from inside its handler, so a busy tap neither spins the loop nor drops
+//! frames; the device writes the resume eventfd once the guest posted buffers, and the tap is
+//! watched again. When QMP puts another tap behind the device, the device rejoins the loop.
 //!
 //! [`Net::rx_ready`]: virtio::Net::rx_ready
 
 use crate::config::{NetConfig, TapSource};
-use crate::device_events::{DeviceEvents, EventHandler, SharedHandler, WatchChange};
-use std::io;
+use crate::event_loop::{input, unwatch, watch, DeviceId, EventLoop};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use virtio::net::{check_vhost, VhostError, VhostMode};
 use virtio::{MacAddr, Net, NetError, NetOptions, RxOutcome, SharedNet, Tap, TapError};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-/// Event source number of the tap.
-const TAP: u32 = 0;
-/// Event source number of the receive-resume eventfd.
-const RESUME: u32 = 1;
+/// A net device's sources, as their events' data.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// The tap has a frame.
+    Tap,
+    /// The guest posted receive buffers (or the tap changed): receive may go on.
+    Resume,
+}
 
 /// Why a network device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -36,50 +40,6 @@ pub enum NetdevError {
     /// The device model refused its options.
     #[error(transparent)]
     Device(NetError),
-    /// The tap poller could not be set up.
-    #[error("cannot set up the tap poller")]
-    Poll(#[source] io::Error),
-}
-
-/// An epoll descriptor holding at most one tap: readable whenever that tap is. The VMM
-/// thread's loop watches this descriptor, never the tap itself, so the tap behind a device can
-/// change (QMP hot-plug) while the loop's sources stay the same.
-pub struct TapPoll {
-    epoll: Epoll,
-    tap: Option<RawFd>,
-}
-
-impl TapPoll {
-    /// A poller holding no tap (never readable).
-    pub fn new() -> io::Result<TapPoll> {
-        Ok(TapPoll {
-            epoll: Epoll::new()?,
-            tap: None,
-        })
-    }
-
-    /// The descriptor for the loop to watch.
-    pub fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
-    }
-
-    /// Holds `tap` (instead of the tap held so far).
-    pub fn hold(&mut self, tap: RawFd) -> io::Result<()> {
-        self.release()?;
-        let event = EpollEvent::new(EventSet::IN, 0);
-        self.epoll.ctl(ControlOperation::Add, tap, event)?;
-        self.tap = Some(tap);
-        Ok(())
-    }
-
-    /// Holds no tap any more.
-    pub fn release(&mut self) -> io::Result<()> {
-        if let Some(tap) = self.tap.take() {
-            self.epoll
-                .ctl(ControlOperation::Delete, tap, EpollEvent::default())?;
-        }
-        Ok(())
-    }
 }
 
 /// Opens the tap of `config` (after checking that its vhost setting can be served). Runs
@@ -117,46 +77,30 @@ pub fn create_net(
     Ok(SharedNet::new(net))
 }
 
-/// Creates the tap poller of `net` holding its tap, and adds the poller and the device's
-/// receive-resume eventfd to `events`.
-pub fn watch_net(
-    net: &SharedNet,
-    id: &str,
-    events: &mut DeviceEvents,
-) -> Result<TapPoll, NetdevError> {
-    let (tap_fd, resume_fd) = {
-        let device = net.lock();
-        (device.tap_fd(), device.rx_resume_event().as_raw_fd())
-    };
-    let mut poll = TapPoll::new().map_err(NetdevError::Poll)?;
-    if let Some(fd) = tap_fd {
-        poll.hold(fd).map_err(NetdevError::Poll)?;
-    }
-    let handler: SharedHandler = Arc::new(Mutex::new(NetEvents {
+/// Adds `net` to `events` as a device subscriber; the returned id makes it rejoin the loop
+/// when its tap changes.
+pub fn watch_net(net: &SharedNet, id: &str, events: &mut EventLoop) -> DeviceId {
+    events.add_device(Arc::new(Mutex::new(NetEvents {
         net: net.clone(),
         id: id.to_string(),
-        changes: Vec::new(),
-    }));
-    events.add(poll.fd(), handler.clone(), TAP);
-    events.add(resume_fd, handler, RESUME);
-    Ok(poll)
+        tap: None,
+    })))
 }
 
 /// The VMM thread's side of one network device.
 struct NetEvents {
     net: SharedNet,
     id: String,
-    changes: Vec<WatchChange>,
+    /// The tap while the loop watches it.
+    tap: Option<RawFd>,
 }
 
-impl EventHandler for NetEvents {
-    fn handle_event(&mut self, source: u32) {
+impl NetEvents {
+    /// Watches the device's tap while the guest can take frames, and stops watching it when
+    /// it cannot.
+    fn follow_rx(&mut self, ops: &mut EventOps) {
         let mut net = self.net.lock();
-        if source == RESUME {
-            // The count only says that receive may go on; the device knows the rest.
-            let _ = net.rx_resume_event().read();
-        }
-        let watch = match net.rx_ready() {
+        let want = match net.rx_ready() {
             RxOutcome::KeepPolling => true,
             RxOutcome::NeedBuffers | RxOutcome::NeedsReset => false,
             RxOutcome::TapFailed(e) => {
@@ -164,15 +108,51 @@ impl EventHandler for NetEvents {
                 false
             }
         };
-        self.changes.push(WatchChange { source: TAP, watch });
+        let tap = net.tap_fd();
+        drop(net);
+        match (self.tap, want.then_some(tap).flatten()) {
+            (None, Some(fd)) => {
+                watch(ops, input(fd, Token::Tap as u32), "a tap");
+                self.tap = Some(fd);
+            }
+            (Some(fd), None) => {
+                unwatch(ops, input(fd, Token::Tap as u32), "a tap");
+                self.tap = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl MutEventSubscriber for NetEvents {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == Token::Resume as u32 {
+            // The count only says that receive may go on; the device knows the rest.
+            let _ = self.net.lock().rx_resume_event().read();
+        }
+        self.follow_rx(ops);
     }
 
-    fn watch_changes(&mut self) -> Vec<WatchChange> {
-        std::mem::take(&mut self.changes)
+    fn init(&mut self, ops: &mut EventOps) {
+        let (tap, resume) = {
+            let net = self.net.lock();
+            (net.tap_fd(), net.rx_resume_event().as_raw_fd())
+        };
+        watch(
+            ops,
+            input(resume, Token::Resume as u32),
+            "a receive-resume event",
+        );
+        // Watched from the start: the first event tells whether the guest can take frames.
+        self.tap = tap;
+        if let Some(fd) = tap {
+            watch(ops, input(fd, Token::Tap as u32), "a tap");
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -216,39 +196,5 @@ mod tests {
         );
         // SAFETY: F_GETFD only reads the descriptor flags of `read`, which this test owns.
         assert!(unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETFD) } >= 0);
-    }
-
-    fn readable(fd: RawFd) -> bool {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll reads and writes one pollfd, `pfd`, which lives across the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n == 1 && pfd.revents & libc::POLLIN != 0
-    }
-
-    #[test]
-    fn tap_poll_is_readable_exactly_when_the_tap_it_holds_is() {
-        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-        let first = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let second = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let mut poll = TapPoll::new().expect("epoll");
-        assert!(!readable(poll.fd()), "holding nothing");
-        poll.hold(first.as_raw_fd()).expect("hold");
-        assert!(!readable(poll.fd()));
-        first.write(1).expect("write");
-        assert!(readable(poll.fd()), "the held tap is readable");
-        let _ = first.read();
-        assert!(!readable(poll.fd()), "drained");
-        // Swapping: the old one no longer counts, the new one does.
-        poll.hold(second.as_raw_fd()).expect("swap");
-        first.write(1).expect("write");
-        assert!(!readable(poll.fd()), "the released tap does not count");
-        second.write(1).expect("write");
-        assert!(readable(poll.fd()));
-        poll.release().expect("release");
-        assert!(!readable(poll.fd()));
     }
 }

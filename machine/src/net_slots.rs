@@ -1,4 +1,4 @@
-//! Network hot-plug through replaceable slots, like block hot-plug (`hotplug.rs`): `slots`
+//! Network hot-plug through replaceable slots (`slots.rs`), like block hot-plug: `slots`
 //! virtio-net devices exist from boot, the command line's net devices fill slots 0.. in order
 //! and the rest are empty (link down). QMP `netdev_add` opens a tap (by name, or a descriptor
 //! passed with `getfd`) and registers it as a backend, `device_add` puts a backend behind a
@@ -7,10 +7,10 @@
 //! words them.
 
 use crate::config::NetConfig;
-use crate::device_events::DeviceEvents;
 use crate::error::MachineError;
-use crate::hotplug::{device_deleted, new_device_id, os_text, pick_slot, Labelled};
-use crate::net_devices::{create_net, open_tap, watch_net, TapPoll};
+use crate::event_loop::{DeviceId, EventLoop};
+use crate::net_devices::{create_net, open_tap, watch_net};
+use crate::slots::{device_deleted, new_device_id, Labelled, SlotTable};
 use qmp::schema::{DeviceAddArgs, NetdevAddArgs};
 use qmp::{Event, QmpError};
 use std::collections::{BTreeMap, HashMap};
@@ -33,29 +33,27 @@ struct Backend {
     slot: Option<usize>,
 }
 
-/// One replaceable net device.
-struct Slot {
+/// One replaceable net device: the device, and its subscriber on the loop.
+struct NetSlot {
     net: SharedNet,
-    poll: TapPoll,
-    /// The device id and the backend behind it, while attached.
-    device: Option<(String, String)>,
+    events: DeviceId,
 }
 
-/// The net slots and the backends that can go in them.
+/// The net slots (the occupant's backend is a netdev id) and the backends that can go in them.
 pub struct NetSlots {
-    slots: Vec<Slot>,
+    slots: SlotTable<NetSlot>,
     backends: BTreeMap<String, Backend>,
 }
 
 /// Creates `max(slots, nets.len())` net devices: the command line's in order (their taps
-/// opened now), then empty slots; each device's tap poller is added to `events`.
+/// opened now), then empty slots; each device joins `events`.
 pub fn net_devices(
     nets: &[NetConfig],
     slots: usize,
-    events: &mut DeviceEvents,
+    events: &mut EventLoop,
 ) -> Result<(NetSlots, Vec<Labelled>), MachineError> {
     let mut table = NetSlots {
-        slots: Vec::new(),
+        slots: SlotTable::default(),
         backends: BTreeMap::new(),
     };
     let mut devices = Vec::new();
@@ -66,17 +64,18 @@ pub fn net_devices(
         };
         let tap = open_tap(config).map_err(netdev_err)?;
         let net = create_net(&config.id, config.mac, Some(tap)).map_err(netdev_err)?;
-        let poll = watch_net(&net, &config.id, events).map_err(netdev_err)?;
+        let subscriber = watch_net(&net, &config.id, events);
         let mac = net.lock().mac();
         let label = format!(
             "netdev '{}' (net slot {index}): {:?} mac={mac}",
             config.netdev, config.tap
         );
-        table.slots.push(Slot {
+        let slot = NetSlot {
             net: net.clone(),
-            poll,
-            device: Some((config.id.clone(), config.netdev.clone())),
-        });
+            events: subscriber,
+        };
+        let occupant = (config.id.clone(), config.netdev.clone());
+        table.slots.push(slot, Some(occupant));
         table.backends.insert(
             config.netdev.clone(),
             Backend {
@@ -93,13 +92,13 @@ pub fn net_devices(
             source,
         };
         let net = create_net(&id, None, None).map_err(netdev_err)?;
-        let poll = watch_net(&net, &id, events).map_err(netdev_err)?;
+        let subscriber = watch_net(&net, &id, events);
         let label = format!("empty net slot {index}, mac={}", net.lock().mac());
-        table.slots.push(Slot {
+        let slot = NetSlot {
             net: net.clone(),
-            poll,
-            device: None,
-        });
+            events: subscriber,
+        };
+        table.slots.push(slot, None);
         devices.push((label, Box::new(net) as _));
     }
     Ok((table, devices))
@@ -209,8 +208,13 @@ impl NetSlots {
     }
 
     /// `device_add` of a net device model: puts the backend `netdev` behind the slot `addr`
-    /// (the first free slot without it), with `mac` if given.
-    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<(), QmpError> {
+    /// (the first free slot without it), with `mac` if given; the device rejoins `events`
+    /// with its new tap.
+    pub fn device_add(
+        &mut self,
+        args: &DeviceAddArgs,
+        events: &mut EventLoop,
+    ) -> Result<(), QmpError> {
         let id = new_device_id(args, |id| self.has_device(id))?;
         let driver = &args.driver;
         let netdev = args
@@ -235,8 +239,10 @@ impl NetSlots {
             })?),
             None => None,
         };
-        let index = pick_slot("Net", self.occupants(), &id, args.addr.as_deref())?;
-        self.attach(index, id, netdev, mac)
+        let index = self.slots.pick("Net", &id, args.addr.as_deref())?;
+        self.attach(index, id, netdev, mac)?;
+        events.rejoin(self.slots[index].device.events);
+        Ok(())
     }
 
     fn attach(
@@ -255,18 +261,9 @@ impl NetSlots {
             .take()
             .ok_or_else(|| QmpError::generic(format!("Netdev '{netdev}' has no tap open")))?;
         let slot = &mut self.slots[index];
-        let fd = tap.raw_fd();
-        if let Err(e) = slot.poll.hold(fd) {
-            backend.tap = Some(tap);
-            return Err(QmpError::generic(format!(
-                "Cannot watch the tap of '{netdev}': {}",
-                os_text(&e)
-            )));
-        }
-        let mut net = slot.net.lock();
+        let mut net = slot.device.net.lock();
         if let Err(tap) = net.attach_tap(tap, mac) {
             backend.tap = Some(tap);
-            let _ = slot.poll.release();
             return Err(QmpError::generic(format!("Net slot {index:#x} is busy")));
         }
         log::info!(
@@ -275,40 +272,31 @@ impl NetSlots {
         );
         drop(net);
         backend.slot = Some(index);
-        slot.device = Some((id, netdev.to_owned()));
+        slot.occupant = Some((id, netdev.to_owned()));
         Ok(())
-    }
-
-    /// The device id in each slot.
-    fn occupants(&self) -> impl Iterator<Item = Option<&str>> {
-        self.slots
-            .iter()
-            .map(|s| s.device.as_ref().map(|(d, _)| d.as_str()))
-    }
-
-    /// The slot holding device `id`.
-    fn device_slot(&self, id: &str) -> Option<usize> {
-        self.occupants().position(|d| d == Some(id))
     }
 
     /// Whether one of these slots holds device `id`.
     pub fn has_device(&self, id: &str) -> bool {
-        self.device_slot(id).is_some()
+        self.slots.has_device(id)
     }
 
-    /// `device_del` of a net device: takes its backend back (the link goes down) and returns
-    /// the `DEVICE_DELETED` event. `None` if no net device has `id`.
-    pub fn device_del(&mut self, id: &str) -> Option<Result<Event, QmpError>> {
-        let index = self.device_slot(id)?;
-        let slot = &mut self.slots[index];
-        if let Err(e) = slot.poll.release() {
-            log::warn!("device_del '{id}': cannot stop polling its tap: {e}");
-        }
+    /// `device_del` of a net device: takes its backend back (the link goes down; the device
+    /// rejoins `events` without the tap before anything can close it) and returns the
+    /// `DEVICE_DELETED` event. `None` if no net device has `id`.
+    pub fn device_del(
+        &mut self,
+        id: &str,
+        events: &mut EventLoop,
+    ) -> Option<Result<Event, QmpError>> {
+        let index = self.slots.slot_of(id)?;
+        let slot = &self.slots[index].device;
         let tap = match slot.net.lock().detach_tap() {
             Ok(tap) => tap,
             Err(e) => return Some(Err(QmpError::generic(e.to_string()))),
         };
-        let (_, netdev) = slot.device.take()?;
+        events.rejoin(slot.events);
+        let (_, netdev) = self.slots.vacate(id)?;
         if let Some(backend) = self.backends.get_mut(&netdev) {
             backend.tap = Some(tap);
             backend.slot = None;

@@ -5,9 +5,11 @@ use super::*;
 use qmp::ErrorClass;
 use serde_json::{json, Value};
 
-fn table(slots: usize) -> (NetSlots, Vec<Labelled>) {
-    let mut events = DeviceEvents::default();
-    net_devices(&[], slots, &mut events).expect("empty slots")
+/// `slots` empty net slots on a new loop.
+fn table(slots: usize) -> (NetSlots, Vec<Labelled>, EventLoop) {
+    let mut events = EventLoop::new().expect("event loop");
+    let (table, devices) = net_devices(&[], slots, &mut events).expect("empty slots");
+    (table, devices, events)
 }
 
 fn netdev(value: Value) -> NetdevAddArgs {
@@ -28,14 +30,14 @@ fn desc(result: Result<(), QmpError>) -> String {
 
 #[test]
 fn empty_slots_are_created_and_labelled() {
-    let (slots, devices) = table(2);
+    let (slots, devices, _) = table(2);
     assert_eq!(slots.slots.len(), 2);
     assert!(
         devices[1].0.starts_with("empty net slot 1"),
         "{}",
         devices[1].0
     );
-    assert!(slots.slots.iter().all(|s| !s.net.lock().has_tap()));
+    assert!(slots.slots.iter().all(|s| !s.device.net.lock().has_tap()));
 }
 
 #[test]
@@ -47,7 +49,7 @@ fn net_drivers_are_recognised() {
 
 #[test]
 fn netdev_add_refuses_what_it_cannot_serve() {
-    let (mut slots, _) = table(1);
+    let (mut slots, _, _) = table(1);
     let mut fds = HashMap::new();
     let cases = [
         (json!({"id": "n", "type": "user"}), "Parameter 'type'"),
@@ -78,7 +80,7 @@ fn netdev_add_refuses_what_it_cannot_serve() {
 
 #[test]
 fn netdev_add_takes_the_getfd_descriptor_even_when_it_is_no_tap() {
-    let (mut slots, _) = table(1);
+    let (mut slots, _, _) = table(1);
     let (read, _write) = std::io::pipe().expect("pipe");
     let mut fds = HashMap::new();
     fds.insert("tapfd".to_owned(), File::from(OwnedFd::from(read)));
@@ -139,28 +141,28 @@ impl TapIo for PipeTap {
 
 #[test]
 fn device_add_and_del_move_the_backend_in_and_out_of_the_slot() {
-    let (mut slots, _) = table(2);
+    let (mut slots, _, mut lp) = table(2);
     with_backend(&mut slots, "n1");
     let mut args = device("eth1", "n1", Some("0x1"));
     args.mac = Some("52:54:00:00:00:42".into());
-    slots.device_add(&args).expect("device_add");
+    slots.device_add(&args, &mut lp).expect("device_add");
     {
-        let net = slots.slots[1].net.lock();
+        let net = slots.slots[1].device.net.lock();
         assert!(net.has_tap());
         assert_eq!(net.mac().to_string(), "52:54:00:00:00:42");
     }
     assert_eq!(slots.backends["n1"].slot, Some(1));
     assert!(desc(slots.netdev_del("n1")).contains("in use"));
     assert!(
-        desc(slots.device_add(&device("eth2", "n1", None))).contains("it's in use"),
+        desc(slots.device_add(&device("eth2", "n1", None), &mut lp)).contains("it's in use"),
         "one backend, one device"
     );
-    let Some(Ok(Event::DeviceDeleted(info))) = slots.device_del("eth1") else {
+    let Some(Ok(Event::DeviceDeleted(info))) = slots.device_del("eth1", &mut lp) else {
         panic!("device_del of a net device gives DEVICE_DELETED")
     };
     assert_eq!(info.device.as_deref(), Some("eth1"));
-    assert!(!slots.slots[1].net.lock().has_tap());
-    assert!(slots.device_del("eth1").is_none(), "gone");
+    assert!(!slots.slots[1].device.net.lock().has_tap());
+    assert!(slots.device_del("eth1", &mut lp).is_none(), "gone");
     slots.netdev_del("n1").expect("unused now");
     let err = slots.netdev_del("n1").expect_err("gone");
     assert_eq!(err.class, ErrorClass::DeviceNotFound);
@@ -168,20 +170,27 @@ fn device_add_and_del_move_the_backend_in_and_out_of_the_slot() {
 
 #[test]
 fn device_add_checks_its_arguments_and_the_slot() {
-    let (mut slots, _) = table(1);
+    let (mut slots, _, mut lp) = table(1);
     with_backend(&mut slots, "n");
     with_backend(&mut slots, "m");
-    assert!(desc(slots.device_add(&device("e", "nope", None))).contains("can't find value 'nope'"));
+    assert!(desc(slots.device_add(&device("e", "nope", None), &mut lp))
+        .contains("can't find value 'nope'"));
     let mut bad_mac = device("e", "n", None);
     bad_mac.mac = Some("01:00:00:00:00:00".into());
-    assert!(desc(slots.device_add(&bad_mac)).contains(".mac' doesn't take value"));
-    assert!(desc(slots.device_add(&device("e", "n", Some("0x1"))))
-        .contains("Net slot 0x1 does not exist: the machine has 1 net slots"));
+    assert!(desc(slots.device_add(&bad_mac, &mut lp)).contains(".mac' doesn't take value"));
+    assert!(
+        desc(slots.device_add(&device("e", "n", Some("0x1")), &mut lp))
+            .contains("Net slot 0x1 does not exist: the machine has 1 net slots")
+    );
     slots
-        .device_add(&device("e", "n", None))
+        .device_add(&device("e", "n", None), &mut lp)
         .expect("first free slot");
-    assert!(desc(slots.device_add(&device("e", "m", None))).contains("Duplicate ID 'e'"));
-    assert!(desc(slots.device_add(&device("f", "m", None))).starts_with("No free net slot"));
-    assert!(desc(slots.device_add(&device("f", "m", Some("0"))))
-        .contains("Net slot 0x0 not available for f, in use by e"));
+    assert!(desc(slots.device_add(&device("e", "m", None), &mut lp)).contains("Duplicate ID 'e'"));
+    assert!(
+        desc(slots.device_add(&device("f", "m", None), &mut lp)).starts_with("No free net slot")
+    );
+    assert!(
+        desc(slots.device_add(&device("f", "m", Some("0")), &mut lp))
+            .contains("Net slot 0x0 not available for f, in use by e")
+    );
 }

@@ -2,7 +2,14 @@
 //! (a second one waits in the backlog, as with QEMU), non-blocking reads and writes on the
 //! event loop, descriptors received with SCM_RIGHTS for `getfd`, and a bounded output buffer:
 //! a client that does not read its replies is dropped rather than waited on.
+//!
+//! On the event loop the server is a subscriber: it watches its listener while no client is
+//! connected and the client while one is, swapping them from inside its own handler. It reads
+//! what the client sends into an inbox; the loop in `running.rs` runs the commands between
+//! event batches, since they need the whole machine (and the loop itself, for hot-plug).
 
+use crate::event_loop::{input, input_output, unwatch, watch};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use qmp::{Session, VersionInfo};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -44,6 +51,24 @@ pub struct QmpClient {
     out: Vec<u8>,
     /// The last descriptor received with SCM_RIGHTS, waiting for a `getfd`.
     pending_fd: Option<File>,
+    /// Dropped: it leaves the loop (and is closed) at the next [`QmpServer::sync`].
+    closing: bool,
+}
+
+/// The socket the server watches on the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watching {
+    Nothing,
+    Listener,
+    Client(RawFd),
+}
+
+/// The server's sources, as their events' data.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Listener,
+    Client,
 }
 
 /// What a read from the client produced.
@@ -62,6 +87,9 @@ pub struct QmpServer {
     unix_path: Option<PathBuf>,
     version: VersionInfo,
     client: Option<QmpClient>,
+    watching: Watching,
+    /// Bytes the client sent that the loop has not run yet.
+    inbox: Vec<u8>,
 }
 
 impl QmpServer {
@@ -85,6 +113,8 @@ impl QmpServer {
             unix_path,
             version,
             client: None,
+            watching: Watching::Nothing,
+            inbox: Vec::new(),
         })
     }
 
@@ -98,12 +128,69 @@ impl QmpServer {
 
     /// The client's socket, when one is connected.
     pub fn client_fd(&self) -> Option<RawFd> {
-        self.client.as_ref().map(|c| c.stream.as_raw_fd())
+        self.live_client().map(|c| c.stream.as_raw_fd())
+    }
+
+    fn live_client(&self) -> Option<&QmpClient> {
+        self.client.as_ref().filter(|c| !c.closing)
     }
 
     /// The connected client.
     pub fn client_mut(&mut self) -> Option<&mut QmpClient> {
-        self.client.as_mut()
+        self.client.as_mut().filter(|c| !c.closing)
+    }
+
+    /// What the client sent since the last call.
+    pub fn take_input(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.inbox)
+    }
+
+    /// Brings the loop in step with the server: the listener is watched while no client is
+    /// connected, the client (for output room too while output is pending) while one is; a
+    /// dropped client leaves the loop before it is closed.
+    pub fn sync(&mut self, ops: &mut EventOps) {
+        let want = match self.live_client() {
+            Some(c) => Watching::Client(c.stream.as_raw_fd()),
+            None => Watching::Listener,
+        };
+        if want != self.watching {
+            match self.watching {
+                Watching::Listener => unwatch(ops, input(self.listener_fd(), 0), "QMP listener"),
+                Watching::Client(fd) => unwatch(ops, input(fd, 0), "QMP client"),
+                Watching::Nothing => {}
+            }
+            if self.client.as_ref().is_some_and(|c| c.closing) {
+                self.client = None;
+                self.inbox.clear();
+            }
+            let events = match want {
+                Watching::Client(fd) => input(fd, Token::Client as u32),
+                _ => input(self.listener_fd(), Token::Listener as u32),
+            };
+            watch(ops, events, "the QMP socket");
+            self.watching = want;
+        }
+        if let Watching::Client(fd) = self.watching {
+            let interest = input_output(fd, Token::Client as u32, self.pending_output() > 0);
+            if let Err(e) = ops.modify(interest) {
+                log::warn!("cannot update the QMP client's events: {e}");
+            }
+        }
+    }
+
+    /// The client's socket is readable or writable: writes pending output, reads input into
+    /// the inbox, and drops a client that left.
+    fn serve_client(&mut self) {
+        if let Err(err) = self.flush() {
+            log::debug!("QMP client write failed: {err}");
+            self.disconnect();
+            return;
+        }
+        match self.read() {
+            ClientInput::Data(bytes) => self.inbox.extend_from_slice(&bytes),
+            ClientInput::Nothing => {}
+            ClientInput::Closed => self.disconnect(),
+        }
     }
 
     /// Accepts a waiting client and queues its greeting; `Ok(false)` when none was waiting.
@@ -125,6 +212,7 @@ impl QmpServer {
             session,
             out: Vec::new(),
             pending_fd: None,
+            closing: false,
         });
         self.queue(&greeting);
         Ok(true)
@@ -132,7 +220,7 @@ impl QmpServer {
 
     /// Reads what the client sent.
     pub fn read(&mut self) -> ClientInput {
-        let Some(client) = self.client.as_mut() else {
+        let Some(client) = self.client_mut() else {
             return ClientInput::Closed;
         };
         let mut buf = vec![0u8; READ_CHUNK];
@@ -164,7 +252,7 @@ impl QmpServer {
     /// Queues bytes for the client and writes what the socket takes now. A client whose unread
     /// output passes [`MAX_PENDING_OUTPUT`] is dropped.
     pub fn queue(&mut self, bytes: &[u8]) {
-        let Some(client) = self.client.as_mut() else {
+        let Some(client) = self.client_mut() else {
             return;
         };
         client.out.extend_from_slice(bytes);
@@ -181,7 +269,7 @@ impl QmpServer {
 
     /// Writes as much pending output as the socket takes.
     pub fn flush(&mut self) -> io::Result<()> {
-        let Some(client) = self.client.as_mut() else {
+        let Some(client) = self.client_mut() else {
             return Ok(());
         };
         while !client.out.is_empty() {
@@ -204,24 +292,27 @@ impl QmpServer {
 
     /// The slot holding the descriptor the client sent last, for `getfd`.
     pub fn pending_fd(&mut self) -> Option<&mut Option<File>> {
-        self.client.as_mut().map(|c| &mut c.pending_fd)
+        self.client_mut().map(|c| &mut c.pending_fd)
     }
 
     /// Bytes queued for the client that the socket has not taken yet.
     pub fn pending_output(&self) -> usize {
-        self.client.as_ref().map_or(0, |c| c.out.len())
+        self.live_client().map_or(0, |c| c.out.len())
     }
 
-    /// Drops the client; the next one can connect.
+    /// Drops the client; the next one can connect. A client on the loop is closed once
+    /// [`QmpServer::sync`] took it off.
     pub fn disconnect(&mut self) {
-        self.client = None;
+        match (&mut self.client, self.watching) {
+            (Some(client), Watching::Client(_)) => client.closing = true,
+            _ => self.client = None,
+        }
     }
 
     /// Sends an event to the client once it has negotiated capabilities.
     pub fn send_event(&mut self, event: &qmp::Event) {
         let negotiated = self
-            .client
-            .as_ref()
+            .live_client()
             .is_some_and(|c| c.session.is_negotiated());
         if negotiated {
             let bytes = Session::event(event, std::time::SystemTime::now().into());
@@ -231,12 +322,32 @@ impl QmpServer {
 
     /// Writes pending output with the socket made blocking, for the last words before exit.
     pub fn flush_blocking(&mut self) {
-        if let Some(client) = self.client.as_mut() {
+        if let Some(client) = self.client_mut() {
             let _ = client.stream.set_nonblocking(false);
         }
         if let Err(err) = self.flush() {
             log::debug!("QMP client: cannot write the last replies: {err}");
         }
+    }
+}
+
+impl MutEventSubscriber for QmpServer {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == Token::Listener as u32 {
+            match self.accept() {
+                // One client at a time: the next one waits in the backlog until this one leaves.
+                Ok(_) => {}
+                Err(err) => log::warn!("cannot accept a QMP client: {err}"),
+            }
+        } else {
+            self.serve_client();
+        }
+        self.sync(ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.watching = Watching::Nothing;
+        self.sync(ops);
     }
 }
 

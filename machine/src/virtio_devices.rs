@@ -7,34 +7,49 @@
 //! is a register write handled on the vCPU thread that made it. The device's own event sources
 //! (an io_uring completion eventfd, a tap) are watched by the same loop.
 
+use crate::block_slots::{block_devices, BlockSlots};
 use crate::config::{DriveConfig, NetConfig};
-use crate::device_events::{DeviceEvents, EventHandler, SharedHandler};
 use crate::error::MachineError;
-use crate::hotplug::{block_devices, BlockSlots, Labelled};
+use crate::event_loop::{input, watch, EventLoop};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use crate::net_slots::{net_devices, NetSlots};
+use crate::slots::Labelled;
+use address_space::sync::lock;
 use address_space::{AddressSpace, Region, SharedIo};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use virtio::mmio::reg::QUEUE_NOTIFY;
 use virtio::{Interrupt, MmioTransport, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Offset of the QueueNotify register in a virtio-mmio window.
-const QUEUE_NOTIFY: u64 = 0x50;
-
-/// The virtio devices' command-line parameters and event sources.
+/// The virtio devices and their command-line parameters.
 pub struct VirtioDevices {
     /// `virtio_mmio.device=` parameters to append to the guest command line.
     pub cmdline: Vec<String>,
-    /// Event sources for the VMM thread's loop.
-    pub events: DeviceEvents,
     /// Every transport, to shut the devices down (flush disks) when the VM ends.
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The replaceable block devices (QMP hot-plug), see `hotplug.rs`.
     pub block_slots: BlockSlots,
     /// The replaceable net devices (QMP hot-plug), see `net_slots.rs`.
     pub net_slots: NetSlots,
+}
+
+/// The one check of the virtio device count: `drives` disks, `nets` net devices and `others`
+/// other devices must fit the interrupt lines. Runs before anything is opened or created.
+pub fn check_device_count(drives: usize, nets: usize, others: usize) -> Result<(), MachineError> {
+    let given = drives + nets + others;
+    if given > VIRTIO_IRQS.len() {
+        return Err(MachineError::TooManyVirtioDevices {
+            given,
+            drives,
+            nets,
+            others,
+            max: VIRTIO_IRQS.len(),
+        });
+    }
+    Ok(())
 }
 
 /// How many replaceable slots to create (0 without a QMP monitor: nothing could fill them).
@@ -78,33 +93,27 @@ impl SlotCounts {
 /// Creates the virtio devices (`slots.blk` block slots, or one per drive if there are more, the
 /// drives filling them in command-line order so the first is the guest's vda; then `slots.net`
 /// net slots filled the same way by the nets; then the entropy device), maps each and wires
-/// its IRQ and, with `ioeventfd`, its queue notifications; a net's tap is watched by the VMM
-/// thread's loop. Empty slots that do not fit the interrupt lines are left out.
+/// its IRQ and, with `ioeventfd`, its queue notifications; each device (and each net's tap)
+/// joins `events` as a device subscriber. Empty slots that do not fit the interrupt lines are
+/// left out.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
-    drives: &[DriveConfig],
-    nets: &[NetConfig],
+    config: (&[DriveConfig], &[NetConfig], Option<&RngOptions>),
     slots: SlotCounts,
-    rng: Option<&RngOptions>,
     ioeventfd: bool,
+    events: &mut EventLoop,
 ) -> Result<VirtioDevices, MachineError> {
+    let (drives, nets, rng) = config;
     let slots = slots.fitted(drives.len(), nets.len(), usize::from(rng.is_some()));
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
-    let mut events = DeviceEvents::default();
-    let (net_slots, nets) = net_devices(nets, slots.net, &mut events)?;
+    let (net_slots, nets) = net_devices(nets, slots.net, events)?;
     devices.extend(nets);
     if let Some(options) = rng {
         devices.push(rng_device(options)?);
     }
-    if devices.len() > VIRTIO_IRQS.len() {
-        return Err(MachineError::TooManyVirtioDevices {
-            max: VIRTIO_IRQS.len(),
-        });
-    }
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
-        events,
         transports: Vec::new(),
         block_slots,
         net_slots,
@@ -116,8 +125,7 @@ pub fn build_virtio_devices(
             irq,
             ioeventfd,
         };
-        out.transports
-            .push(slot.add(vm, mmio, device, &mut out.events)?);
+        out.transports.push(slot.add(vm, mmio, device, events)?);
         log::info!(
             "{label} at {base:#x}, IRQ {irq}{}",
             if ioeventfd { ", ioeventfd" } else { "" }
@@ -155,7 +163,7 @@ impl Device {
         vm: &VmFd,
         mmio: &AddressSpace,
         device: Box<dyn VirtioDevice>,
-        events: &mut DeviceEvents,
+        events: &mut EventLoop,
     ) -> Result<Arc<Mutex<MmioTransport>>, MachineError> {
         let (base, irq) = (self.base, self.irq);
         let irq_err = |source| MachineError::Irq { irq, source };
@@ -176,22 +184,12 @@ impl Device {
         } else {
             Vec::new()
         };
-        let device_fds = transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .device_event_fds();
-        let fds: Vec<_> = queue_evts.iter().map(AsRawFd::as_raw_fd).collect();
-        let queues = fds.len() as u32;
-        let handler: SharedHandler = Arc::new(Mutex::new(VirtioEvents {
+        let device_fds = lock(&transport).device_event_fds();
+        events.add_device(Arc::new(Mutex::new(VirtioEvents {
             transport: transport.clone(),
             queue_evts,
-        }));
-        for (n, fd) in fds.into_iter().enumerate() {
-            events.add(fd, handler.clone(), n as u32);
-        }
-        for (n, fd) in device_fds.into_iter().enumerate() {
-            events.add(fd, handler.clone(), queues + n as u32);
-        }
+            device_fds,
+        })));
         Ok(transport)
     }
 
@@ -202,10 +200,7 @@ impl Device {
         vm: &VmFd,
         transport: &Mutex<MmioTransport>,
     ) -> Result<Vec<EventFd>, MachineError> {
-        let queues = transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .num_queues();
+        let queues = lock(transport).num_queues();
         let addr = IoEventAddress::Mmio(self.base + QUEUE_NOTIFY);
         (0..queues)
             .map(|queue| {
@@ -223,24 +218,67 @@ impl Device {
     }
 }
 
-/// The event sources of one virtio-mmio device: sources `0..queues` are the queues'
-/// ioeventfds, the rest the device's own ([`VirtioDevice::event_fds`]).
+/// Where an event of a virtio device comes from, as its data: a queue's ioeventfd, or one of
+/// the device's own sources ([`VirtioDevice::event_fds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Queue(u32),
+    Device(u32),
+}
+
+impl Source {
+    /// Data values from here on are device sources.
+    const DEVICE_BASE: u32 = 1 << 16;
+
+    fn data(self) -> u32 {
+        match self {
+            Source::Queue(n) => n,
+            Source::Device(n) => Source::DEVICE_BASE + n,
+        }
+    }
+
+    fn from_data(data: u32) -> Source {
+        match data.checked_sub(Source::DEVICE_BASE) {
+            Some(n) => Source::Device(n),
+            None => Source::Queue(data),
+        }
+    }
+}
+
+/// The device subscriber of one virtio-mmio device: its queues' ioeventfds and its own sources.
 struct VirtioEvents {
     transport: Arc<Mutex<MmioTransport>>,
     queue_evts: Vec<EventFd>,
+    device_fds: Vec<RawFd>,
 }
 
-impl EventHandler for VirtioEvents {
-    fn handle_event(&mut self, source: u32) {
-        let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
-        let index = source as usize;
-        match self.queue_evts.get(index) {
-            Some(evt) => {
-                // The count only says that notifications came; the queue holds the work.
-                let _ = evt.read();
-                transport.queue_notify(source);
+impl MutEventSubscriber for VirtioEvents {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut transport = lock(&self.transport);
+        match Source::from_data(events.data()) {
+            Source::Queue(n) => {
+                if let Some(evt) = self.queue_evts.get(n as usize) {
+                    // The count only says that notifications came; the queue holds the work.
+                    let _ = evt.read();
+                    transport.queue_notify(n);
+                }
             }
-            None => transport.device_event(index - self.queue_evts.len()),
+            Source::Device(n) => transport.device_event(n as usize),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let queues = self.queue_evts.iter().map(AsRawFd::as_raw_fd);
+        for (n, fd) in queues.enumerate() {
+            watch(
+                ops,
+                input(fd, Source::Queue(n as u32).data()),
+                "a queue notification",
+            );
+        }
+        for (n, fd) in self.device_fds.iter().enumerate() {
+            let source = Source::Device(n as u32);
+            watch(ops, input(*fd, source.data()), "a device event source");
         }
     }
 }
@@ -248,6 +286,29 @@ impl EventHandler for VirtioEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_devices_than_interrupt_lines_are_refused_naming_each_kind() {
+        assert!(check_device_count(4, 3, 1).is_ok());
+        let err = check_device_count(7, 1, 1).expect_err("9 > 8");
+        assert_eq!(
+            err.to_string(),
+            "too many virtio devices: 9 given (7 disks, 1 network devices, 1 other), \
+             at most 8 fit the interrupt lines"
+        );
+    }
+
+    #[test]
+    fn every_source_maps_back_from_its_data() {
+        for source in [
+            Source::Queue(0),
+            Source::Queue(7),
+            Source::Device(0),
+            Source::Device(3),
+        ] {
+            assert_eq!(Source::from_data(source.data()), source);
+        }
+    }
 
     #[test]
     fn empty_slots_shrink_to_fit_the_interrupt_lines_block_slots_first() {

@@ -1,17 +1,19 @@
 //! Builds the VM from a [`MachineConfig`] and runs it to the end.
 
 use crate::config::{MachineConfig, SerialConfig};
+use crate::control::ControlEvents;
 use crate::error::MachineError;
+use crate::event_loop::EventLoop;
 use crate::layout::*;
 use crate::legacy::build_pio_space;
 use crate::memory::build_memory_space;
-use crate::monitor::VmState;
+use crate::monitor::{Hotplug, MonitorState};
 use crate::qmp_server::QmpServer;
-use crate::running::RunningVm;
+use crate::running::{QmpOnLoop, RunningVm};
 use crate::seccomp::Seccomp;
 use crate::signals::StopSignals;
-use crate::vcpu::{self, Vcpu, VcpuControl};
-use crate::virtio_devices::{build_virtio_devices, SlotCounts};
+use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
+use crate::virtio_devices::{build_virtio_devices, check_device_count, SlotCounts};
 use address_space::AddressSpace;
 use boot_loader::{BootConfig, BootInfo};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -20,7 +22,7 @@ use qmp::schema::ShutdownCause;
 use qmp::VersionInfo;
 use std::collections::HashMap;
 use std::sync::mpsc::channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// How a VM ended normally (the process then exits with status 0).
@@ -56,6 +58,8 @@ pub fn run_notifying(
         config.cpus,
         config.ram_size >> 20
     );
+    let rng = usize::from(config.rng.is_some());
+    check_device_count(config.drives.len(), config.nets.len(), rng)?;
     let stop_signals = StopSignals::new().map_err(MachineError::EventLoop)?;
     let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
     check_capabilities(&kvm)?;
@@ -79,15 +83,9 @@ pub fn run_notifying(
         },
         None => SlotCounts { blk: 0, net: 0 },
     };
-    let virtio = build_virtio_devices(
-        &vm,
-        &mmio,
-        &config.drives,
-        &config.nets,
-        slots,
-        config.rng.as_ref(),
-        ioeventfd,
-    )?;
+    let mut events = EventLoop::new().map_err(MachineError::EventManager)?;
+    let devices = (&config.drives[..], &config.nets[..], config.rng.as_ref());
+    let virtio = build_virtio_devices(&vm, &mmio, devices, slots, ioeventfd, &mut events)?;
     let boot = load_guest(
         &mmio,
         config,
@@ -100,7 +98,7 @@ pub fn run_notifying(
     );
     let (stopped_tx, stopped_rx) = channel();
     let stopped_evt = EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventLoop)?;
-    let control = Arc::new(VcpuControl::default());
+    let vcpu_control = Arc::new(VcpuControl::default());
     let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
     for id in 0..config.cpus {
         let fd = vm
@@ -114,7 +112,7 @@ pub fn run_notifying(
             id,
             fd,
             (pio.clone(), mmio.clone()),
-            control.clone(),
+            vcpu_control.clone(),
             stopped_tx.clone(),
             stopped_evt,
         );
@@ -123,36 +121,44 @@ pub fn run_notifying(
         vcpus.push(vcpu);
     }
     let qmp = match &config.qmp {
-        Some(endpoint) => Some(QmpServer::bind(endpoint, qmp_version()).map_err(|source| {
-            MachineError::QmpSocket {
-                endpoint: endpoint.clone(),
-                source,
-            }
-        })?),
+        Some(endpoint) => {
+            let server = QmpServer::bind(endpoint, qmp_version()).map_err(|source| {
+                MachineError::QmpSocket {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            })?;
+            let server = Arc::new(Mutex::new(server));
+            let id = events.add(server.clone());
+            Some(QmpOnLoop { server, id })
+        }
         None => None,
     };
-    let state = VmState {
-        vm,
-        control,
-        vcpus: Vec::new(),
-        cpus: config.cpus,
-        version: qmp_version(),
-        serial_backend: serial_backend(&config.serial),
-        paused: false,
-        frozen_clock: None,
-        fds: HashMap::new(),
-        block_slots: virtio.block_slots,
-        net_slots: virtio.net_slots,
-    };
-    let running = RunningVm {
-        state,
+    let console = config.serial == SerialConfig::Stdio;
+    let control = Arc::new(Mutex::new(ControlEvents {
         stopped_rx,
         stopped_evt,
-        legacy,
+        reset_evt: legacy.reset_evt,
         stop_signals,
+        console: console.then(|| legacy.serial.clone()),
+        ended: None,
+    }));
+    events.add(control.clone());
+    let running = RunningVm {
+        events,
+        control,
         qmp,
-        console: config.serial == SerialConfig::Stdio,
-        device_events: virtio.events,
+        vcpus: VcpuSet::new(vm, vcpu_control, config.cpus),
+        hotplug: Hotplug {
+            block: virtio.block_slots,
+            net: virtio.net_slots,
+        },
+        monitor: MonitorState {
+            version: qmp_version(),
+            serial_backend: serial_backend(&config.serial),
+            fds: HashMap::new(),
+        },
+        console,
         virtio: virtio.transports,
         seccomp,
     };

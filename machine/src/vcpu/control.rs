@@ -43,10 +43,7 @@ impl Default for VcpuControl {
 #[allow(dead_code)]
 impl VcpuControl {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means another vCPU thread panicked; the state is still valid.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        address_space::sync::lock(&self.state)
     }
 
     /// Sets the request; the caller then kicks the vCPU threads.
@@ -69,7 +66,7 @@ impl VcpuControl {
         state.paused += 1;
         self.changed.notify_all();
         while state.request == Request::Pause {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = address_space::sync::wait(&self.changed, state);
         }
         state.paused -= 1;
         self.changed.notify_all();
@@ -78,13 +75,10 @@ impl VcpuControl {
 
     /// Waits until `count` vCPU threads are parked (or the request changed), up to `timeout`.
     pub fn wait_paused(&self, count: usize, timeout: std::time::Duration) -> bool {
-        let state = self.lock();
-        let (state, _) = self
-            .changed
-            .wait_timeout_while(state, timeout, |s| {
+        let state =
+            address_space::sync::wait_timeout_while(&self.changed, self.lock(), timeout, |s| {
                 s.request == Request::Pause && s.paused < count
-            })
-            .unwrap_or_else(|p| p.into_inner());
+            });
         state.paused >= count
     }
 }

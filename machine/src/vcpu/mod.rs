@@ -5,11 +5,13 @@
 mod control;
 mod dispatch;
 mod kick;
+mod set;
 mod setup;
 
 pub use control::{Request, VcpuControl};
 pub use dispatch::{handle_exit, ExitOutcome};
 pub(crate) use kick::kick_signal;
+pub use set::VcpuSet;
 pub use setup::{
     configure_boot_state, configure_cpuid, configure_fpu, configure_lapic, configure_msrs,
     VcpuSetupError,
