@@ -422,8 +422,10 @@ pub fn run<S: AsRef<str>>(args: &[S]) -> Output {
     Vm::spawn(args).wait(VM_TIMEOUT)
 }
 
-fn shell_words(args: &[&str]) -> String {
-    let quote = |a: &&str| {
+/// `args` as one shell command line, each quoted when it needs it: for messages that show how
+/// nimbus was started.
+pub fn shell_words<S: AsRef<str>>(args: &[S]) -> String {
+    let quote = |a: &str| {
         if !a.is_empty()
             && a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:".contains(&b))
@@ -433,7 +435,10 @@ fn shell_words(args: &[&str]) -> String {
             format!("'{}'", a.replace('\'', r"'\''"))
         }
     };
-    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .map(|a| quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Console lines without their line ending ("\n" or "\r\n").
@@ -758,6 +763,14 @@ mod harness_tests {
         let bad = good.replace("ioapic_id=3", "ioapic_id=1");
         assert!(check_mptable_line(&bad, 2).is_err());
         assert!(check_mptable_line(good, 1).is_err());
+    }
+
+    #[test]
+    fn shell_words_quotes_only_the_words_that_need_it() {
+        assert_eq!(
+            shell_words(&["-m", "128", "console=ttyS0 quiet", "it's", ""]),
+            r"-m 128 'console=ttyS0 quiet' 'it'\''s' ''"
+        );
     }
 
     #[test]

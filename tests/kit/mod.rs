@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, VmConfig, E820_RAM,
-    E820_RESERVED, NIMBUS,
+    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, shell_words, VmConfig,
+    E820_RAM, E820_RESERVED, NIMBUS,
 };
 
 // ---- the kit ------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ impl KitVm {
             stderr,
             readers,
             started,
-            command: format!("nimbus {}", quote_args(&args)),
+            command: format!("nimbus {}", shell_words(&args)),
         }
     }
 
@@ -335,20 +335,6 @@ fn read_all(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> 
                 .extend_from_slice(&buf[..n]);
         }
     })
-}
-
-fn quote_args(args: &[String]) -> String {
-    let quote = |a: &String| {
-        if !a.is_empty()
-            && a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:".contains(&b))
-        {
-            a.clone()
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    };
-    args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 impl Transcript {
