@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    kvm_usable, qemu_qmp_available, qmp_args, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
+    kvm_usable, qmp_args, require_qemu_qmp, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
     VM_TIMEOUT,
 };
 use serde_json::{json, Value};
@@ -93,7 +93,7 @@ fn qemu_qmp_client_runs_the_kata_sequence() {
     if !kvm_usable() {
         return;
     }
-    qemu_qmp_available();
+    require_qemu_qmp();
     let image = disk_image("qemu-qmp", 2048);
     let (vm, path) = vm_with_qmp("qemu-qmp");
     let out = Command::new("timeout")

@@ -1,11 +1,11 @@
 //! QMP end to end: the real nimbus with a test guest, driven by QEMU's own Python client
-//! library (`qemu.qmp`, installed by the test when missing) and by raw sockets for the abuse
+//! library (`qemu.qmp`, which scripts/test.sh installs) and by raw sockets for the abuse
 //! cases: garbage, a burst of 10 000 commands, a client that never reads.
 
 mod common;
 
 use common::{
-    kvm_usable, qemu_qmp_available, qmp_args, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT,
+    kvm_usable, qmp_args, require_qemu_qmp, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -35,7 +35,7 @@ fn vm_with_qmp(name: &str, action: &str) -> (Vm, PathBuf) {
 }
 
 fn run_client(path: &Path, pid: i32, scenario: &str) -> std::process::Output {
-    qemu_qmp_available();
+    require_qemu_qmp();
     let child = Command::new("timeout")
         .args([
             "60",
@@ -123,7 +123,7 @@ fn getfd_takes_a_descriptor_passed_with_scm_rights() {
 
 /// Starts the waiting client, lets `end` finish the VM, and returns the client's SHUTDOWN line.
 fn shutdown_seen_by_client(vm: &mut Vm, path: &Path, end: impl FnOnce(&mut Vm)) -> String {
-    qemu_qmp_available();
+    require_qemu_qmp();
     let mut child = Command::new("timeout")
         .args([
             "60",

@@ -584,7 +584,7 @@ fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
     if !kvm_usable() || !root() {
         return;
     }
-    common::qemu_qmp_available();
+    common::require_qemu_qmp();
     let tap = TapGuard::create();
     let socket = PacketSocket::bind(&tap.name);
     let path = scratch_dir().join(format!("net-hotplug-{}.sock", std::process::id()));

@@ -62,22 +62,22 @@ pub fn host_is_kvm_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Installs QEMU's Python client library, `qemu.qmp`, once per test binary if it is missing:
-/// the QMP tests drive Nimbus with the client that QEMU's own scripts use.
-pub fn qemu_qmp_available() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let has = Command::new("python3")
+/// Fails the test, naming scripts/test.sh, when QEMU's Python client library `qemu.qmp` is
+/// missing: the QMP tests drive Nimbus with the client that QEMU's own scripts use, and tests
+/// install nothing themselves (scripts/test.sh installs it).
+pub fn require_qemu_qmp() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let out = Command::new("python3")
             .args(["-c", "import qemu.qmp"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "qemu.qmp"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "pip install qemu.qmp failed");
-        }
+            .output()
+            .expect("run python3 to look for qemu.qmp");
+        assert!(
+            out.status.success(),
+            "the Python module qemu.qmp is missing (python3 -c 'import qemu.qmp': {}); \
+             scripts/test.sh installs it, or run `python3 -m pip install qemu.qmp`",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     });
 }
 
