@@ -76,7 +76,10 @@ pub fn require_qemu_qmp() {
             out.status.success(),
             "the Python module qemu.qmp is missing (python3 -c 'import qemu.qmp': {}); \
              scripts/test.sh installs it, or run `python3 -m pip install qemu.qmp`",
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     });
 }
