@@ -7,6 +7,7 @@
 //! its seccomp allow-list (`machine`'s SIGSYS handler exits with it, see docs/security.md).
 #![deny(unsafe_code)]
 
+mod backends;
 mod cli;
 mod daemon;
 mod drives;

@@ -3,10 +3,11 @@
 //! Only the command line is checked here; the taps are opened (or, for inherited descriptors,
 //! checked to be taps) when the machine builds the devices, before the guest runs.
 
+use crate::backends::{pair_up, Backend, Claimed};
 use crate::opts::{parse_bool, OptList};
 use crate::settings::{invalid, SettingsError};
 use machine::layout::VIRTIO_IRQS;
-use machine::{NetConfig, TapSource};
+use machine::{MacAddr, NetConfig, TapSource};
 
 /// The `-device` driver of a network device.
 pub const NET_DEVICE: &str = "virtio-net-device";
@@ -24,7 +25,6 @@ const NETDEV_KEYS: &[&str] = &[
     "script",
     "downscript",
 ];
-const DEVICE_KEYS: &[&str] = &["driver", "netdev", "id", "mac", "iothread"];
 /// `-netdev` types of QEMU that Nimbus does not have.
 const OTHER_NETDEV_TYPES: &[&str] = &[
     "user",
@@ -39,47 +39,43 @@ const OTHER_NETDEV_TYPES: &[&str] = &[
     "hubport",
 ];
 
-/// A `-netdev` before a device claims it.
-struct Netdev {
-    value: String,
-    config: NetConfig,
-    claimed: bool,
-}
-
 /// Builds one network device per `-netdev`, in command-line order, with the MAC and id of the
 /// `-device virtio-net-device` that uses it. `devices` holds every `-device` value.
 pub fn parse_netdevs(
     netdevs: &[String],
     devices: &[String],
 ) -> Result<Vec<NetConfig>, SettingsError> {
-    let mut parsed: Vec<Netdev> = Vec::with_capacity(netdevs.len());
-    for value in netdevs {
-        let config = parse_netdev(value)?;
-        if parsed.iter().any(|n| n.config.netdev == config.netdev) {
-            let reason = format!("netdev id '{}' used twice", config.netdev);
-            return Err(invalid("netdev", value, reason));
+    let paired = pair_up::<NetConfig>(netdevs, devices)?;
+    check_fds_used_once(&paired)?;
+    Ok(paired.into_iter().map(|n| n.config).collect())
+}
+
+impl Backend for NetConfig {
+    const FLAG: &'static str = "netdev";
+    const DRIVER: &'static str = NET_DEVICE;
+    const DEVICE_KEYS: &'static [&'static str] = &["driver", "netdev", "id", "mac", "iothread"];
+
+    fn parse(value: &str) -> Result<NetConfig, SettingsError> {
+        parse_netdev(value)
+    }
+
+    fn backend_id(&self) -> &str {
+        &self.netdev
+    }
+
+    /// `mac=` and the device's `id=`.
+    fn attach(&mut self, value: &str, opts: &OptList) -> Result<(), SettingsError> {
+        if let Some(mac) = opts.get("mac") {
+            let mac = mac
+                .parse::<MacAddr>()
+                .map_err(|err| invalid("device", value, err.to_string()))?;
+            self.mac = Some(mac.0);
         }
-        parsed.push(Netdev {
-            value: value.clone(),
-            config,
-            claimed: false,
-        });
-    }
-    for value in devices {
-        let opts = OptList::parse(value, Some("driver"));
-        if opts.get("driver") == Some(NET_DEVICE) {
-            claim(&mut parsed, value, &opts)?;
+        if let Some(device_id) = opts.get("id").filter(|i| !i.is_empty()) {
+            self.id = device_id.to_string();
         }
+        Ok(())
     }
-    if let Some(unused) = parsed.iter().find(|n| !n.claimed) {
-        let reason = format!(
-            "no -device {NET_DEVICE},netdev={} uses it",
-            unused.config.netdev
-        );
-        return Err(invalid("netdev", &unused.value, reason));
-    }
-    check_fds_used_once(&parsed)?;
-    Ok(parsed.into_iter().map(|n| n.config).collect())
 }
 
 /// Refuses more virtio devices (`others` disks and the like, and `nets`) than there are
@@ -110,7 +106,7 @@ pub fn inherited_fds(nets: &[NetConfig]) -> Vec<i32> {
     fds
 }
 
-fn check_fds_used_once(parsed: &[Netdev]) -> Result<(), SettingsError> {
+fn check_fds_used_once(parsed: &[Claimed<NetConfig>]) -> Result<(), SettingsError> {
     let mut seen: Vec<i32> = Vec::new();
     for netdev in parsed {
         let config = std::slice::from_ref(&netdev.config);
@@ -230,54 +226,6 @@ fn parse_fd(value: &str, key: &str, text: &str) -> Result<i32, SettingsError> {
             format!("{key} must be a descriptor number"),
         )),
     }
-}
-
-/// Attaches the netdev a `-device virtio-net-device` names, with its id and MAC.
-fn claim(netdevs: &mut [Netdev], value: &str, opts: &OptList) -> Result<(), SettingsError> {
-    if let Some(key) = opts.unknown_key(DEVICE_KEYS) {
-        return Err(invalid("device", value, format!("unknown option '{key}'")));
-    }
-    if opts.get("iothread").is_some() {
-        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
-    }
-    let id = opts
-        .get("netdev")
-        .ok_or_else(|| invalid("device", value, "netdev=<id> is required"))?;
-    let Some(netdev) = netdevs.iter_mut().find(|n| n.config.netdev == id) else {
-        let reason = format!("no -netdev with id '{id}'");
-        return Err(invalid("device", value, reason));
-    };
-    if netdev.claimed {
-        let reason = format!("netdev '{id}' is already in use");
-        return Err(invalid("device", value, reason));
-    }
-    if let Some(mac) = opts.get("mac") {
-        netdev.config.mac =
-            Some(parse_mac(mac).map_err(|reason| invalid("device", value, reason))?);
-    }
-    if let Some(device_id) = opts.get("id").filter(|i| !i.is_empty()) {
-        netdev.config.id = device_id.to_string();
-    }
-    netdev.claimed = true;
-    Ok(())
-}
-
-/// `xx:xx:xx:xx:xx:xx`, unicast.
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let syntax = || format!("mac {text:?} is not six hex pairs like 52:54:00:12:34:56");
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(syntax)?;
-        *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
-    }
-    if parts.next().is_some() {
-        return Err(syntax());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!("mac {text} is a multicast address"));
-    }
-    Ok(mac)
 }
 
 #[cfg(test)]
@@ -424,16 +372,15 @@ mod tests {
 
     #[test]
     fn device_options_are_checked() {
-        let err = refusal(
-            "tap,id=n0,ifname=t",
-            "virtio-net-device,netdev=n0,mac=52:54:00",
-        );
-        assert!(err.contains("six hex pairs"), "{err}");
-        let err = refusal(
-            "tap,id=n0,ifname=t",
-            "virtio-net-device,netdev=n0,mac=01:00:5e:00:00:01",
-        );
-        assert!(err.contains("multicast"), "{err}");
+        // MacAddr's parser words the reason; the first line names the -device and its mac.
+        for mac in ["52:54:00", "01:00:5e:00:00:01"] {
+            let device = format!("virtio-net-device,netdev=n0,mac={mac}");
+            let err = refusal("tap,id=n0,ifname=t", &device);
+            assert!(
+                err.starts_with(&format!("invalid value '{device}' for -device: ")),
+                "{err}"
+            );
+        }
         let err = refusal("tap,id=n0,ifname=t", "virtio-net-device,netdev=n0,bogus=1");
         assert!(err.contains("unknown option 'bogus'"), "{err}");
         assert!(matches!(
@@ -454,22 +401,5 @@ mod tests {
             err.to_string().contains("at most 8 virtio devices"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn mac_parsing() {
-        assert_eq!(
-            parse_mac("02:AB:cd:00:00:ff"),
-            Ok([2, 0xab, 0xcd, 0, 0, 0xff])
-        );
-        for bad in [
-            "",
-            "02:ab:cd:00:00",
-            "02:ab:cd:00:00:ff:00",
-            "2:ab:cd:00:00:ff",
-            "zz:ab:cd:00:00:ff",
-        ] {
-            assert!(parse_mac(bad).is_err(), "{bad}");
-        }
     }
 }
