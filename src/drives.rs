@@ -3,7 +3,6 @@
 use crate::backends::{pair_up, Backend};
 use crate::opts::{parse_bool, OptList};
 use crate::settings::{invalid, SettingsError};
-use machine::layout::VIRTIO_IRQS;
 use machine::{Aio, DriveConfig};
 use std::path::PathBuf;
 
@@ -33,13 +32,6 @@ pub fn parse_drives(
     devices: &[String],
 ) -> Result<Vec<DriveConfig>, SettingsError> {
     let paired = pair_up::<DriveConfig>(drives, devices)?;
-    if paired.len() > VIRTIO_IRQS.len() {
-        let reason = format!(
-            "at most {} disks fit the virtio interrupt lines",
-            VIRTIO_IRQS.len()
-        );
-        return Err(invalid("drive", &paired[VIRTIO_IRQS.len()].value, reason));
-    }
     Ok(paired.into_iter().map(|d| d.config).collect())
 }
 
@@ -246,15 +238,5 @@ mod tests {
     fn serial_longer_than_20_bytes_is_refused() {
         let device = format!("virtio-blk-device,drive=r,serial={}", "x".repeat(21));
         assert!(parse(&["id=r,file=/r"], &[device.as_str()]).is_err());
-    }
-
-    #[test]
-    fn more_disks_than_interrupt_lines_are_refused() {
-        let drives: Vec<String> = (0..9).map(|i| format!("id=d{i},file=/d{i}")).collect();
-        let devices: Vec<String> = (0..9)
-            .map(|i| format!("virtio-blk-device,drive=d{i}"))
-            .collect();
-        let err = parse_drives(&drives, &devices).expect_err("too many");
-        assert!(err.to_string().contains("at most 8 disks"), "{err}");
     }
 }

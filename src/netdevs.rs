@@ -6,7 +6,6 @@
 use crate::backends::{pair_up, Backend, Claimed};
 use crate::opts::{parse_bool, OptList};
 use crate::settings::{invalid, SettingsError};
-use machine::layout::VIRTIO_IRQS;
 use machine::{MacAddr, NetConfig, TapSource};
 
 /// The `-device` driver of a network device.
@@ -75,22 +74,6 @@ impl Backend for NetConfig {
             self.id = device_id.to_string();
         }
         Ok(())
-    }
-}
-
-/// Refuses more virtio devices (`others` disks and the like, and `nets`) than there are
-/// interrupt lines.
-pub fn check_virtio_slots(others: usize, nets: &[NetConfig]) -> Result<(), SettingsError> {
-    let free = VIRTIO_IRQS.len().saturating_sub(others);
-    match nets.get(free) {
-        None => Ok(()),
-        Some(net) => {
-            let reason = format!(
-                "at most {} virtio devices (disks and network devices) fit the interrupt lines",
-                VIRTIO_IRQS.len()
-            );
-            Err(invalid("netdev", &net.netdev, reason))
-        }
     }
 }
 
@@ -390,16 +373,5 @@ mod tests {
             ),
             Err(SettingsError::NotSupported(_))
         ));
-    }
-
-    #[test]
-    fn disks_and_network_devices_share_the_eight_slots() {
-        let nets = parse(&["tap,id=n0,ifname=t"], &[DEV]).expect("ok");
-        assert!(check_virtio_slots(7, &nets).is_ok());
-        let err = check_virtio_slots(8, &nets).expect_err("full");
-        assert!(
-            err.to_string().contains("at most 8 virtio devices"),
-            "{err}"
-        );
     }
 }

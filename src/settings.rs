@@ -2,7 +2,7 @@
 
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
-use crate::netdevs::{check_virtio_slots, inherited_fds, parse_netdevs, NET_DEVICE};
+use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_bool, parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
@@ -96,7 +96,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
     }
-    let mut machine = MachineConfig {
+    let machine = MachineConfig {
         name: parsed.last("name").map(|n| name_of(&n)),
         uuid: parsed.last("uuid"),
         cpus: parsed.last("smp").map_or(Ok(1), |s| parse_smp(&s))?,
@@ -111,16 +111,13 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             .last("serial")
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
-        nets: Vec::new(),
+        nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
     };
-    machine.nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
-    let other_virtio = machine.drives.len() + usize::from(machine.rng.is_some());
-    check_virtio_slots(other_virtio, &machine.nets)?;
     let inherited_fds = inherited_fds(&machine.nets);
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
