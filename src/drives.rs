@@ -1,7 +1,7 @@
 //! `-drive` and `-device virtio-blk-device` into the machine's disks.
 
 use crate::backends::{pair_up, Backend};
-use crate::opts::{parse_bool, OptList};
+use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
 use machine::{Aio, DriveConfig};
 use std::path::PathBuf;
@@ -70,10 +70,9 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
             return Err(SettingsError::NotSupported(format!("-drive {key}=")));
         }
     }
-    let flag = |key: &str| -> Result<bool, SettingsError> {
-        opts.get(key).map_or(Ok(false), |v| {
-            parse_bool(v).ok_or_else(|| invalid("drive", value, format!("{key} must be on or off")))
-        })
+    let flag = |key| {
+        opts.flag(key, false)
+            .map_err(|r| invalid("drive", value, r))
     };
     let readonly = flag("readonly")?;
     let direct = flag("direct")?;

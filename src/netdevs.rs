@@ -4,7 +4,7 @@
 //! checked to be taps) when the machine builds the devices, before the guest runs.
 
 use crate::backends::{pair_up, Backend, Claimed};
-use crate::opts::{parse_bool, OptList};
+use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
 use machine::{MacAddr, NetConfig, TapSource};
 
@@ -182,12 +182,9 @@ fn vhost_options(value: &str, opts: &OptList) -> Result<(bool, Option<i32>), Set
         Some(fd) => Some(parse_fd(value, "vhostfd", fd)?),
         None => None,
     };
-    let vhost = match opts.get("vhost") {
-        None => vhostfd.is_some(),
-        Some(v) => {
-            parse_bool(v).ok_or_else(|| invalid("netdev", value, "vhost must be on or off"))?
-        }
-    };
+    let vhost = opts
+        .flag("vhost", vhostfd.is_some())
+        .map_err(|r| invalid("netdev", value, r))?;
     if !vhost && vhostfd.is_some() {
         return Err(invalid("netdev", value, "vhostfd= needs vhost=on"));
     }

@@ -3,7 +3,7 @@
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
-use crate::opts::{parse_bool, parse_size, OptList};
+use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
@@ -220,11 +220,9 @@ fn parse_machine(value: &str) -> Result<MachineOpts, SettingsError> {
             ))
         }
     }
-    let flag = |key: &str, default: bool| -> Result<bool, SettingsError> {
-        opts.get(key).map_or(Ok(default), |v| {
-            parse_bool(v)
-                .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))
-        })
+    let flag = |key, default| {
+        opts.flag(key, default)
+            .map_err(|r| invalid("machine", value, r))
     };
     let slots = |key: &str, default: usize| -> Result<usize, SettingsError> {
         opts.get(key).map_or(Ok(default), |v| {
@@ -279,13 +277,9 @@ fn parse_smp(value: &str) -> Result<u8, SettingsError> {
     if let Some(key) = opts.unknown_key(&keys) {
         return Err(invalid("smp", value, format!("unknown option '{key}'")));
     }
-    let number = |key: &str| -> Result<Option<u32>, SettingsError> {
-        opts.get(key)
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| invalid("smp", value, format!("{key} must be a number")))
-            })
-            .transpose()
+    let number = |key| {
+        opts.number::<u32>(key)
+            .map_err(|r| invalid("smp", value, r))
     };
     let topology: u32 = ["sockets", "dies", "clusters", "cores", "threads"]
         .iter()
