@@ -8,15 +8,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    expected_report, kvm_usable, names_flag, run, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT,
+    disk_image, expected_report, kvm_usable, names_flag, run, scratch_dir, Format, Vm, VmConfig,
+    VM_TIMEOUT,
 };
-
-fn disk_image(name: &str, sectors: u64) -> PathBuf {
-    let path = scratch_dir().join(name);
-    let file = std::fs::File::create(&path).expect("create the disk image");
-    file.set_len(sectors * 512).expect("size the disk image");
-    path
-}
 
 fn with_drives(config: &VmConfig, drives: &[(&str, &PathBuf, &str)]) -> Vec<String> {
     let mut args = config.args();

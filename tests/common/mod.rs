@@ -84,11 +84,37 @@ pub fn require_qemu_qmp() {
     });
 }
 
+/// Runs `script`, one of the qemu.qmp clients in tests/qmp, with `args` to its end (killed
+/// after 60 s), and fails the test with what it printed unless it succeeded.
+pub fn run_qmp_client<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) {
+    require_qemu_qmp();
+    let out = Command::new("timeout")
+        .args(["60", "python3", script])
+        .args(args)
+        .output()
+        .expect("run the qemu.qmp client");
+    assert!(
+        out.status.success(),
+        "qemu.qmp client {script} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A scratch directory for files a test writes (initrds), shared by all test binaries.
 pub fn scratch_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch");
     std::fs::create_dir_all(&dir).expect("create the scratch directory");
     dir
+}
+
+/// A sparse raw disk image of `sectors` 512-byte sectors, `name` in the scratch directory.
+pub fn disk_image(name: &str, sectors: u64) -> PathBuf {
+    let path = scratch_dir().join(name);
+    let file = std::fs::File::create(&path).expect("create the disk image");
+    file.set_len(sectors * 512).expect("size the disk image");
+    path
 }
 
 // ---- guests -----------------------------------------------------------------------------------
