@@ -130,12 +130,20 @@ pub fn guest(name: &str) -> PathBuf {
 /// it at the same time into the same directory never see a half-written guest.
 fn build_guests() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/build.sh");
+    run_build_script("guests/build.sh", &out);
+    out
+}
+
+/// Runs the workspace's bash script `script` (a path from the workspace root) with the output
+/// directory `out`, its stdin closed, and fails the test with its output unless it succeeds.
+pub fn run_build_script(script: &str, out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let result = Command::new("bash")
         .arg(&script)
-        .arg(&out)
+        .arg(out)
+        .stdin(Stdio::null())
         .output()
-        .expect("start bash to run guests/build.sh");
+        .unwrap_or_else(|e| panic!("start bash to run {}: {e}", script.display()));
     assert!(
         result.status.success(),
         "{} failed ({}):\n{}{}",
@@ -144,7 +152,6 @@ fn build_guests() -> PathBuf {
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
-    out
 }
 
 /// The four encodings of the same guest program and what it calls itself in its first line.

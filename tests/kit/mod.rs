@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, shell_words, VmConfig,
-    E820_RAM, E820_RESERVED, NIMBUS,
+    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, run_build_script,
+    shell_words, VmConfig, E820_RAM, E820_RESERVED, NIMBUS,
 };
 
 // ---- the kit ------------------------------------------------------------------------------
@@ -50,27 +50,12 @@ pub fn kit() -> &'static Kit {
 }
 
 fn build_kit() -> Kit {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = workspace.join("guest-kit/build.sh");
-    let dir = workspace.join("target/guest-kit");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest-kit");
     eprintln!(
         "building the guest kit into {} (minutes the first time, then cached)",
         dir.display()
     );
-    let result = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start bash to run guest-kit/build.sh");
-    assert!(
-        result.status.success(),
-        "{} failed ({}):\n{}{}",
-        script.display(),
-        result.status,
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    run_build_script("guest-kit/build.sh", &dir);
     Kit { dir }
 }
 
