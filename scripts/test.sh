@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests of every crate and the integration tests that boot the
-# project's guests under /dev/kvm. Installs the few Debian packages it needs when missing.
+# project's guests under /dev/kvm. Installs what the tests need when it is missing (the few Debian
+# packages that build the guests, and QEMU's Python QMP client): the tests install nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,12 @@ command -v gcc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq && apt-get install -y -qq "${need[@]}"
+fi
+
+# The QMP tests drive Nimbus with QEMU's own client library (tests/qmp/*.py).
+if ! python3 -c 'import qemu.qmp' 2>/dev/null; then
+    echo "installing the Python package qemu.qmp"
+    python3 -m pip install --quiet qemu.qmp
 fi
 
 if [ ! -c /dev/kvm ]; then

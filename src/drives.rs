@@ -1,8 +1,8 @@
 //! `-drive` and `-device virtio-blk-device` into the machine's disks.
 
-use crate::opts::{parse_bool, OptList};
+use crate::backends::{pair_up, Backend};
+use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
-use machine::layout::VIRTIO_IRQS;
 use machine::{Aio, DriveConfig};
 use std::path::PathBuf;
 
@@ -24,14 +24,6 @@ const DRIVE_KEYS: &[&str] = &[
     "detect-zeroes",
     "throttling.iops-total",
 ];
-const DEVICE_KEYS: &[&str] = &["driver", "drive", "id", "serial", "iothread"];
-
-/// A `-drive` before a device claims it.
-struct Drive {
-    value: String,
-    config: DriveConfig,
-    claimed: bool,
-}
 
 /// Builds one disk per `-drive`, in command-line order, with the serial from the
 /// `-device virtio-blk-device` that uses it. `devices` holds every `-device` value.
@@ -39,43 +31,33 @@ pub fn parse_drives(
     drives: &[String],
     devices: &[String],
 ) -> Result<Vec<DriveConfig>, SettingsError> {
-    let mut parsed: Vec<Drive> = Vec::with_capacity(drives.len());
-    for value in drives {
-        let config = parse_drive(value)?;
-        if parsed.iter().any(|d| d.config.id == config.id) {
-            return Err(invalid(
-                "drive",
-                value,
-                format!("drive id '{}' used twice", config.id),
-            ));
+    let paired = pair_up::<DriveConfig>(drives, devices)?;
+    Ok(paired.into_iter().map(|d| d.config).collect())
+}
+
+impl Backend for DriveConfig {
+    const FLAG: &'static str = "drive";
+    const DRIVER: &'static str = BLOCK_DEVICE;
+    const DEVICE_KEYS: &'static [&'static str] = &["driver", "drive", "id", "serial", "iothread"];
+
+    fn parse(value: &str) -> Result<DriveConfig, SettingsError> {
+        parse_drive(value)
+    }
+
+    fn backend_id(&self) -> &str {
+        &self.id
+    }
+
+    /// `serial=`.
+    fn attach(&mut self, value: &str, opts: &OptList) -> Result<(), SettingsError> {
+        if let Some(serial) = opts.get("serial") {
+            if serial.len() > SERIAL_MAX {
+                return Err(invalid("device", value, "serial is longer than 20 bytes"));
+            }
+            self.serial = serial.to_string();
         }
-        parsed.push(Drive {
-            value: value.clone(),
-            config,
-            claimed: false,
-        });
+        Ok(())
     }
-    for value in devices {
-        let opts = OptList::parse(value, Some("driver"));
-        if opts.get("driver") == Some(BLOCK_DEVICE) {
-            claim(&mut parsed, value, &opts)?;
-        }
-    }
-    if let Some(unused) = parsed.iter().find(|d| !d.claimed) {
-        let reason = format!(
-            "no -device {BLOCK_DEVICE},drive={} uses it",
-            unused.config.id
-        );
-        return Err(invalid("drive", &unused.value, reason));
-    }
-    if parsed.len() > VIRTIO_IRQS.len() {
-        let reason = format!(
-            "at most {} disks fit the virtio interrupt lines",
-            VIRTIO_IRQS.len()
-        );
-        return Err(invalid("drive", &parsed[VIRTIO_IRQS.len()].value, reason));
-    }
-    Ok(parsed.into_iter().map(|d| d.config).collect())
 }
 
 fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
@@ -88,10 +70,9 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
             return Err(SettingsError::NotSupported(format!("-drive {key}=")));
         }
     }
-    let flag = |key: &str| -> Result<bool, SettingsError> {
-        opts.get(key).map_or(Ok(false), |v| {
-            parse_bool(v).ok_or_else(|| invalid("drive", value, format!("{key} must be on or off")))
-        })
+    let flag = |key| {
+        opts.flag(key, false)
+            .map_err(|r| invalid("drive", value, r))
     };
     let readonly = flag("readonly")?;
     let direct = flag("direct")?;
@@ -145,41 +126,6 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
         aio,
         direct,
     })
-}
-
-/// Attaches the drive a `-device virtio-blk-device` names, with its serial.
-fn claim(drives: &mut [Drive], value: &str, opts: &OptList) -> Result<(), SettingsError> {
-    if let Some(key) = opts.unknown_key(DEVICE_KEYS) {
-        return Err(invalid("device", value, format!("unknown option '{key}'")));
-    }
-    if opts.get("iothread").is_some() {
-        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
-    }
-    let id = opts
-        .get("drive")
-        .ok_or_else(|| invalid("device", value, "drive=<id> is required"))?;
-    let Some(drive) = drives.iter_mut().find(|d| d.config.id == id) else {
-        return Err(invalid(
-            "device",
-            value,
-            format!("no -drive with id '{id}'"),
-        ));
-    };
-    if drive.claimed {
-        return Err(invalid(
-            "device",
-            value,
-            format!("drive '{id}' is already in use"),
-        ));
-    }
-    if let Some(serial) = opts.get("serial") {
-        if serial.len() > SERIAL_MAX {
-            return Err(invalid("device", value, "serial is longer than 20 bytes"));
-        }
-        drive.config.serial = serial.to_string();
-    }
-    drive.claimed = true;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -291,15 +237,5 @@ mod tests {
     fn serial_longer_than_20_bytes_is_refused() {
         let device = format!("virtio-blk-device,drive=r,serial={}", "x".repeat(21));
         assert!(parse(&["id=r,file=/r"], &[device.as_str()]).is_err());
-    }
-
-    #[test]
-    fn more_disks_than_interrupt_lines_are_refused() {
-        let drives: Vec<String> = (0..9).map(|i| format!("id=d{i},file=/d{i}")).collect();
-        let devices: Vec<String> = (0..9)
-            .map(|i| format!("virtio-blk-device,drive=d{i}"))
-            .collect();
-        let err = parse_drives(&drives, &devices).expect_err("too many");
-        assert!(err.to_string().contains("at most 8 disks"), "{err}");
     }
 }

@@ -1,78 +1,154 @@
-//! Log lines with a timestamp and the thread name, to stderr or a file (`-D`), at the level in
-//! the `NIMBUS_LOG` environment variable (error, warn, info, debug, trace; default warn).
+//! Log lines with a timestamp and the thread name, written by `env_logger` to stderr or to the
+//! file given with `-D`. The `NIMBUS_LOG` environment variable sets the level (error, warn,
+//! info, debug, trace; default warn) or, in env_logger's syntax, levels per module
+//! (`machine=debug`, `info,virtio=trace`); modules it does not name stay at warn.
 
-use std::io::Write;
-use std::sync::Mutex;
+use crate::settings::LogTarget;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Environment variable that sets the log level.
 pub const LEVEL_VAR: &str = "NIMBUS_LOG";
 
-struct Logger {
-    level: log::LevelFilter,
-    out: Mutex<Box<dyn Write + Send>>,
+/// The `-D` file cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open log file {path:?}")]
+pub struct LogFileError {
+    /// The file given with `-D`.
+    path: PathBuf,
+    /// Why.
+    #[source]
+    source: io::Error,
 }
 
-impl log::Log for Logger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level
+/// A logger builder: warn for every module, then the directives of `spec` (NIMBUS_LOG).
+fn builder(spec: Option<&str>) -> env_logger::Builder {
+    let mut builder = env_logger::Builder::new();
+    builder
+        .filter_level(log::LevelFilter::Warn)
+        .format(write_line);
+    if let Some(spec) = spec {
+        builder.parse_filters(spec);
     }
+    builder
+}
 
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
+/// `[<secs>.<micros> <LEVEL> <thread>] message`.
+fn write_line(out: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    writeln!(
+        out,
+        "[{}.{:06} {:<5} {}] {}",
+        now.as_secs(),
+        now.subsec_micros(),
+        record.level(),
+        thread.name().unwrap_or("?"),
+        record.args()
+    )
+}
+
+/// Installs the logger writing to `target`; a `-D` file is also where a seccomp violation is
+/// reported.
+pub fn init(target: &LogTarget) -> Result<(), LogFileError> {
+    let target = match target {
+        LogTarget::Stderr => env_logger::Target::Stderr,
+        LogTarget::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LogFileError {
+                    path: path.clone(),
+                    source,
+                })?;
+            // The logger keeps the file open until the process ends.
+            machine::seccomp_also_report_to(file.as_raw_fd());
+            env_logger::Target::Pipe(Box::new(file))
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let thread = std::thread::current();
-        let line = format!(
-            "[{}.{:06} {:<5} {}] {}\n",
-            now.as_secs(),
-            now.subsec_micros(),
-            record.level(),
-            thread.name().unwrap_or("?"),
-            record.args()
-        );
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        // A log line that cannot be written has nowhere else to go.
-        let _ = out.write_all(line.as_bytes());
-        let _ = out.flush();
-    }
-
-    fn flush(&self) {
-        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
-    }
-}
-
-/// The level named by `value`, or warn.
-pub fn level_from(value: Option<&str>) -> log::LevelFilter {
-    value
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(log::LevelFilter::Warn)
-}
-
-/// Installs the logger writing to `out`.
-pub fn init(out: Box<dyn Write + Send>) {
-    let level = level_from(std::env::var(LEVEL_VAR).ok().as_deref());
-    let logger = Logger {
-        level,
-        out: Mutex::new(out),
     };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
-        log::set_max_level(level);
-    }
+    let spec = std::env::var(LEVEL_VAR).ok();
+    // Only fails if a logger is already installed, and this is the only place that installs one.
+    let _ = builder(spec.as_deref()).target(target).try_init();
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use log::{Level, LevelFilter, Log, Metadata};
+    use std::sync::{Arc, Mutex};
+
+    fn enabled(logger: &env_logger::Logger, level: Level, target: &str) -> bool {
+        logger.enabled(&Metadata::builder().level(level).target(target).build())
+    }
 
     #[test]
     fn level_defaults_to_warn_and_parses_names() {
-        assert_eq!(level_from(None), log::LevelFilter::Warn);
-        assert_eq!(level_from(Some("debug")), log::LevelFilter::Debug);
-        assert_eq!(level_from(Some("INFO")), log::LevelFilter::Info);
-        assert_eq!(level_from(Some("loud")), log::LevelFilter::Warn);
+        assert_eq!(builder(None).build().filter(), LevelFilter::Warn);
+        assert_eq!(builder(Some("debug")).build().filter(), LevelFilter::Debug);
+        assert_eq!(builder(Some(" INFO ")).build().filter(), LevelFilter::Info);
+    }
+
+    #[test]
+    fn unknown_word_leaves_other_modules_at_warn() {
+        let logger = builder(Some("loud")).build();
+        assert!(enabled(&logger, Level::Warn, "nimbus"));
+        assert!(!enabled(&logger, Level::Info, "nimbus"));
+    }
+
+    #[test]
+    fn module_directives_raise_only_that_module() {
+        let logger = builder(Some("machine=debug")).build();
+        assert!(enabled(&logger, Level::Debug, "machine::vcpu"));
+        assert!(!enabled(&logger, Level::Info, "virtio::net"));
+        assert!(enabled(&logger, Level::Warn, "virtio::net"));
+    }
+
+    /// A `Write` whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn line_has_timestamp_level_thread_and_message() {
+        let out = Shared::default();
+        let logger = builder(None)
+            .target(env_logger::Target::Pipe(Box::new(out.clone())))
+            .build();
+        let thread = std::thread::Builder::new().name("vcpu0".into());
+        let handle = thread.spawn(move || {
+            logger.log(
+                &log::Record::builder()
+                    .level(Level::Warn)
+                    .target("machine")
+                    .args(format_args!("triple fault"))
+                    .build(),
+            )
+        });
+        handle.expect("spawn").join().expect("join");
+        let text = String::from_utf8(out.0.lock().expect("not poisoned").clone()).expect("utf8");
+        let (stamp, rest) = text
+            .strip_prefix('[')
+            .and_then(|t| t.split_once(' '))
+            .expect("a stamp");
+        let (secs, micros) = stamp.split_once('.').expect("secs.micros");
+        assert!(secs.parse::<u64>().is_ok() && micros.len() == 6, "{text}");
+        assert_eq!(rest, "WARN  vcpu0] triple fault\n");
     }
 }

@@ -7,6 +7,7 @@
 //! its seccomp allow-list (`machine`'s SIGSYS handler exits with it, see docs/security.md).
 #![deny(unsafe_code)]
 
+mod backends;
 mod cli;
 mod daemon;
 mod drives;
@@ -17,7 +18,6 @@ mod opts;
 mod rng_opts;
 mod settings;
 
-use settings::LogTarget;
 use std::error::Error;
 use std::process::ExitCode;
 
@@ -60,7 +60,7 @@ fn run(args: &[String], notifier: &mut Option<daemon::ReadyNotifier>) -> Result<
     if settings.daemonize {
         *notifier = Some(daemon::daemonize().map_err(|e| setup(e.into()))?);
     }
-    init_logging(&settings.log).map_err(setup)?;
+    logger::init(&settings.log).map_err(|e| setup(e.into()))?;
     let _pidfile = match &settings.pidfile {
         Some(path) => Some(daemon::PidFile::create(path).map_err(|e| setup(e.into()))?),
         None => None,
@@ -78,24 +78,6 @@ fn run(args: &[String], notifier: &mut Option<daemon::ReadyNotifier>) -> Result<
         Err(err @ machine::MachineError::VcpuFault { .. }) => Err((err.into(), EXIT_GUEST_FAILED)),
         Err(err) => Err(setup(err.into())),
     }
-}
-
-fn init_logging(target: &LogTarget) -> Result<(), Box<dyn Error>> {
-    let out: Box<dyn std::io::Write + Send> = match target {
-        LogTarget::Stderr => Box::new(std::io::stderr()),
-        LogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {path:?}: {e}"))?;
-            // The logger keeps the file open until the process ends.
-            machine::seccomp_also_report_to(std::os::fd::AsRawFd::as_raw_fd(&file));
-            Box::new(file)
-        }
-    };
-    logger::init(out);
-    Ok(())
 }
 
 /// Prints the error's own message first, then each cause on its own line.

@@ -16,13 +16,10 @@ fn check_server(flag: &'static str, value: &str, opts: &OptList) -> Result<(), S
             "-{flag} as a client (add server,nowait)"
         )));
     }
-    let wait = match (opts.get("nowait"), opts.get("wait")) {
-        (Some(_), _) => false,
-        (None, Some(w)) => {
-            parse_bool(w).ok_or_else(|| invalid(flag, value, "wait must be on or off"))?
-        }
-        (None, None) => true,
-    };
+    let wait = opts.get("nowait").is_none()
+        && opts
+            .flag("wait", true)
+            .map_err(|r| invalid(flag, value, r))?;
     if wait {
         return Err(SettingsError::NotSupported(format!(
             "-{flag} waiting for a client (add nowait)"

@@ -3,10 +3,10 @@
 //! Only the command line is checked here; the taps are opened (or, for inherited descriptors,
 //! checked to be taps) when the machine builds the devices, before the guest runs.
 
-use crate::opts::{parse_bool, OptList};
+use crate::backends::{pair_up, Backend, Claimed};
+use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
-use machine::layout::VIRTIO_IRQS;
-use machine::{NetConfig, TapSource};
+use machine::{MacAddr, NetConfig, TapSource};
 
 /// The `-device` driver of a network device.
 pub const NET_DEVICE: &str = "virtio-net-device";
@@ -24,7 +24,6 @@ const NETDEV_KEYS: &[&str] = &[
     "script",
     "downscript",
 ];
-const DEVICE_KEYS: &[&str] = &["driver", "netdev", "id", "mac", "iothread"];
 /// `-netdev` types of QEMU that Nimbus does not have.
 const OTHER_NETDEV_TYPES: &[&str] = &[
     "user",
@@ -39,62 +38,42 @@ const OTHER_NETDEV_TYPES: &[&str] = &[
     "hubport",
 ];
 
-/// A `-netdev` before a device claims it.
-struct Netdev {
-    value: String,
-    config: NetConfig,
-    claimed: bool,
-}
-
 /// Builds one network device per `-netdev`, in command-line order, with the MAC and id of the
 /// `-device virtio-net-device` that uses it. `devices` holds every `-device` value.
 pub fn parse_netdevs(
     netdevs: &[String],
     devices: &[String],
 ) -> Result<Vec<NetConfig>, SettingsError> {
-    let mut parsed: Vec<Netdev> = Vec::with_capacity(netdevs.len());
-    for value in netdevs {
-        let config = parse_netdev(value)?;
-        if parsed.iter().any(|n| n.config.netdev == config.netdev) {
-            let reason = format!("netdev id '{}' used twice", config.netdev);
-            return Err(invalid("netdev", value, reason));
-        }
-        parsed.push(Netdev {
-            value: value.clone(),
-            config,
-            claimed: false,
-        });
-    }
-    for value in devices {
-        let opts = OptList::parse(value, Some("driver"));
-        if opts.get("driver") == Some(NET_DEVICE) {
-            claim(&mut parsed, value, &opts)?;
-        }
-    }
-    if let Some(unused) = parsed.iter().find(|n| !n.claimed) {
-        let reason = format!(
-            "no -device {NET_DEVICE},netdev={} uses it",
-            unused.config.netdev
-        );
-        return Err(invalid("netdev", &unused.value, reason));
-    }
-    check_fds_used_once(&parsed)?;
-    Ok(parsed.into_iter().map(|n| n.config).collect())
+    let paired = pair_up::<NetConfig>(netdevs, devices)?;
+    check_fds_used_once(&paired)?;
+    Ok(paired.into_iter().map(|n| n.config).collect())
 }
 
-/// Refuses more virtio devices (`others` disks and the like, and `nets`) than there are
-/// interrupt lines.
-pub fn check_virtio_slots(others: usize, nets: &[NetConfig]) -> Result<(), SettingsError> {
-    let free = VIRTIO_IRQS.len().saturating_sub(others);
-    match nets.get(free) {
-        None => Ok(()),
-        Some(net) => {
-            let reason = format!(
-                "at most {} virtio devices (disks and network devices) fit the interrupt lines",
-                VIRTIO_IRQS.len()
-            );
-            Err(invalid("netdev", &net.netdev, reason))
+impl Backend for NetConfig {
+    const FLAG: &'static str = "netdev";
+    const DRIVER: &'static str = NET_DEVICE;
+    const DEVICE_KEYS: &'static [&'static str] = &["driver", "netdev", "id", "mac", "iothread"];
+
+    fn parse(value: &str) -> Result<NetConfig, SettingsError> {
+        parse_netdev(value)
+    }
+
+    fn backend_id(&self) -> &str {
+        &self.netdev
+    }
+
+    /// `mac=` and the device's `id=`.
+    fn attach(&mut self, value: &str, opts: &OptList) -> Result<(), SettingsError> {
+        if let Some(mac) = opts.get("mac") {
+            let mac = mac
+                .parse::<MacAddr>()
+                .map_err(|err| invalid("device", value, err.to_string()))?;
+            self.mac = Some(mac.0);
         }
+        if let Some(device_id) = opts.get("id").filter(|i| !i.is_empty()) {
+            self.id = device_id.to_string();
+        }
+        Ok(())
     }
 }
 
@@ -110,7 +89,7 @@ pub fn inherited_fds(nets: &[NetConfig]) -> Vec<i32> {
     fds
 }
 
-fn check_fds_used_once(parsed: &[Netdev]) -> Result<(), SettingsError> {
+fn check_fds_used_once(parsed: &[Claimed<NetConfig>]) -> Result<(), SettingsError> {
     let mut seen: Vec<i32> = Vec::new();
     for netdev in parsed {
         let config = std::slice::from_ref(&netdev.config);
@@ -203,12 +182,9 @@ fn vhost_options(value: &str, opts: &OptList) -> Result<(bool, Option<i32>), Set
         Some(fd) => Some(parse_fd(value, "vhostfd", fd)?),
         None => None,
     };
-    let vhost = match opts.get("vhost") {
-        None => vhostfd.is_some(),
-        Some(v) => {
-            parse_bool(v).ok_or_else(|| invalid("netdev", value, "vhost must be on or off"))?
-        }
-    };
+    let vhost = opts
+        .flag("vhost", vhostfd.is_some())
+        .map_err(|r| invalid("netdev", value, r))?;
     if !vhost && vhostfd.is_some() {
         return Err(invalid("netdev", value, "vhostfd= needs vhost=on"));
     }
@@ -230,54 +206,6 @@ fn parse_fd(value: &str, key: &str, text: &str) -> Result<i32, SettingsError> {
             format!("{key} must be a descriptor number"),
         )),
     }
-}
-
-/// Attaches the netdev a `-device virtio-net-device` names, with its id and MAC.
-fn claim(netdevs: &mut [Netdev], value: &str, opts: &OptList) -> Result<(), SettingsError> {
-    if let Some(key) = opts.unknown_key(DEVICE_KEYS) {
-        return Err(invalid("device", value, format!("unknown option '{key}'")));
-    }
-    if opts.get("iothread").is_some() {
-        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
-    }
-    let id = opts
-        .get("netdev")
-        .ok_or_else(|| invalid("device", value, "netdev=<id> is required"))?;
-    let Some(netdev) = netdevs.iter_mut().find(|n| n.config.netdev == id) else {
-        let reason = format!("no -netdev with id '{id}'");
-        return Err(invalid("device", value, reason));
-    };
-    if netdev.claimed {
-        let reason = format!("netdev '{id}' is already in use");
-        return Err(invalid("device", value, reason));
-    }
-    if let Some(mac) = opts.get("mac") {
-        netdev.config.mac =
-            Some(parse_mac(mac).map_err(|reason| invalid("device", value, reason))?);
-    }
-    if let Some(device_id) = opts.get("id").filter(|i| !i.is_empty()) {
-        netdev.config.id = device_id.to_string();
-    }
-    netdev.claimed = true;
-    Ok(())
-}
-
-/// `xx:xx:xx:xx:xx:xx`, unicast.
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let syntax = || format!("mac {text:?} is not six hex pairs like 52:54:00:12:34:56");
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(syntax)?;
-        *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
-    }
-    if parts.next().is_some() {
-        return Err(syntax());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!("mac {text} is a multicast address"));
-    }
-    Ok(mac)
 }
 
 #[cfg(test)]
@@ -424,16 +352,15 @@ mod tests {
 
     #[test]
     fn device_options_are_checked() {
-        let err = refusal(
-            "tap,id=n0,ifname=t",
-            "virtio-net-device,netdev=n0,mac=52:54:00",
-        );
-        assert!(err.contains("six hex pairs"), "{err}");
-        let err = refusal(
-            "tap,id=n0,ifname=t",
-            "virtio-net-device,netdev=n0,mac=01:00:5e:00:00:01",
-        );
-        assert!(err.contains("multicast"), "{err}");
+        // MacAddr's parser words the reason; the first line names the -device and its mac.
+        for mac in ["52:54:00", "01:00:5e:00:00:01"] {
+            let device = format!("virtio-net-device,netdev=n0,mac={mac}");
+            let err = refusal("tap,id=n0,ifname=t", &device);
+            assert!(
+                err.starts_with(&format!("invalid value '{device}' for -device: ")),
+                "{err}"
+            );
+        }
         let err = refusal("tap,id=n0,ifname=t", "virtio-net-device,netdev=n0,bogus=1");
         assert!(err.contains("unknown option 'bogus'"), "{err}");
         assert!(matches!(
@@ -443,33 +370,5 @@ mod tests {
             ),
             Err(SettingsError::NotSupported(_))
         ));
-    }
-
-    #[test]
-    fn disks_and_network_devices_share_the_eight_slots() {
-        let nets = parse(&["tap,id=n0,ifname=t"], &[DEV]).expect("ok");
-        assert!(check_virtio_slots(7, &nets).is_ok());
-        let err = check_virtio_slots(8, &nets).expect_err("full");
-        assert!(
-            err.to_string().contains("at most 8 virtio devices"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn mac_parsing() {
-        assert_eq!(
-            parse_mac("02:AB:cd:00:00:ff"),
-            Ok([2, 0xab, 0xcd, 0, 0, 0xff])
-        );
-        for bad in [
-            "",
-            "02:ab:cd:00:00",
-            "02:ab:cd:00:00:ff:00",
-            "2:ab:cd:00:00:ff",
-            "zz:ab:cd:00:00:ff",
-        ] {
-            assert!(parse_mac(bad).is_err(), "{bad}");
-        }
     }
 }

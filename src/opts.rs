@@ -1,5 +1,7 @@
 //! QEMU-style option lists: `[value,]key=value,key,...`.
 
+use std::str::FromStr;
+
 /// One parsed option list, in the order written.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OptList {
@@ -33,6 +35,21 @@ impl OptList {
             .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` as on or off (QEMU's spellings), or `default` when it is not given;
+    /// the error is the reason, for the caller's error that names the flag.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
+        self.get(key).map_or(Ok(default), |v| {
+            parse_bool(v).ok_or_else(|| format!("{key} must be on or off"))
+        })
+    }
+
+    /// The value of `key` as a number, if given; the error is the reason.
+    pub fn number<T: FromStr>(&self, key: &str) -> Result<Option<T>, String> {
+        self.get(key)
+            .map(|v| v.parse().map_err(|_| format!("{key} must be a number")))
+            .transpose()
     }
 
     /// The first key not in `allowed`, if any.
@@ -109,6 +126,23 @@ mod tests {
         assert_eq!(parse_size("12xyz", 1 << 20), None);
         assert_eq!(parse_size("", 1 << 20), None);
         assert_eq!(parse_size("99999999999999999999", 1 << 20), None);
+    }
+
+    #[test]
+    fn flags_and_numbers_default_when_absent_and_name_the_key_when_wrong() {
+        let opts = OptList::parse("a=on,b=maybe,n=12,m=lots", None);
+        assert_eq!(opts.flag("a", false), Ok(true));
+        assert_eq!(opts.flag("absent", true), Ok(true));
+        assert_eq!(
+            opts.flag("b", false),
+            Err("b must be on or off".to_string())
+        );
+        assert_eq!(opts.number::<u32>("n"), Ok(Some(12)));
+        assert_eq!(opts.number::<u32>("absent"), Ok(None));
+        assert_eq!(
+            opts.number::<u32>("m"),
+            Err("m must be a number".to_string())
+        );
     }
 
     #[test]

@@ -40,15 +40,6 @@ fn rng_objects(parsed: &Parsed) -> Result<Vec<(String, PathBuf)>, SettingsError>
     Ok(objects)
 }
 
-fn number(value: &str, opts: &OptList, key: &str) -> Result<Option<u64>, SettingsError> {
-    opts.get(key)
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| invalid("device", value, format!("{key} must be a number")))
-        })
-        .transpose()
-}
-
 /// The entropy device of the command line, if any.
 pub fn parse_rng(parsed: &Parsed) -> Result<Option<RngOptions>, SettingsError> {
     let objects = rng_objects(parsed)?;
@@ -83,8 +74,12 @@ pub fn parse_rng(parsed: &Parsed) -> Result<Option<RngOptions>, SettingsError> {
             })?,
         None => PathBuf::from("/dev/urandom"),
     };
-    let max_bytes = number(value, &opts, "max-bytes")?;
-    let period_ms = number(value, &opts, "period")?.unwrap_or(DEFAULT_PERIOD_MS);
+    let number = |key| {
+        opts.number::<u64>(key)
+            .map_err(|r| invalid("device", value, r))
+    };
+    let max_bytes = number("max-bytes")?;
+    let period_ms = number("period")?.unwrap_or(DEFAULT_PERIOD_MS);
     if period_ms == 0 {
         return Err(invalid("device", value, "period must be at least 1 ms"));
     }

@@ -2,8 +2,8 @@
 
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
-use crate::netdevs::{check_virtio_slots, inherited_fds, parse_netdevs, NET_DEVICE};
-use crate::opts::{parse_bool, parse_size, OptList};
+use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
+use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
@@ -96,7 +96,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
     }
-    let mut machine = MachineConfig {
+    let machine = MachineConfig {
         name: parsed.last("name").map(|n| name_of(&n)),
         uuid: parsed.last("uuid"),
         cpus: parsed.last("smp").map_or(Ok(1), |s| parse_smp(&s))?,
@@ -111,16 +111,13 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             .last("serial")
             .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
-        nets: Vec::new(),
+        nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
     };
-    machine.nets = parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?;
-    let other_virtio = machine.drives.len() + usize::from(machine.rng.is_some());
-    check_virtio_slots(other_virtio, &machine.nets)?;
     let inherited_fds = inherited_fds(&machine.nets);
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
@@ -223,11 +220,9 @@ fn parse_machine(value: &str) -> Result<MachineOpts, SettingsError> {
             ))
         }
     }
-    let flag = |key: &str, default: bool| -> Result<bool, SettingsError> {
-        opts.get(key).map_or(Ok(default), |v| {
-            parse_bool(v)
-                .ok_or_else(|| invalid("machine", value, format!("{key} must be on or off")))
-        })
+    let flag = |key, default| {
+        opts.flag(key, default)
+            .map_err(|r| invalid("machine", value, r))
     };
     let slots = |key: &str, default: usize| -> Result<usize, SettingsError> {
         opts.get(key).map_or(Ok(default), |v| {
@@ -282,13 +277,9 @@ fn parse_smp(value: &str) -> Result<u8, SettingsError> {
     if let Some(key) = opts.unknown_key(&keys) {
         return Err(invalid("smp", value, format!("unknown option '{key}'")));
     }
-    let number = |key: &str| -> Result<Option<u32>, SettingsError> {
-        opts.get(key)
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| invalid("smp", value, format!("{key} must be a number")))
-            })
-            .transpose()
+    let number = |key| {
+        opts.number::<u32>(key)
+            .map_err(|r| invalid("smp", value, r))
     };
     let topology: u32 = ["sockets", "dies", "clusters", "cores", "threads"]
         .iter()

@@ -1,5 +1,6 @@
-//! Command-line behaviour of the `nimbus` binary: refused kernels and flags exit with status
-//! 1 and a first stderr line that names the file or the flag; -version and -help succeed.
+//! Command-line behaviour of the `nimbus` binary: refused kernels, flags and device sets exit
+//! with status 1 and a first stderr line that names the file, the flag or the problem;
+//! -version and -help succeed.
 
 mod common;
 
@@ -69,6 +70,30 @@ fn unknown_flag_is_refused_naming_it() {
     args.insert(0, "-frobnicate".into());
     let out = run(&args);
     assert_refused(&out, "-frobnicate", |line| line.contains("frobnicate"));
+}
+
+#[test]
+fn more_virtio_devices_than_interrupt_lines_are_refused_naming_the_limit() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    for i in 0..9 {
+        let image = scratch_dir().join(format!("cli-disk-{i}.img"));
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("create a disk image");
+        config.extra_args.extend([
+            "-drive".to_string(),
+            format!("id=d{i},file={},readonly=on", image.display()),
+            "-device".to_string(),
+            format!("virtio-blk-device,drive=d{i}"),
+        ]);
+    }
+    let out = run(&config.args());
+    assert_refused(&out, "the virtio device limit", |line| {
+        line.contains("too many virtio devices") && line.contains("at most 8")
+    });
 }
 
 fn prints_version(flag: &str) {

@@ -7,12 +7,11 @@
 mod common;
 
 use common::{
-    kvm_usable, qemu_qmp_available, qmp_args, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
-    VM_TIMEOUT,
+    disk_image, kvm_usable, qmp_args, run, run_qmp_client, scratch_dir, Format, QmpClient, Vm,
+    VmConfig, VM_TIMEOUT,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const KATA_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qmp/hotplug.py");
 
@@ -20,11 +19,12 @@ fn socket_path(name: &str) -> PathBuf {
     scratch_dir().join(format!("hotplug-{name}-{}.sock", std::process::id()))
 }
 
-fn disk_image(name: &str, sectors: u64) -> PathBuf {
-    let path = scratch_dir().join(format!("hotplug-{name}-{}.img", std::process::id()));
-    let file = std::fs::File::create(&path).expect("create the disk image");
-    file.set_len(sectors * 512).expect("size the disk image");
-    path
+/// A disk image for one test of this process.
+fn hotplug_image(name: &str, sectors: u64) -> PathBuf {
+    disk_image(
+        &format!("hotplug-{name}-{}.img", std::process::id()),
+        sectors,
+    )
 }
 
 /// A VM whose guest idles, with a QMP socket (and so the default 4 block slots).
@@ -52,7 +52,7 @@ fn kata_block_hotplug_sequence_attaches_and_detaches_a_disk() {
     if !kvm_usable() {
         return;
     }
-    let image = disk_image("kata", 2048);
+    let image = hotplug_image("kata", 2048);
     let (vm, path) = vm_with_qmp("kata");
     let mut c = QmpClient::connect(&path);
     assert_eq!(c.execute("query-block", json!({})), json!({"return": []}));
@@ -93,21 +93,9 @@ fn qemu_qmp_client_runs_the_kata_sequence() {
     if !kvm_usable() {
         return;
     }
-    qemu_qmp_available();
-    let image = disk_image("qemu-qmp", 2048);
+    let image = hotplug_image("qemu-qmp", 2048);
     let (vm, path) = vm_with_qmp("qemu-qmp");
-    let out = Command::new("timeout")
-        .args(["60", "python3", KATA_CLIENT])
-        .arg(&path)
-        .arg(&image)
-        .output()
-        .expect("run the qemu.qmp client");
-    assert!(
-        out.status.success(),
-        "qemu.qmp client failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_qmp_client(KATA_CLIENT, &[&path, &image]);
     vm.wait(VM_TIMEOUT).assert_exit_code(0);
     let _ = std::fs::remove_file(&image);
 }
@@ -117,7 +105,7 @@ fn hotplug_errors_use_qemu_wording_and_change_nothing() {
     if !kvm_usable() {
         return;
     }
-    let (a, b) = (disk_image("err-a", 64), disk_image("err-b", 64));
+    let (a, b) = (hotplug_image("err-a", 64), hotplug_image("err-b", 64));
     let (vm, path) = vm_with_qmp("errors");
     let mut c = QmpClient::connect(&path);
     let missing = scratch_dir().join("hotplug-no-such-image.img");
@@ -199,7 +187,7 @@ fn guest_sees_the_capacity_of_slot_1_change_with_a_config_interrupt() {
     if !kvm_usable() {
         return;
     }
-    let image = disk_image("guest", 2048);
+    let image = hotplug_image("guest", 2048);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&image)

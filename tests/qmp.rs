@@ -1,11 +1,12 @@
 //! QMP end to end: the real nimbus with a test guest, driven by QEMU's own Python client
-//! library (`qemu.qmp`, installed by the test when missing) and by raw sockets for the abuse
+//! library (`qemu.qmp`, which scripts/test.sh installs) and by raw sockets for the abuse
 //! cases: garbage, a burst of 10 000 commands, a client that never reads.
 
 mod common;
 
 use common::{
-    kvm_usable, qemu_qmp_available, qmp_args, scratch_dir, Format, Vm, VmConfig, VM_TIMEOUT,
+    kvm_usable, qmp_args, require_qemu_qmp, run_qmp_client, scratch_dir, Format, Vm, VmConfig,
+    VM_TIMEOUT,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,31 +35,10 @@ fn vm_with_qmp(name: &str, action: &str) -> (Vm, PathBuf) {
     (vm, path)
 }
 
-fn run_client(path: &Path, pid: i32, scenario: &str) -> std::process::Output {
-    qemu_qmp_available();
-    let child = Command::new("timeout")
-        .args([
-            "60",
-            "python3",
-            CLIENT,
-            &path.display().to_string(),
-            &pid.to_string(),
-            scenario,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the qemu.qmp client");
-    child.wait_with_output().expect("client output")
-}
-
-fn assert_client_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "qemu.qmp client failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs client.py's `scenario` against the VM `pid` behind `path`.
+fn run_client(path: &Path, pid: i32, scenario: &str) {
+    let pid = pid.to_string();
+    run_qmp_client(CLIENT, &[path.as_os_str(), pid.as_ref(), scenario.as_ref()]);
 }
 
 /// A raw client: connects, reads the greeting and negotiates capabilities.
@@ -94,8 +74,7 @@ fn qemu_client_drives_stop_cont_cpus_and_quit() {
         return;
     }
     let (vm, path) = vm_with_qmp("lifecycle", "hang");
-    let out = run_client(&path, vm.pid(), "lifecycle");
-    assert_client_ok(&out);
+    run_client(&path, vm.pid(), "lifecycle");
     let nimbus = vm.wait(VM_TIMEOUT);
     nimbus.assert_exit_code(0);
     assert!(!path.exists(), "the QMP socket is removed on exit");
@@ -107,7 +86,7 @@ fn system_reset_ends_the_microvm_with_status_0() {
         return;
     }
     let (vm, path) = vm_with_qmp("reset", "hang");
-    assert_client_ok(&run_client(&path, vm.pid(), "system_reset"));
+    run_client(&path, vm.pid(), "system_reset");
     vm.wait(VM_TIMEOUT).assert_exit_code(0);
 }
 
@@ -117,13 +96,13 @@ fn getfd_takes_a_descriptor_passed_with_scm_rights() {
         return;
     }
     let (vm, path) = vm_with_qmp("getfd", "hang");
-    assert_client_ok(&run_client(&path, vm.pid(), "getfd"));
+    run_client(&path, vm.pid(), "getfd");
     vm.wait(VM_TIMEOUT).assert_exit_code(0);
 }
 
 /// Starts the waiting client, lets `end` finish the VM, and returns the client's SHUTDOWN line.
 fn shutdown_seen_by_client(vm: &mut Vm, path: &Path, end: impl FnOnce(&mut Vm)) -> String {
-    qemu_qmp_available();
+    require_qemu_qmp();
     let mut child = Command::new("timeout")
         .args([
             "60",

@@ -7,14 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{expected_report, kvm_usable, names_flag, run, scratch_dir, Format, VmConfig};
-
-fn disk_image(name: &str, sectors: u64) -> PathBuf {
-    let path = scratch_dir().join(name);
-    let file = std::fs::File::create(&path).expect("create the disk image");
-    file.set_len(sectors * 512).expect("size the disk image");
-    path
-}
+use common::{
+    disk_image, expected_report, kvm_usable, names_flag, run, scratch_dir, Format, Vm, VmConfig,
+    VM_TIMEOUT,
+};
 
 fn with_drives(config: &VmConfig, drives: &[(&str, &PathBuf, &str)]) -> Vec<String> {
     let mut args = config.args();
@@ -69,28 +65,90 @@ fn pattern() -> Vec<u8> {
     (0..1024u32).map(|i| (i * 7 + 3) as u8).collect()
 }
 
-/// Boots `format` with one drive and the guest's `blk` action; returns the guest's blk lines.
-fn run_blk_action(format: Format, image: &Path, drive_opts: &str, serial: &str) -> Vec<String> {
-    let append = "console=ttyS0 nimbus.test=blk";
+/// How a running nimbus does its disk I/O, as /proc shows it.
+struct HostIo {
+    /// The `flags:` of each descriptor nimbus holds on the disk image.
+    image_flags: Vec<i32>,
+    /// The completions each of its io_uring instances has posted (`CqTail` in fdinfo).
+    uring_completions: Vec<u64>,
+}
+
+impl HostIo {
+    fn of(pid: i32, image: &Path) -> HostIo {
+        let image = std::fs::canonicalize(image).expect("canonicalize the image path");
+        let fds = format!("/proc/{pid}/fd");
+        let mut io = HostIo {
+            image_flags: Vec::new(),
+            uring_completions: Vec::new(),
+        };
+        for entry in std::fs::read_dir(&fds).unwrap_or_else(|e| panic!("read {fds}: {e}")) {
+            let entry = entry.expect("read a /proc fd entry");
+            // A descriptor closed since the directory was read has no link left.
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let info_path = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+            let info = || {
+                std::fs::read_to_string(&info_path)
+                    .unwrap_or_else(|e| panic!("read {info_path}: {e}"))
+            };
+            if target == image {
+                let flags = fdinfo_field(&info(), "flags");
+                let flags = i32::from_str_radix(&flags, 8)
+                    .unwrap_or_else(|e| panic!("{info_path}: flags {flags:?}: {e}"));
+                io.image_flags.push(flags);
+            } else if target == Path::new("anon_inode:[io_uring]") {
+                let tail = fdinfo_field(&info(), "CqTail");
+                let tail = tail
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{info_path}: CqTail {tail:?}: {e}"));
+                io.uring_completions.push(tail);
+            }
+        }
+        io
+    }
+
+    fn direct(&self) -> bool {
+        self.image_flags.iter().any(|f| f & libc::O_DIRECT != 0)
+    }
+}
+
+/// The value of `key:` in a /proc fdinfo file.
+fn fdinfo_field(info: &str, key: &str) -> String {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {key}: in fdinfo\n{info}"))
+}
+
+/// Boots `format` with one drive and the guest's `blk` action, then lets the guest idle
+/// (`hang`) so that /proc can show how nimbus does the I/O, and ends nimbus with SIGTERM.
+/// Returns the guest's blk lines and what /proc showed.
+fn run_blk_action(
+    format: Format,
+    image: &Path,
+    drive_opts: &str,
+    serial: &str,
+) -> (Vec<String>, HostIo) {
+    let append = "console=ttyS0 nimbus.test=blk nimbus.test=hang";
     let mut args = VmConfig::new(format, 128, append).args();
     args.push("-drive".into());
     args.push(format!("id=d0,file={}{drive_opts}", image.display()));
     args.push("-device".into());
     args.push(format!("virtio-blk-device,drive=d0,id=blk0{serial}"));
-    let out = run(&args);
+    let mut vm = Vm::spawn(&args);
+    vm.wait_for_line("hang: now", VM_TIMEOUT);
+    let io = HostIo::of(vm.pid(), image);
+    vm.signal(libc::SIGTERM);
+    let out = vm.wait(VM_TIMEOUT);
     out.assert_exit_code(0);
-    let lines = out.guest_lines();
-    assert_eq!(
-        lines.last(),
-        Some(&"NIMBUS-GUEST done"),
-        "{}",
-        out.describe()
-    );
-    lines
+    let lines = out
+        .guest_lines()
         .iter()
         .filter(|l| l.starts_with("blk: "))
         .map(|l| l.to_string())
-        .collect()
+        .collect();
+    (lines, io)
 }
 
 fn guest_writes_flushes_and_reads_back(format: Format) {
@@ -98,13 +156,15 @@ fn guest_writes_flushes_and_reads_back(format: Format) {
 }
 
 /// The `blk` action over a drive with `drive_opts` (`,aio=...`, `,direct=on`); `tag` names the
-/// image.
+/// image. Besides the guest's results, checks from /proc that nimbus opened the image with
+/// O_DIRECT exactly when `direct=on` asks for it, and served the guest through an io_uring
+/// exactly when `aio=io_uring` or `aio=native` asks for one.
 fn guest_writes_flushes_and_reads_back_with(format: Format, drive_opts: &str, tag: &str) {
     if !kvm_usable() {
         return;
     }
     let image = marked_image(&format!("virtio-rw-{}-{tag}.img", format.name()), 2048);
-    let lines = run_blk_action(format, &image, drive_opts, ",serial=SN-42");
+    let (lines, io) = run_blk_action(format, &image, drive_opts, ",serial=SN-42");
     let expected = [
         "blk: status=0xf flush=1",
         "blk: capacity=2048",
@@ -125,6 +185,43 @@ fn guest_writes_flushes_and_reads_back_with(format: Format, drive_opts: &str, ta
         "sector 2-3 of the image"
     );
     assert_eq!(&bytes[..MARKER.len()], MARKER.as_bytes());
+
+    assert!(
+        !io.image_flags.is_empty(),
+        "nimbus holds no descriptor on {}",
+        image.display()
+    );
+    let direct = drive_opts.contains("direct=on");
+    assert_eq!(
+        io.direct(),
+        direct,
+        "O_DIRECT on the image with {drive_opts:?}: descriptor flags {}",
+        io.image_flags
+            .iter()
+            .map(|f| format!("0o{f:o}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let uring = drive_opts.contains("aio=io_uring") || drive_opts.contains("aio=native");
+    if uring {
+        assert_eq!(
+            io.uring_completions.len(),
+            1,
+            "one io_uring for the drive with {drive_opts:?}"
+        );
+        // The guest's reads and writes of sectors 0 and 2 at the least went through it.
+        assert!(
+            io.uring_completions[0] >= 3,
+            "the io_uring completed {} requests for the guest's I/O",
+            io.uring_completions[0]
+        );
+    } else {
+        assert_eq!(
+            io.uring_completions,
+            Vec::<u64>::new(),
+            "no io_uring with {drive_opts:?}"
+        );
+    }
 }
 
 #[test]
@@ -207,7 +304,7 @@ fn read_only_drive_fails_the_guests_write_and_keeps_the_image() {
         return;
     }
     let image = marked_image("virtio-ro.img", 64);
-    let lines = run_blk_action(Format::Elf, &image, ",readonly=on", "");
+    let (lines, _) = run_blk_action(Format::Elf, &image, ",readonly=on", "");
     assert!(
         lines.contains(&"blk: id status=0 text=d0".to_string()),
         "{lines:?}"

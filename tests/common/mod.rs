@@ -62,23 +62,44 @@ pub fn host_is_kvm_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Installs QEMU's Python client library, `qemu.qmp`, once per test binary if it is missing:
-/// the QMP tests drive Nimbus with the client that QEMU's own scripts use.
-pub fn qemu_qmp_available() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let has = Command::new("python3")
+/// Fails the test, naming scripts/test.sh, when QEMU's Python client library `qemu.qmp` is
+/// missing: the QMP tests drive Nimbus with the client that QEMU's own scripts use, and tests
+/// install nothing themselves (scripts/test.sh installs it).
+pub fn require_qemu_qmp() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let out = Command::new("python3")
             .args(["-c", "import qemu.qmp"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "qemu.qmp"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "pip install qemu.qmp failed");
-        }
+            .output()
+            .expect("run python3 to look for qemu.qmp");
+        assert!(
+            out.status.success(),
+            "the Python module qemu.qmp is missing (python3 -c 'import qemu.qmp': {}); \
+             scripts/test.sh installs it, or run `python3 -m pip install qemu.qmp`",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     });
+}
+
+/// Runs `script`, one of the qemu.qmp clients in tests/qmp, with `args` to its end (killed
+/// after 60 s), and fails the test with what it printed unless it succeeded.
+pub fn run_qmp_client<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) {
+    require_qemu_qmp();
+    let out = Command::new("timeout")
+        .args(["60", "python3", script])
+        .args(args)
+        .output()
+        .expect("run the qemu.qmp client");
+    assert!(
+        out.status.success(),
+        "qemu.qmp client {script} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A scratch directory for files a test writes (initrds), shared by all test binaries.
@@ -86,6 +107,14 @@ pub fn scratch_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch");
     std::fs::create_dir_all(&dir).expect("create the scratch directory");
     dir
+}
+
+/// A sparse raw disk image of `sectors` 512-byte sectors, `name` in the scratch directory.
+pub fn disk_image(name: &str, sectors: u64) -> PathBuf {
+    let path = scratch_dir().join(name);
+    let file = std::fs::File::create(&path).expect("create the disk image");
+    file.set_len(sectors * 512).expect("size the disk image");
+    path
 }
 
 // ---- guests -----------------------------------------------------------------------------------
@@ -101,12 +130,20 @@ pub fn guest(name: &str) -> PathBuf {
 /// it at the same time into the same directory never see a half-written guest.
 fn build_guests() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/build.sh");
+    run_build_script("guests/build.sh", &out);
+    out
+}
+
+/// Runs the workspace's bash script `script` (a path from the workspace root) with the output
+/// directory `out`, its stdin closed, and fails the test with its output unless it succeeds.
+pub fn run_build_script(script: &str, out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let result = Command::new("bash")
         .arg(&script)
-        .arg(&out)
+        .arg(out)
+        .stdin(Stdio::null())
         .output()
-        .expect("start bash to run guests/build.sh");
+        .unwrap_or_else(|e| panic!("start bash to run {}: {e}", script.display()));
     assert!(
         result.status.success(),
         "{} failed ({}):\n{}{}",
@@ -115,7 +152,6 @@ fn build_guests() -> PathBuf {
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
-    out
 }
 
 /// The four encodings of the same guest program and what it calls itself in its first line.
@@ -422,8 +458,10 @@ pub fn run<S: AsRef<str>>(args: &[S]) -> Output {
     Vm::spawn(args).wait(VM_TIMEOUT)
 }
 
-fn shell_words(args: &[&str]) -> String {
-    let quote = |a: &&str| {
+/// `args` as one shell command line, each quoted when it needs it: for messages that show how
+/// nimbus was started.
+pub fn shell_words<S: AsRef<str>>(args: &[S]) -> String {
+    let quote = |a: &str| {
         if !a.is_empty()
             && a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:".contains(&b))
@@ -433,7 +471,10 @@ fn shell_words(args: &[&str]) -> String {
             format!("'{}'", a.replace('\'', r"'\''"))
         }
     };
-    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .map(|a| quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Console lines without their line ending ("\n" or "\r\n").
@@ -758,6 +799,14 @@ mod harness_tests {
         let bad = good.replace("ioapic_id=3", "ioapic_id=1");
         assert!(check_mptable_line(&bad, 2).is_err());
         assert!(check_mptable_line(good, 1).is_err());
+    }
+
+    #[test]
+    fn shell_words_quotes_only_the_words_that_need_it() {
+        assert_eq!(
+            shell_words(&["-m", "128", "console=ttyS0 quiet", "it's", ""]),
+            r"-m 128 'console=ttyS0 quiet' 'it'\''s' ''"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, VmConfig, E820_RAM,
-    E820_RESERVED, NIMBUS,
+    expected_e820, expected_initrd_addr, host_is_kvm_pvm, low_ram_end, run_build_script,
+    shell_words, VmConfig, E820_RAM, E820_RESERVED, NIMBUS,
 };
 
 // ---- the kit ------------------------------------------------------------------------------
@@ -50,27 +50,12 @@ pub fn kit() -> &'static Kit {
 }
 
 fn build_kit() -> Kit {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = workspace.join("guest-kit/build.sh");
-    let dir = workspace.join("target/guest-kit");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest-kit");
     eprintln!(
         "building the guest kit into {} (minutes the first time, then cached)",
         dir.display()
     );
-    let result = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start bash to run guest-kit/build.sh");
-    assert!(
-        result.status.success(),
-        "{} failed ({}):\n{}{}",
-        script.display(),
-        result.status,
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    run_build_script("guest-kit/build.sh", &dir);
     Kit { dir }
 }
 
@@ -175,7 +160,7 @@ impl KitVm {
             stderr,
             readers,
             started,
-            command: format!("nimbus {}", quote_args(&args)),
+            command: format!("nimbus {}", shell_words(&args)),
         }
     }
 
@@ -335,20 +320,6 @@ fn read_all(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> 
                 .extend_from_slice(&buf[..n]);
         }
     })
-}
-
-fn quote_args(args: &[String]) -> String {
-    let quote = |a: &String| {
-        if !a.is_empty()
-            && a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./=,:".contains(&b))
-        {
-            a.clone()
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    };
-    args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 impl Transcript {

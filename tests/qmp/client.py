@@ -10,7 +10,7 @@ import sys
 
 from qemu.qmp import QMPClient, ExecuteError
 
-from qmpcheck import check, next_event
+from qmpcheck import check, finish, next_event
 
 
 async def lifecycle(qmp, pid):
@@ -100,11 +100,7 @@ async def main():
     await qmp.connect(path)
     await {"lifecycle": lifecycle, "system_reset": system_reset, "getfd": getfd,
            "wait_for_shutdown": wait_for_shutdown}[scenario](qmp, pid)
-    try:
-        await qmp.disconnect()
-    except EOFError:
-        pass  # the VM ended and closed the socket, as QEMU does after quit
-    print("done", flush=True)
+    await finish(qmp)
 
 
 asyncio.run(main())

@@ -9,7 +9,7 @@ import sys
 
 from qemu.qmp import QMPClient
 
-from qmpcheck import check, fails, next_event
+from qmpcheck import check, fails, finish, next_event
 
 
 async def kata(qmp, image):
@@ -47,11 +47,7 @@ async def main():
     qmp = QMPClient("nimbus-hotplug-test")
     await qmp.connect(path)
     await kata(qmp, image)
-    try:
-        await qmp.disconnect()
-    except EOFError:
-        pass  # the VM ended and closed the socket, as QEMU does after quit
-    print("done", flush=True)
+    await finish(qmp)
 
 
 asyncio.run(main())

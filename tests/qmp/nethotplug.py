@@ -17,7 +17,7 @@ import sys
 
 from qemu.qmp import QMPClient
 
-from qmpcheck import check, fails, next_event
+from qmpcheck import check, fails, finish, next_event
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
@@ -81,11 +81,7 @@ async def main():
     await unplug(qmp)
     await wait_for_stdin()
     await qmp.execute("quit")
-    try:
-        await qmp.disconnect()
-    except EOFError:
-        pass  # the VM ended and closed the socket, as QEMU does after quit
-    print("done", flush=True)
+    await finish(qmp)
 
 
 asyncio.run(main())

@@ -30,3 +30,12 @@ async def fails(qmp, command, arguments, error_class, desc_part):
               f"{command} {arguments} fails with {error_class} ({err})")
         return
     check(False, f"{command} {arguments} fails")
+
+
+async def finish(qmp):
+    """Disconnects and prints `done`: the last line of every client."""
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the VM ended and closed the socket, as QEMU does after quit
+    print("done", flush=True)
