@@ -4,7 +4,7 @@
 //! existing mapping only through a raw pointer. The module keeps the invariant that makes this
 //! sound on its own: the owning mapping is never unmapped while a piece exists.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::MmapRegion;
@@ -95,10 +95,7 @@ impl HostMapping {
 
 impl Drop for HostMapping {
     fn drop(&mut self) {
-        let pieces = self
-            .pieces
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
+        let pieces = crate::sync::get_mut(&mut self.pieces);
         // A strong count of zero is final: nobody else holds these `Weak`s to upgrade them.
         let alive = pieces
             .iter()

@@ -42,6 +42,11 @@ where
         .unwrap_or_else(|poisoned| poisoned.into_inner().0)
 }
 
+/// The data of `mutex`, which the caller owns, going on as [`lock`] does after a panic.
+pub fn get_mut<T: ?Sized>(mutex: &mut Mutex<T>) -> &mut T {
+    mutex.get_mut().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Waits on `condvar`, going on as [`lock`] does after a panic.
 pub fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     condvar.wait(guard).unwrap_or_else(PoisonError::into_inner)

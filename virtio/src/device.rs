@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use address_space::vm_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
@@ -231,7 +231,7 @@ impl<D> Shared<D> {
 
     /// The device. A panic while it was held leaves it usable: device state is plain data.
     pub fn lock(&self) -> MutexGuard<'_, D> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        address_space::sync::lock(&self.0)
     }
 }
 
