@@ -647,6 +647,46 @@ fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
 
 /// `netdev_add ifname=` opens the tap on the VMM thread at run time, inside its seccomp filter;
 /// `-machine net-slots=` sets how many net slots there are.
+/// Taps join and leave the event loop at run time: a tap unplugged and closed in the same QMP
+/// burst that opens another one (which gets the closed tap's descriptor number) and plugs it
+/// into another slot must be watched there. Fails when an unplugged tap stays registered on
+/// the loop until after it is closed.
+#[test]
+fn tap_closed_and_reopened_in_one_burst_carries_frames_in_its_new_slot() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let (old, new) = (TapGuard::create(), TapGuard::create());
+    let socket = PacketSocket::bind(&new.name);
+    let path = scratch_dir().join(format!("net-burst-{}.sock", std::process::id()));
+    let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=netwatch").args();
+    args.extend(qmp_args(&path));
+    let mut vm = Vm::spawn(&args);
+    vm.wait_for_line("netwatch: link=0", VM_TIMEOUT);
+    let mut qmp = QmpClient::connect(&path);
+    let mac = "52:54:00:12:34:56";
+    let replies = qmp.execute_burst(&[
+        ("netdev_add", json!({"type": "tap", "id": "old", "ifname": old.name})),
+        ("device_add", json!({"driver": "virtio-net-device", "id": "eth9", "netdev": "old", "addr": "0x1"})),
+        ("device_del", json!({"id": "eth9"})),
+        ("netdev_del", json!({"id": "old"})),
+        ("netdev_add", json!({"type": "tap", "id": "new", "ifname": new.name})),
+        ("device_add", json!({"driver": "virtio-net-device", "id": "eth0", "netdev": "new", "addr": "0x0", "mac": mac})),
+    ]);
+    for reply in &replies {
+        assert_eq!(reply, &json!({"return": {}}), "{replies:?}");
+    }
+    vm.wait_for_line(
+        &format!("netwatch: link up config-change mac={mac}"),
+        VM_TIMEOUT,
+    );
+    receive_ping(&socket, &mut vm);
+    socket.send(&pong_frame());
+    vm.wait_for_line(&format!("net: got {PONG}"), VM_TIMEOUT);
+    assert_eq!(qmp.execute("quit", json!({})), json!({"return": {}}));
+    vm.wait(VM_TIMEOUT).assert_exit_code(0);
+}
+
 #[test]
 fn tap_opened_by_name_at_run_time_fills_the_last_of_the_configured_net_slots() {
     if !kvm_usable() || !root() {

@@ -752,6 +752,31 @@ impl QmpClient {
         }
     }
 
+    /// Sends `commands` in one write, so that Nimbus reads them together and runs them with no
+    /// event handled in between, and returns their replies in order.
+    pub fn execute_burst(
+        &mut self,
+        commands: &[(&str, serde_json::Value)],
+    ) -> Vec<serde_json::Value> {
+        let burst: String = commands
+            .iter()
+            .map(|(command, arguments)| {
+                serde_json::json!({"execute": command, "arguments": arguments}).to_string()
+            })
+            .collect();
+        self.writer.write_all(burst.as_bytes()).expect("send");
+        let mut replies = Vec::new();
+        while replies.len() < commands.len() {
+            let message = self.line();
+            if message.get("event").is_some() {
+                self.events.push(message);
+            } else {
+                replies.push(message);
+            }
+        }
+        replies
+    }
+
     /// The error description of a command that must fail with `class`.
     pub fn error(&mut self, command: &str, arguments: serde_json::Value, class: &str) -> String {
         let reply = self.execute(command, arguments);
