@@ -647,6 +647,53 @@ fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
 
 /// `netdev_add ifname=` opens the tap on the VMM thread at run time, inside its seccomp filter;
 /// `-machine net-slots=` sets how many net slots there are.
+/// CPU time (user + system, in clock ticks) the VMM thread of process `pid` has used.
+fn vmm_thread_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).expect("stat");
+    // Fields after the command name (which ends with the last ')'): utime is the 12th, stime
+    // the 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields[n].parse::<u64>().expect("a number");
+    field(11) + field(12)
+}
+
+/// Backpressure: frames wait in the tap while the guest has posted no receive buffers (here
+/// its driver never started), and the VMM thread does not spin on the readable tap meanwhile.
+#[test]
+fn tap_with_frames_the_guest_cannot_take_does_not_keep_the_vmm_thread_busy() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    let tap = TapGuard::create();
+    let socket = PacketSocket::bind(&tap.name);
+    let mut args = VmConfig::new(Format::Elf, 128, "console=ttyS0 nimbus.test=hang").args();
+    let netdev = format!("tap,id=n0,ifname={}", tap.name);
+    args.extend([
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        "virtio-net-device,netdev=n0".into(),
+    ]);
+    let mut vm = Vm::spawn(&args);
+    vm.wait_for_line("hang: now", VM_TIMEOUT);
+    for _ in 0..8 {
+        socket.send(&pong_frame());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = vmm_thread_ticks(vm.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = vmm_thread_ticks(vm.pid()) - before;
+    // SAFETY: kill sends SIGTERM to the child this test started.
+    unsafe { libc::kill(vm.pid(), libc::SIGTERM) };
+    vm.wait(VM_TIMEOUT).assert_exit_code(0);
+    // A spinning loop takes about 100 ticks a second; an idle one none.
+    assert!(
+        busy < 20,
+        "the VMM thread used {busy} ticks in 1 s with a tap it cannot drain"
+    );
+}
+
 /// Taps join and leave the event loop at run time: a tap unplugged and closed in the same QMP
 /// burst that opens another one (which gets the closed tap's descriptor number) and plugs it
 /// into another slot must be watched there. Fails when an unplugged tap stays registered on
