@@ -36,6 +36,20 @@ struct Device {
     joined: Option<SubscriberId>,
 }
 
+impl Device {
+    /// Puts the subscriber on the loop; its `init` registers its descriptors.
+    fn join(&mut self, manager: &mut EventManager<Subscriber>) {
+        self.joined = Some(manager.add_subscriber(self.subscriber.clone()));
+    }
+
+    /// Takes the subscriber off the loop with all its descriptors, if it is on it.
+    fn leave(&mut self, manager: &mut EventManager<Subscriber>) {
+        if let Some(joined) = self.joined.take() {
+            let _ = manager.remove_subscriber(joined);
+        }
+    }
+}
+
 /// The event manager, and the device subscribers that QMP `stop` freezes.
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
@@ -66,8 +80,14 @@ impl EventLoop {
     /// Adds a device subscriber; it joins the loop now unless the devices are frozen, then at
     /// [`EventLoop::thaw_devices`].
     pub fn add_device(&mut self, subscriber: Subscriber) -> DeviceId {
-        let joined = (!self.frozen).then(|| self.manager.add_subscriber(subscriber.clone()));
-        self.devices.push(Device { subscriber, joined });
+        let mut device = Device {
+            subscriber,
+            joined: None,
+        };
+        if !self.frozen {
+            device.join(&mut self.manager);
+        }
+        self.devices.push(device);
         DeviceId(self.devices.len() - 1)
     }
 
@@ -78,9 +98,9 @@ impl EventLoop {
             log::warn!("rejoin of unknown device subscriber {id:?}");
             return;
         };
-        if let Some(joined) = device.joined.take() {
-            let _ = self.manager.remove_subscriber(joined);
-            device.joined = Some(self.manager.add_subscriber(device.subscriber.clone()));
+        if device.joined.is_some() {
+            device.leave(&mut self.manager);
+            device.join(&mut self.manager);
         }
     }
 
@@ -92,9 +112,7 @@ impl EventLoop {
         }
         self.frozen = true;
         for device in &mut self.devices {
-            if let Some(joined) = device.joined.take() {
-                let _ = self.manager.remove_subscriber(joined);
-            }
+            device.leave(&mut self.manager);
         }
         log::debug!("device event sources frozen");
     }
@@ -107,7 +125,7 @@ impl EventLoop {
         }
         self.frozen = false;
         for device in &mut self.devices {
-            device.joined = Some(self.manager.add_subscriber(device.subscriber.clone()));
+            device.join(&mut self.manager);
         }
         log::debug!("device event sources thawed");
     }
@@ -160,8 +178,8 @@ mod tests {
     use std::os::fd::AsRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    /// Drains its eventfds and records their tokens; with `stop_after_first`, removes each
-    /// source from inside its own handler.
+    /// Drains its eventfds and records their tokens; with `remove_on_event`, removes each
+    /// source from inside its own handler instead of draining it.
     struct Recorder {
         evts: Vec<EventFd>,
         seen: Vec<u32>,

@@ -100,15 +100,17 @@ impl RunningVm {
     }
 
     /// Runs what the QMP client sent since the last batch, queues the replies and events, and
-    /// brings the server's sources in step. `Some` when a command ended the VM.
+    /// brings the server's sources in step. `Some` when a command ended the VM. Nothing to do
+    /// (and no syscall) after a batch that brought no QMP input: the server's own handler has
+    /// already synced its sources.
     fn serve_qmp(&mut self) -> Option<Ending> {
         let (server, id) = self.qmp.as_ref().map(|q| (q.server.clone(), q.id))?;
         let mut server = lock(&server);
         let bytes = server.take_input();
-        let mut ending = None;
-        if !bytes.is_empty() {
-            ending = self.run_commands(&mut server, &bytes);
+        if bytes.is_empty() {
+            return None;
         }
+        let ending = self.run_commands(&mut server, &bytes);
         match self.events.ops(id) {
             Ok(mut ops) => server.sync(&mut ops),
             Err(e) => log::warn!("QMP server is not on the loop: {e}"),
