@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{guest, kvm_usable, qmp_args, scratch_dir, Format, Vm, VmConfig, NIMBUS, VM_TIMEOUT};
+use common::{
+    guest, kvm_usable, proc_stat_fields, qmp_args, scratch_dir, Format, Vm, VmConfig, NIMBUS,
+    VM_TIMEOUT,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -107,13 +110,7 @@ fn daemon_reports_ready_keeps_a_pid_file_and_quits_cleanly_over_qmp() {
         & 0o777;
     assert_eq!(mode, 0o600);
     assert!(alive(pid), "the daemon runs");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .expect("stat format")
-        .1
-        .split(' ')
-        .collect();
+    let fields = proc_stat_fields(&pid.to_string());
     // After ") ": state, ppid, pgrp, session.
     assert_eq!(
         fields[2], fields[3],

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    kvm_usable, lines, qmp_args, run, scratch_dir, Format, Output, QmpClient, Vm, VmConfig,
-    VM_TIMEOUT,
+    kvm_usable, lines, proc_stat_fields, qmp_args, run, scratch_dir, Format, Output, QmpClient, Vm,
+    VmConfig, VM_TIMEOUT,
 };
 use serde_json::json;
 
@@ -649,11 +649,7 @@ fn tap_passed_by_getfd_is_hot_plugged_into_an_empty_net_slot_and_unplugged() {
 /// `-machine net-slots=` sets how many net slots there are.
 /// CPU time (user + system, in clock ticks) the VMM thread of process `pid` has used.
 fn vmm_thread_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).expect("stat");
-    // Fields after the command name (which ends with the last ')'): utime is the 12th, stime
-    // the 13th.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = proc_stat_fields(&format!("{pid}/task/{pid}"));
     let field = |n: usize| fields[n].parse::<u64>().expect("a number");
     field(11) + field(12)
 }
@@ -684,8 +680,7 @@ fn tap_with_frames_the_guest_cannot_take_does_not_keep_the_vmm_thread_busy() {
     let before = vmm_thread_ticks(vm.pid());
     std::thread::sleep(Duration::from_secs(1));
     let busy = vmm_thread_ticks(vm.pid()) - before;
-    // SAFETY: kill sends SIGTERM to the child this test started.
-    unsafe { libc::kill(vm.pid(), libc::SIGTERM) };
+    vm.signal(libc::SIGTERM);
     vm.wait(VM_TIMEOUT).assert_exit_code(0);
     // A spinning loop takes about 100 ticks a second; an idle one none.
     assert!(

@@ -692,6 +692,14 @@ pub fn qmp_args(path: &Path) -> [String; 2] {
     ]
 }
 
+/// The fields of `/proc/<path>/stat` after the command name (`path` is `PID` or
+/// `PID/task/TID`): state first, then ppid, pgrp, session, ...; utime and stime are 11 and 12.
+pub fn proc_stat_fields(path: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{path}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(") ").expect("stat format");
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
 /// A bare QMP client over a Unix socket: sends commands, returns their replies and keeps the
 /// events it met on the way.
 pub struct QmpClient {
