@@ -272,7 +272,7 @@ impl Source {
 }
 
 /// An added descriptor's registration: edge-triggered input, output and hang-up.
-fn added(fd: RawFd, token: u32) -> Events {
+fn added_source(fd: RawFd, token: u32) -> Events {
     let set = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
     Events::with_data_raw(fd, Source::Added(token).data(), set)
 }
@@ -287,30 +287,32 @@ struct VirtioEvents {
     added: HashMap<u32, RawFd>,
 }
 
-impl VirtioEvents {
-    /// Follows the descriptors the device added or removed: each removed one leaves the loop
-    /// before it is closed. With `ops` `None` (the subscriber is off the loop), only the
-    /// record is kept.
-    fn follow_fd_changes(&mut self, transport: &mut MmioTransport, mut ops: Option<&mut EventOps>) {
-        for change in transport.take_device_fd_changes() {
-            match change {
-                FdChange::Add { fd, token } => {
+/// Follows the descriptors the device added or removed, recording them in `added`: each
+/// removed one leaves the loop before it is closed. With `ops` `None` (the subscriber is off
+/// the loop), only the record is kept.
+fn follow_fd_changes(
+    transport: &mut MmioTransport,
+    added: &mut HashMap<u32, RawFd>,
+    mut ops: Option<&mut EventOps>,
+) {
+    for change in transport.take_device_fd_changes() {
+        match change {
+            FdChange::Add { fd, token } => {
+                if let Some(ops) = ops.as_deref_mut() {
+                    watch(ops, added_source(fd, token), "a device socket");
+                }
+                added.insert(token, fd);
+            }
+            FdChange::Remove { close } => {
+                let fd = close.as_raw_fd();
+                let token = added.iter().find(|(_, f)| **f == fd).map(|(t, _)| *t);
+                if let Some(token) = token {
+                    added.remove(&token);
                     if let Some(ops) = ops.as_deref_mut() {
-                        watch(ops, added(fd, token), "a device socket");
+                        unwatch(ops, added_source(fd, token), "a device socket");
                     }
-                    self.added.insert(token, fd);
                 }
-                FdChange::Remove { close } => {
-                    let fd = close.as_raw_fd();
-                    let token = self.added.iter().find(|(_, f)| **f == fd).map(|(t, _)| *t);
-                    if let Some(token) = token {
-                        self.added.remove(&token);
-                        if let Some(ops) = ops.as_deref_mut() {
-                            unwatch(ops, added(fd, token), "a device socket");
-                        }
-                    }
-                    drop(close);
-                }
+                drop(close);
             }
         }
     }
@@ -318,8 +320,7 @@ impl VirtioEvents {
 
 impl MutEventSubscriber for VirtioEvents {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let transport = self.transport.clone();
-        let mut transport = lock(&transport);
+        let mut transport = lock(&self.transport);
         match Source::from_data(events.data()) {
             Source::Queue(n) => {
                 if let Some(evt) = self.queue_evts.get(n as usize) {
@@ -340,14 +341,13 @@ impl MutEventSubscriber for VirtioEvents {
                 transport.device_fd_event(token, ready);
             }
         }
-        self.follow_fd_changes(&mut transport, Some(ops));
+        follow_fd_changes(&mut transport, &mut self.added, Some(ops));
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let transport = self.transport.clone();
-        self.follow_fd_changes(&mut lock(&transport), None);
+        follow_fd_changes(&mut lock(&self.transport), &mut self.added, None);
         for (token, fd) in &self.added {
-            watch(ops, added(*fd, *token), "a device socket");
+            watch(ops, added_source(*fd, *token), "a device socket");
         }
         let queues = self.queue_evts.iter().map(AsRawFd::as_raw_fd);
         for (n, fd) in queues.enumerate() {
