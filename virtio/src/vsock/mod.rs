@@ -479,4 +479,6 @@ impl VirtioDevice for Vsock {
 }
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;

@@ -110,7 +110,7 @@ impl Harness {
         self.settle();
     }
 
-    fn from_guest(&self, src_port: u32, dst_port: u32, op: Op) -> Header {
+    fn guest_packet(&self, src_port: u32, dst_port: u32, op: Op) -> Header {
         Header {
             src_cid: CID,
             dst_cid: HOST_CID,
@@ -176,7 +176,7 @@ impl Harness {
     fn host_connect(&mut self, port: u32) -> UnixStream {
         let mut host = UnixStream::connect(&self.uds).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(host, "CONNECT {port}\n").unwrap();
+        writeln!(host, "CONNECT {port}").unwrap();
         self.settle();
         host
     }
@@ -218,7 +218,7 @@ fn host_connect_is_answered_ok_once_the_guest_accepts_and_bytes_flow_both_ways()
     assert_eq!(req.op, Op::Request as u16);
     assert_eq!((req.src_cid, req.dst_cid), (HOST_CID, CID));
     assert_eq!((req.src_port, req.dst_port), (1 << 30, 1024));
-    h.send(h.from_guest(1024, 1 << 30, Op::Response), &[]);
+    h.send(h.guest_packet(1024, 1 << 30, Op::Response), &[]);
     assert_eq!(read_line(&mut host), "OK 1073741824");
     host.write_all(b"hello").unwrap();
     h.settle();
@@ -228,7 +228,7 @@ fn host_connect_is_answered_ok_once_the_guest_accepts_and_bytes_flow_both_ways()
         (got[0].0.op, got[0].1.as_slice()),
         (Op::Rw as u16, &b"hello"[..])
     );
-    let mut rw = h.from_guest(1024, 1 << 30, Op::Rw);
+    let mut rw = h.guest_packet(1024, 1 << 30, Op::Rw);
     rw.len = 5;
     h.send(rw, b"world");
     let mut buf = [0u8; 5];
@@ -243,7 +243,7 @@ fn host_connect_is_answered_ok_once_the_guest_accepts_and_bytes_flow_both_ways()
         (got[0].0.op, got[0].0.flags),
         (Op::Shutdown as u16, SHUTDOWN_BOTH)
     );
-    h.send(h.from_guest(1024, 1 << 30, Op::Rst), &[]);
+    h.send(h.guest_packet(1024, 1 << 30, Op::Rst), &[]);
     assert_eq!(h.dev.lock().connection_count(), 0);
     assert_eq!(h.closed, 1);
 }
@@ -254,7 +254,7 @@ fn guest_refusal_or_silence_closes_the_host_socket() {
     h.post_rx(8);
     let mut host = h.host_connect(99);
     assert_eq!(h.ops(), vec![Op::Request as u16]);
-    h.send(h.from_guest(99, 1 << 30, Op::Rst), &[]);
+    h.send(h.guest_packet(99, 1 << 30, Op::Rst), &[]);
     let mut buf = [0u8; 8];
     assert_eq!(host.read(&mut buf).unwrap(), 0, "closed without OK");
     let mut host = h.host_connect(98);
@@ -282,21 +282,21 @@ fn guest_connect_reaches_the_port_socket_or_is_reset() {
     let mut h = Harness::new("g2h");
     h.post_rx(8);
     let listener = UnixListener::bind(h.dir.join("v.sock_5000")).unwrap();
-    h.send(h.from_guest(777, 5000, Op::Request), &[]);
+    h.send(h.guest_packet(777, 5000, Op::Request), &[]);
     assert_eq!(h.ops(), vec![Op::Response as u16]);
     let (mut peer, _) = listener.accept().unwrap();
-    let mut rw = h.from_guest(777, 5000, Op::Rw);
+    let mut rw = h.guest_packet(777, 5000, Op::Rw);
     rw.len = 3;
     h.send(rw, b"abc");
     let mut buf = [0u8; 3];
     peer.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"abc");
-    h.send(h.from_guest(778, 5001, Op::Request), &[]);
+    h.send(h.guest_packet(778, 5001, Op::Request), &[]);
     let got = h.received();
     assert_eq!(got[0].0.op, Op::Rst as u16, "nothing listens on 5001");
     assert_eq!((got[0].0.src_port, got[0].0.dst_port), (5001, 778));
     // A full guest shutdown: RST back, the host peer sees its end.
-    let mut shut = h.from_guest(777, 5000, Op::Shutdown);
+    let mut shut = h.guest_packet(777, 5000, Op::Shutdown);
     shut.flags = SHUTDOWN_BOTH;
     h.send(shut, &[]);
     assert_eq!(h.ops(), vec![Op::Rst as u16]);
@@ -308,7 +308,7 @@ fn host_bytes_reach_the_guest_only_within_its_credit() {
     let mut h = Harness::new("credit");
     h.post_rx(8);
     let listener = UnixListener::bind(h.dir.join("v.sock_6000")).unwrap();
-    let mut req = h.from_guest(1, 6000, Op::Request);
+    let mut req = h.guest_packet(1, 6000, Op::Request);
     req.buf_alloc = 1000;
     h.send(req, &[]);
     let (mut peer, _) = listener.accept().unwrap();
@@ -318,7 +318,7 @@ fn host_bytes_reach_the_guest_only_within_its_credit() {
     let got = h.received();
     let total: usize = got.iter().map(|(_, p)| p.len()).sum();
     assert_eq!(total, 1000, "only buf_alloc bytes");
-    let mut update = h.from_guest(1, 6000, Op::CreditUpdate);
+    let mut update = h.guest_packet(1, 6000, Op::CreditUpdate);
     update.buf_alloc = 1000;
     update.fwd_cnt = 1000;
     h.send(update, &[]);
@@ -333,10 +333,10 @@ fn host_bytes_reach_the_guest_only_within_its_credit() {
 fn packets_not_between_the_guest_and_the_host_are_dropped_and_counted() {
     let mut h = Harness::new("cid");
     h.post_rx(8);
-    let mut hdr = h.from_guest(1, 5000, Op::Request);
+    let mut hdr = h.guest_packet(1, 5000, Op::Request);
     hdr.src_cid = 42;
     h.send(hdr, &[]);
-    let mut hdr = h.from_guest(1, 5000, Op::Request);
+    let mut hdr = h.guest_packet(1, 5000, Op::Request);
     hdr.dst_cid = 7;
     h.send(hdr, &[]);
     assert!(h.received().is_empty(), "no reply");
@@ -348,19 +348,19 @@ fn malformed_packets_and_credit_lies_reset_only_their_connection() {
     let mut h = Harness::new("hostile");
     h.post_rx(16);
     let listener = UnixListener::bind(h.dir.join("v.sock_5000")).unwrap();
-    h.send(h.from_guest(1, 5000, Op::Request), &[]);
-    h.send(h.from_guest(2, 5000, Op::Request), &[]);
+    h.send(h.guest_packet(1, 5000, Op::Request), &[]);
+    h.send(h.guest_packet(2, 5000, Op::Request), &[]);
     assert_eq!(h.ops(), vec![Op::Response as u16; 2]);
     let (mut good, _) = listener.accept().unwrap();
     let (_silent, _) = listener.accept().unwrap();
     // Unknown op, unknown type, a length past the chain: RST each.
-    let mut bad = h.from_guest(9, 5000, Op::Rw);
+    let mut bad = h.guest_packet(9, 5000, Op::Rw);
     bad.op = 99;
     h.send(bad, &[]);
-    let mut bad = h.from_guest(9, 5000, Op::Rw);
+    let mut bad = h.guest_packet(9, 5000, Op::Rw);
     bad.kind = 2;
     h.send(bad, &[]);
-    let mut bad = h.from_guest(9, 5000, Op::Rw);
+    let mut bad = h.guest_packet(9, 5000, Op::Rw);
     bad.len = 60000;
     h.send(bad, &[0u8; 100]);
     assert_eq!(h.ops(), vec![Op::Rst as u16; 3]);
@@ -368,7 +368,7 @@ fn malformed_packets_and_credit_lies_reset_only_their_connection() {
     let chunk = vec![5u8; 32 * 1024];
     let mut rst_seen = false;
     for _ in 0..40 {
-        let mut rw = h.from_guest(2, 5000, Op::Rw);
+        let mut rw = h.guest_packet(2, 5000, Op::Rw);
         rw.len = chunk.len() as u32;
         h.send(rw, &chunk);
         let got = h.received();
@@ -385,7 +385,7 @@ fn malformed_packets_and_credit_lies_reset_only_their_connection() {
     assert_eq!(h.dev.lock().counters().credit_exceeded, 1);
     assert_eq!(h.dev.lock().counters().malformed, 3);
     // Connection 1 still works.
-    let mut rw = h.from_guest(1, 5000, Op::Rw);
+    let mut rw = h.guest_packet(1, 5000, Op::Rw);
     rw.len = 2;
     h.send(rw, b"ok");
     let mut buf = [0u8; 2];
