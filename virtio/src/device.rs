@@ -49,6 +49,9 @@ pub enum ActivateError {
     /// The driver made a queue ready whose rings are not inside guest RAM.
     #[error("queue {0} rings are not inside guest RAM")]
     InvalidQueue(usize),
+    /// The device's back end (a vhost driver in the kernel, ...) refused to start.
+    #[error("the device's back end could not be started")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A queue error after which the device cannot go on without a reset (DEVICE_NEEDS_RESET).

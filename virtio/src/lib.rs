@@ -1,12 +1,13 @@
 //! Virtio devices and the virtio-mmio transport.
 //!
 //! Owns virtio register state ([`MmioTransport`]), virtqueue handling (through the rust-vmm
-//! `virtio-queue` crate) and device models ([`Block`], [`Net`] over a tap). A device implements
-//! the small [`VirtioDevice`] trait; the transport negotiates features, sets up queues and hands
-//! them to the device at DRIVER_OK. It must not know about KVM nor where a device is mapped:
-//! interrupts leave it through an event file descriptor ([`Interrupt`]), notifications reach it
-//! as register writes or [`MmioTransport::queue_notify`] (an ioeventfd the machine watches),
-//! and guest memory is the `address_space` crate's vm-memory view of RAM.
+//! `virtio-queue` crate) and device models ([`Block`], [`Net`] over a tap, [`Rng`],
+//! [`VhostVsock`] over the kernel's vhost-vsock through the rust-vmm `vhost` crate). A device
+//! implements the small [`VirtioDevice`] trait; the transport negotiates features, sets up
+//! queues and hands them to the device at DRIVER_OK. It must not know about KVM nor where a
+//! device is mapped: interrupts leave it through an event file descriptor ([`Interrupt`]),
+//! notifications reach it as register writes or [`MmioTransport::queue_notify`] (an ioeventfd
+//! the machine watches), and guest memory is the `address_space` crate's vm-memory view of RAM.
 #![deny(unsafe_code)]
 
 pub mod block;
@@ -16,6 +17,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+pub mod vhost_vsock;
 pub mod vsock;
 
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
@@ -29,6 +31,9 @@ pub use net::{
     SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
+pub use vhost_vsock::{
+    KernelVsock, VhostVsock, VhostVsockBackend, VhostVsockError, VHOST_VSOCK_PATH,
+};
 pub use vsock::{Vsock, VsockCounters, VsockError, VsockOptions, DEVICE_TYPE_VSOCK};
 
 /// The Linux virtio headers the devices follow (feature bits, request types, status values).
