@@ -51,21 +51,44 @@ static void action_vsock_connect(const char *cmdline)
 static int vs_wait_acked(struct vs_conn *c)
 {
 	struct vs_pkt p;
-	u32 rounds;
+	u32 asked = 0, before;
 
-	for (rounds = 0; rounds < 1000 && c->peer_fwd_cnt != c->tx_cnt; rounds++) {
+	while (c->peer_fwd_cnt != c->tx_cnt) {
+		before = c->peer_fwd_cnt;
 		if (!vs_wait(c, &p, 2000)) {
+			if (++asked == 500)
+				return -1;
 			vs_send(c, VS_OP_CREDIT_REQUEST, 0, 0, 0);
 			continue;
 		}
 		if (p.h.op == VS_OP_RST || p.h.op == VS_OP_SHUTDOWN)
 			return -1;
+		if (c->peer_fwd_cnt != before)
+			asked = 0;
 	}
-	return c->peer_fwd_cnt == c->tx_cnt ? 0 : -1;
+	return 0;
 }
 
-/* `vsock-send`: `vsock.bytes=N` (default 1 MiB) of the pattern in RW packets of up to 64 KiB,
-   never more than the host's credit; waits for the host to forward them all, then SHUTDOWN. */
+/* Waits for the host's first RW on `c` (its go-ahead); 0 once it came. */
+static int vs_wait_go(struct vs_conn *c)
+{
+	struct vs_pkt p;
+
+	while (vs_wait(c, &p, VS_IDLE_WAIT)) {
+		if (p.h.op == VS_OP_RW) {
+			c->fwd_cnt += p.h.len;
+			return 0;
+		}
+		if (p.h.op == VS_OP_RST || p.h.op == VS_OP_SHUTDOWN)
+			break;
+	}
+	puts("vsock: no go-ahead\n");
+	return -1;
+}
+
+/* `vsock-send`: once the host has sent a first byte, `vsock.bytes=N` (default 1 MiB) of the
+   pattern in RW packets of up to 64 KiB, never more than the host's credit; waits for the host
+   to forward them all, then SHUTDOWN. */
 static void action_vsock_send(const char *cmdline)
 {
 	u64 total = cmdline_number(cmdline, "vsock.bytes=", 0x100000), sent = 0;
@@ -74,7 +97,7 @@ static void action_vsock_send(const char *cmdline)
 	u32 chunk;
 
 	vs_fill_pattern();
-	if (vs_probe(cmdline) || vs_connect_host(&c, cmdline, 1235))
+	if (vs_probe(cmdline) || vs_connect_host(&c, cmdline, 1235) || vs_wait_go(&c))
 		return;
 	while (sent < total) {
 		chunk = vs_credit(&c);

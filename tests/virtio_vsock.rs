@@ -177,14 +177,13 @@ fn checksum(data: &[u8]) -> u64 {
     })
 }
 
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+/// The resident memory of process `pid`, in KiB; `None` once it has exited.
+fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
 }
 
 /// The guest's lines that start with `prefix`.
@@ -359,8 +358,11 @@ fn guest_megabytes_reach_a_slow_host_reader_exactly_with_bounded_memory() {
     );
     let mut peer = accept(&listener).unwrap_or_else(|e| vm.fail(&format!("accept: {e}")));
     vm.wait_for_line("vsock: connected", STEP);
+    let base = rss_kib(vm.pid()).unwrap_or_else(|| vm.fail("no VmRSS"));
+    // The guest sends once the host has said something.
+    peer.write_all(b"go")
+        .unwrap_or_else(|e| vm.fail(&format!("go-ahead: {e}")));
 
-    let base = rss_kib(vm.pid());
     let (mut peak, mut got, mut reads) = (base, 0, 0);
     let mut buf = vec![0u8; 8 << 10];
     loop {
@@ -381,7 +383,7 @@ fn guest_megabytes_reach_a_slow_host_reader_exactly_with_bounded_memory() {
         got += n;
         reads += 1;
         if reads % 32 == 0 {
-            peak = peak.max(rss_kib(vm.pid()));
+            peak = peak.max(rss_kib(vm.pid()).unwrap_or(0));
         }
         // A slow reader: Nimbus must stop taking the guest's data, not buffer it.
         std::thread::sleep(Duration::from_millis(1));
