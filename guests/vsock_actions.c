@@ -378,15 +378,15 @@ static void action_vsock_recv(const char *cmdline)
 
 /* ---- vsock-hostile ------------------------------------------------------------------------ */
 
-static u32 vs_fence_port = 60000; /* guest ports of vs_settle's fences */
-
-#define VS_FENCE_PEER 1     /* a host port nothing listens on */
 #define VS_FLOOD_PORT 41000 /* the guest ports of the flood's requests, one each */
 
-/* Sends a CREDIT_REQUEST for a connection that does not exist, which the host answers with RST
-   once it has handled what was sent before, and reads packets until that answer. Returns RST if
-   one came from host port `peer` to guest port `port` on the way, else the op of the first
-   packet between them, or 0. */
+static u32 vs_fence_port = 60000; /* the guest ports of vs_settle's fences */
+static u32 vs_fence_peer;         /* the host port they connect to: its listener never accepts */
+
+/* Connects to host port vs_fence_peer and resets that connection again. A device answers in
+   the order it handled packets (resets may jump ahead, as Nimbus's do, but not behind), so what
+   came from host port `peer` to guest port `port` before the fence's answer is all that comes.
+   Returns RST if one came, else the op of the first packet between them, or 0. */
 static u16 vs_settle(u32 port, u32 peer)
 {
 	u32 fence = vs_fence_port++;
@@ -394,11 +394,15 @@ static u16 vs_settle(u32 port, u32 peer)
 	struct vs_pkt p;
 	u16 op = 0;
 
-	vs_hdr_to_host(&h, fence, VS_FENCE_PEER, VS_OP_CREDIT_REQUEST, 0);
+	vs_hdr_to_host(&h, fence, vs_fence_peer, VS_OP_REQUEST, 0);
+	h.buf_alloc = VS_RING;
 	vs_tx(&h, 0, 0);
 	while (vs_recv(&p, VS_WAIT)) {
-		if (p.h.src_port == VS_FENCE_PEER && p.h.dst_port == fence)
+		if (p.h.src_port == vs_fence_peer && p.h.dst_port == fence) {
+			vs_hdr_to_host(&h, fence, vs_fence_peer, VS_OP_RST, 0);
+			vs_tx(&h, 0, 0);
 			return op;
+		}
 		if (p.h.src_port == peer && p.h.dst_port == port && (!op || p.h.op == VS_OP_RST))
 			op = p.h.op;
 	}
@@ -514,6 +518,7 @@ static void action_vsock_hostile(const char *cmdline)
 	vs_fill_pattern();
 	if (vs_probe(cmdline))
 		return;
+	vs_fence_peer = peer + 1;
 
 	vs_hdr_to_host(&h, 40001, peer, VS_OP_REQUEST, 0);
 	h.src_cid = vs_cid + 1;
@@ -532,7 +537,9 @@ static void action_vsock_hostile(const char *cmdline)
 	vs_hostile_on_conn("type", 40004, peer, &h, 16);
 	vs_hdr_to_host(&h, 0, 0, VS_OP_RW, 60000);
 	vs_hostile_on_conn("len-over-chain", 40005, peer, &h, 100);
-	vs_hdr_to_host(&h, 0, 0, VS_OP_RW, 70000);
+	/* Not an RW, whose 70000 bytes would also be past the credit: a packet that only the
+	   length check refuses. */
+	vs_hdr_to_host(&h, 0, 0, VS_OP_CREDIT_UPDATE, 70000);
 	vs_hostile_on_conn("len-too-big", 40006, peer, &h, 70000);
 
 	/* 1 MiB at once to a peer that does not read: far past the 64 KiB of credit. */

@@ -474,10 +474,10 @@ fn answer_once(listener: UnixListener) -> JoinHandle<io::Result<Vec<u8>>> {
     })
 }
 
-/// Host port P holds every connection, P + 1 never reads, P + 2 answers once (see the
-/// `vsock-hostile` action): every malformed packet gets the answer the device promises, at most
-/// 1024 connections are open at once, and the device still serves a normal connection at the
-/// end.
+/// Host port P holds every connection, P + 1 never accepts (the credit lie's peer, and the
+/// guest's fences), P + 2 answers once (see the `vsock-hostile` action): every malformed packet
+/// gets the answer the device promises, at most 1024 connections are open at once, and the
+/// device still serves a normal connection at the end.
 #[test]
 fn hostile_guest_gets_resets_and_the_device_keeps_serving() {
     if !kvm_usable() {
