@@ -232,19 +232,29 @@ static void vs_echo_flush(struct vs_conn *c)
 	}
 }
 
-/* Answers SHUTDOWN with RST; on either, forgets `c` and prints `vsock: closed ...`. Returns 1
-   if `c` closed. */
-static int vs_peer_closed(struct vs_conn *c, u16 op)
+/* The host ends `c` with SHUTDOWN (both directions; answered with RST) or RST: forgets `c`,
+   prints `vsock: closed from=<host port>` (with ` echoed=<n>` if `echo`), and returns 1. An
+   RST or a SHUTDOWN with other flags is printed on a line of its own first. */
+static int vs_peer_closed(struct vs_conn *c, const struct vs_pkt *p, int echo)
 {
-	if (op != VS_OP_SHUTDOWN && op != VS_OP_RST)
+	if (p->h.op != VS_OP_SHUTDOWN && p->h.op != VS_OP_RST)
 		return 0;
-	if (op == VS_OP_SHUTDOWN)
+	if (p->h.op == VS_OP_SHUTDOWN)
 		vs_send(c, VS_OP_RST, 0, 0, 0);
+	if (p->h.op == VS_OP_RST || p->h.flags != VS_SHUTDOWN_BOTH) {
+		puts("vsock: ");
+		vs_put_op(p->h.op);
+		puts(" flags=");
+		put_dec(p->h.flags);
+		putc('\n');
+	}
 	c->open = 0;
 	puts("vsock: closed from=");
 	put_dec(c->peer_port);
-	puts(" echoed=");
-	put_dec(c->echoed);
+	if (echo) {
+		puts(" echoed=");
+		put_dec(c->echoed);
+	}
 	putc('\n');
 	return 1;
 }
@@ -282,7 +292,7 @@ static void action_vsock_echo(const char *cmdline)
 			continue;
 		}
 		vs_account(c, &p);
-		if (vs_peer_closed(c, p.h.op)) {
+		if (vs_peer_closed(c, &p, 1)) {
 			served++;
 			continue;
 		}
@@ -356,7 +366,7 @@ static void action_vsock_recv(const char *cmdline)
 			puts("vsock: timeout\n");
 			break;
 		}
-		if (vs_peer_closed(c, p.h.op))
+		if (vs_peer_closed(c, &p, 0))
 			break;
 		if (p.h.op == VS_OP_RW) {
 			vs_sum_bytes(&sum, p.data, p.h.len);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{kvm_usable, lines, run, Format, Output, Vm, VmConfig};
+use common::{kvm_usable, run, Format, Output, Vm, VmConfig};
 
 /// The port Nimbus gives the first connection a host program makes.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
@@ -250,8 +250,18 @@ fn host_bytes_come_back_exactly_from_the_guest_over_two_connections() {
     drop(stream);
 
     let out = finished(vm);
-    assert!(
-        lines(&out.stdout).contains(&"vsock: served 2"),
+    let first = FIRST_LOCAL_PORT;
+    assert_eq!(
+        lines_with(&out, "vsock: "),
+        [
+            "vsock: cid=3".to_string(),
+            "vsock: listening port=5000".into(),
+            format!("vsock: accepted port=5000 from={first}"),
+            format!("vsock: closed from={first} echoed=300000"),
+            format!("vsock: accepted port=5000 from={second}"),
+            format!("vsock: closed from={second} echoed=18"),
+            "vsock: served 2".into(),
+        ],
         "{}",
         out.describe()
     );
@@ -282,12 +292,26 @@ fn connect_to_a_port_the_guest_does_not_listen_on_closes_the_host_socket() {
     // The device serves the next connection as usual.
     let (stream, answer) =
         connect_guest(&sockets, 5000).unwrap_or_else(|e| vm.fail(&format!("CONNECT: {e}")));
-    ok_port(&mut vm, &answer);
+    let port = ok_port(&mut vm, &answer);
     let back = round_trip(&stream, b"after a refusal\n")
         .unwrap_or_else(|e| vm.fail(&format!("echo: {e}")));
     assert_eq!(back, b"after a refusal\n");
     drop(stream);
-    finished(vm);
+
+    let out = finished(vm);
+    assert_eq!(
+        lines_with(&out, "vsock: "),
+        [
+            "vsock: cid=3".to_string(),
+            "vsock: listening port=5000".into(),
+            format!("vsock: refused port=5001 from={FIRST_LOCAL_PORT}"),
+            format!("vsock: accepted port=5000 from={port}"),
+            format!("vsock: closed from={port} echoed=16"),
+            "vsock: served 1".into(),
+        ],
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -421,7 +445,7 @@ fn host_megabytes_reach_the_guest_with_the_right_checksum() {
     vm.wait_for_line("vsock: listening port=5000", STEP);
     let (mut stream, answer) =
         connect_guest(&sockets, 5000).unwrap_or_else(|e| vm.fail(&format!("CONNECT: {e}")));
-    ok_port(&mut vm, &answer);
+    let port = ok_port(&mut vm, &answer);
 
     let data = noise(BYTES);
     stream
@@ -436,11 +460,17 @@ fn host_megabytes_reach_the_guest_with_the_right_checksum() {
 
     let out = finished(vm);
     assert_eq!(
-        lines_with(&out, "vsock: received "),
-        [format!(
-            "vsock: received {BYTES} bytes checksum={:#x}",
-            checksum(&data)
-        )],
+        lines_with(&out, "vsock: "),
+        [
+            "vsock: cid=3".to_string(),
+            "vsock: listening port=5000".into(),
+            format!("vsock: accepted port=5000 from={port}"),
+            format!("vsock: closed from={port}"),
+            format!(
+                "vsock: received {BYTES} bytes checksum={:#x}",
+                checksum(&data)
+            ),
+        ],
         "{}",
         out.describe()
     );
