@@ -516,8 +516,8 @@ static void vs_hostile_flood(u32 peer, u32 n)
 }
 
 /* `vsock-hostile`: malformed and excessive packets against host port P = `vsock.port=`
-   (default 6000), whose listener accepts and holds connections, and P + 1, whose peer never
-   reads; then a normal exchange with P + 2. */
+   (default 6000), whose listener accepts and holds connections, and P + 1, whose listener never
+   accepts (the credit lie's peer, and the fences'); then a normal exchange with P + 2. */
 static void action_vsock_hostile(const char *cmdline)
 {
 	u32 peer = (u32)cmdline_number(cmdline, "vsock.port=", 6000);
