@@ -8,15 +8,9 @@
  * The output format is an interface: tests/ assert on these lines byte for byte.
  */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
-
+#include "guest.h"
 #include "formats.h"
 
-#define UART_THR 0x3f8
-#define UART_LSR 0x3fd
 #define LSR_DATA_READY 0x01
 #define LSR_THR_EMPTY 0x20
 #define I8042_COMMAND 0x64
@@ -127,46 +121,22 @@ static int str_eq_n(const char *a, u64 n, const char *b)
 	return b[n] == 0;
 }
 
-/* ---- port and MMIO access ----------------------------------------------------------------- */
-
-static inline void outb(u16 port, u8 val)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(val), "Nd"(port));
-}
-
-static inline u8 inb(u16 port)
-{
-	u8 val;
-	__asm__ volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
-	return val;
-}
-
-static inline u32 mmio_read32(u64 addr)
-{
-	return *(volatile u32 *)addr;
-}
-
-static inline void mmio_write32(u64 addr, u32 val)
-{
-	*(volatile u32 *)addr = val;
-}
-
 /* ---- console ------------------------------------------------------------------------------ */
 
-static void putc(char c)
+void putc(char c)
 {
 	while (!(inb(UART_LSR) & LSR_THR_EMPTY))
 		;
 	outb(UART_THR, (u8)c);
 }
 
-static void puts(const char *s)
+void puts(const char *s)
 {
 	while (*s)
 		putc(*s++);
 }
 
-static void put_hex(u64 v)
+void put_hex(u64 v)
 {
 	char buf[16];
 	int n = 0;
@@ -179,7 +149,7 @@ static void put_hex(u64 v)
 		putc(buf[--n]);
 }
 
-static void put_dec(u64 v)
+void put_dec(u64 v)
 {
 	char buf[20];
 	int n = 0;
@@ -345,7 +315,7 @@ static int from_hvm_start_info(u64 si)
 	return 1;
 }
 
-static int is_printable(u8 c)
+int is_printable(u8 c)
 {
 	return c >= 0x20 && c < 0x7f;
 }
@@ -612,10 +582,7 @@ static void __attribute__((noreturn)) action_hang(void)
 
 /* ---- virtio-blk, polled ------------------------------------------------------------------- */
 
-#define VIRTIO_MAGIC 0x74726976
 #define VQ_SIZE 8
-#define VQ_F_NEXT 1
-#define VQ_F_WRITE 2
 /* Queue and buffers at a fixed spot of RAM that no boot structure or guest image uses. */
 #define BLK_AREA 0x400000UL
 #define BLK_DESC (BLK_AREA)
@@ -633,23 +600,16 @@ static void __attribute__((noreturn)) action_hang(void)
 #define BLK_T_GET_ID 8
 #define BLK_TIMEOUT 0x100
 
-struct vq_desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
-
-static u64 vdev_base; /* the virtio-mmio device being driven */
+u64 vdev_base; /* the virtio-mmio device being driven */
 static u16 blk_avail_idx;
 static u32 blk_isr;
 
-static u32 vr(u32 off)
+u32 vr(u32 off)
 {
 	return mmio_read32(vdev_base + off);
 }
 
-static void vw(u32 off, u32 val)
+void vw(u32 off, u32 val)
 {
 	mmio_write32(vdev_base + off, val);
 }
@@ -741,7 +701,7 @@ static void blk_print_text(const char *what, u32 status, u32 max)
 
 /* Linux's virtio_mmio probe up to FEATURES_OK, accepting VIRTIO_F_VERSION_1 and the device
    features of `want` (bits 0-31) it offers. Returns 0 on success, -1 if FEATURES_OK did not stick. */
-static int virtio_negotiate(u32 want, u32 *offered)
+int virtio_negotiate(u32 want, u32 *offered)
 {
 	u32 high;
 
@@ -760,16 +720,16 @@ static int virtio_negotiate(u32 want, u32 *offered)
 	return (vr(0x70) & 8) ? 0 : -1;
 }
 
-/* Sets up queue `index` with VQ_SIZE entries over zeroed rings. Returns 0, or -1 if the device
+/* Sets up queue `index` with `size` entries over zeroed rings. Returns 0, or -1 if the device
    has no such queue, a smaller one, or one already live. */
-static int virtio_queue(u32 index, u64 desc, u64 avail, u64 used)
+int virtio_queue_sized(u32 index, u32 size, u64 desc, u64 avail, u64 used)
 {
 	vw(0x30, index);
-	if (vr(0x44) || vr(0x34) < VQ_SIZE)
+	if (vr(0x44) || vr(0x34) < size)
 		return -1;
 	*(volatile u32 *)avail = 0;
 	*(volatile u32 *)used = 0;
-	vw(0x38, VQ_SIZE);
+	vw(0x38, size);
 	vw(0x80, (u32)desc);
 	vw(0x84, 0);
 	vw(0x90, (u32)avail);
@@ -778,6 +738,12 @@ static int virtio_queue(u32 index, u64 desc, u64 avail, u64 used)
 	vw(0xa4, 0);
 	vw(0x44, 1);
 	return 0;
+}
+
+/* A queue of VQ_SIZE entries, as virtio_queue_sized. */
+static int virtio_queue(u32 index, u64 desc, u64 avail, u64 used)
+{
+	return virtio_queue_sized(index, VQ_SIZE, desc, avail, used);
 }
 
 /* Linux's virtio_mmio probe (VERSION_1 and FLUSH only), then one queue of VQ_SIZE entries.
@@ -849,7 +815,7 @@ static void action_blk(void)
 }
 
 /* The decimal value of `<key><digits>` on the command line, or `fallback`. */
-static u64 cmdline_number(const char *p, const char *key, u64 fallback)
+u64 cmdline_number(const char *p, const char *key, u64 fallback)
 {
 	u64 n = 0;
 	u64 klen = 0;
@@ -941,7 +907,7 @@ static void action_exits(void)
 }
 
 /* The base of the `n`th (from 0) `virtio_mmio.device=` of the command line, or 0. */
-static u64 find_virtio_mmio_nth(const char *p, u64 n)
+u64 find_virtio_mmio_nth(const char *p, u64 n)
 {
 	static const char key[] = "virtio_mmio.device=";
 
@@ -1517,6 +1483,8 @@ static void run_action(const char *name, u64 len)
 		action_netrx();
 	else if (str_eq_n(name, len, "exits"))
 		action_exits();
+	else if (vsock_action(name, len, info.cmdline))
+		;
 	else {
 		puts("action: unknown ");
 		while (len--)
