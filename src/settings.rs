@@ -5,6 +5,7 @@ use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
+use crate::vsock_opts::{inherited_vsock_fd, parse_vsock, HYBRID_VSOCK_DEVICE, VHOST_VSOCK_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
 use std::path::PathBuf;
@@ -70,7 +71,6 @@ pub struct Settings {
 
 /// Device types of the grammar that later versions implement.
 const FUTURE_DEVICES: &[&str] = &[
-    "vhost-vsock-device",
     "virtio-balloon-device",
     "virtio-serial-device",
     "virtconsole",
@@ -113,12 +113,14 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
+        vsock: parse_vsock(&parsed.all("device"))?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
     };
-    let inherited_fds = inherited_fds(&machine.nets);
+    let mut inherited_fds = inherited_fds(&machine.nets);
+    inherited_fds.extend(inherited_vsock_fd(machine.vsock.as_ref()));
     let log = match parsed.last("D") {
         Some(path) if !path.is_empty() => LogTarget::File(PathBuf::from(path)),
         _ => LogTarget::Stderr,
@@ -154,7 +156,7 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
             .map(str::to_owned);
         !matches!(
             driver.as_deref(),
-            Some(BLOCK_DEVICE | NET_DEVICE | RNG_DEVICE)
+            Some(BLOCK_DEVICE | NET_DEVICE | RNG_DEVICE | HYBRID_VSOCK_DEVICE | VHOST_VSOCK_DEVICE)
         )
     });
     if let Some(device) = other_device {

@@ -57,6 +57,34 @@ pub struct NetConfig {
     pub vhostfd: Option<i32>,
 }
 
+/// Where a vsock device's connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockBackend {
+    /// `virtio-vsock-device,uds-path=`: served in process (hybrid vsock, Firecracker's
+    /// protocol) over Unix sockets at this path.
+    Hybrid {
+        /// `uds-path=`.
+        uds_path: PathBuf,
+    },
+    /// `vhost-vsock-device`: the kernel's vhost-vsock, from `/dev/vhost-vsock` or the
+    /// inherited `vhostfd=`.
+    Vhost {
+        /// `vhostfd=`: an inherited `/dev/vhost-vsock` descriptor, used as it is.
+        fd: Option<i32>,
+    },
+}
+
+/// A vsock device (`-device virtio-vsock-device` or `-device vhost-vsock-device`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// `id=`, for messages.
+    pub id: String,
+    /// `guest-cid=`: the guest's context id (3 and up).
+    pub cid: u64,
+    /// Who serves the connections.
+    pub backend: VsockBackend,
+}
+
 /// The whole machine description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineConfig {
@@ -92,6 +120,8 @@ pub struct MachineConfig {
     pub nets: Vec<NetConfig>,
     /// The virtio-rng device, if any.
     pub rng: Option<virtio::RngOptions>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
@@ -115,6 +145,7 @@ impl Default for MachineConfig {
             net_slots: crate::net_slots::DEFAULT_NET_SLOTS,
             nets: Vec::new(),
             rng: None,
+            vsock: None,
             qmp: None,
             seccomp: true,
         }

@@ -117,7 +117,7 @@ pub enum MachineError {
         drives: usize,
         /// Network devices among them.
         nets: usize,
-        /// Other devices (the entropy device).
+        /// Other devices (the entropy and vsock devices).
         others: usize,
         /// How many fit.
         max: usize,
@@ -134,6 +134,15 @@ pub enum MachineError {
     /// The entropy device could not be created.
     #[error("cannot create the virtio-rng device")]
     Rng(#[source] virtio::RngError),
+    /// The vsock device could not be created.
+    #[error("cannot create vsock device '{id}'")]
+    Vsock {
+        /// The device id.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::vsock_devices::VsockDeviceError,
+    },
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

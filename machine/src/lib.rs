@@ -29,10 +29,13 @@ mod terminal;
 mod vcpu;
 mod virtio_devices;
 mod vm;
+mod vsock_devices;
 
 pub use address_space::{RamBacking, RamOptions};
 pub use block_slots::DEFAULT_BLK_SLOTS;
-pub use config::{DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource};
+pub use config::{
+    DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource, VsockBackend, VsockConfig,
+};
 pub use error::MachineError;
 pub use net_slots::DEFAULT_NET_SLOTS;
 pub use qmp_server::QmpEndpoint;

@@ -96,7 +96,9 @@ impl Seccomp {
     /// Compiles both filters (when `enabled`) and installs the SIGSYS handler; reads the
     /// self-test hook from the environment. Without `ioeventfd` vCPU threads run virtqueues
     /// themselves and their list grows by the syscalls of device I/O.
-    pub fn new(enabled: bool, ioeventfd: bool) -> Result<Self, SeccompError> {
+    /// With `vsock`, the VMM thread may also open, connect and half-close Unix sockets (the
+    /// hybrid vsock device's connections).
+    pub fn new(enabled: bool, ioeventfd: bool, vsock: bool) -> Result<Self, SeccompError> {
         let selftest = match std::env::var(SELFTEST_ENV) {
             Ok(value) => Some(parse_selftest(&value)?),
             Err(_) => None,
@@ -105,8 +107,8 @@ impl Seccomp {
             sigsys::register_handler().map_err(SeccompError::SignalHandler)?;
             let queue_io = !ioeventfd;
             Some((
-                compile(ThreadKind::Vmm, queue_io)?,
-                compile(ThreadKind::Vcpu, queue_io)?,
+                compile(ThreadKind::Vmm, queue_io, vsock)?,
+                compile(ThreadKind::Vcpu, queue_io, false)?,
             ))
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -166,11 +168,21 @@ pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
     }
 }
 
+/// The allow-list of `kind` when a hybrid vsock device serves Unix sockets (`vsock`): the VMM
+/// thread's list gains the socket calls of its connections.
+pub(crate) fn allow_list_with_vsock(kind: ThreadKind, queue_io: bool, vsock: bool) -> Vec<Allowed> {
+    let mut list = allow_list(kind, queue_io);
+    if vsock && kind == ThreadKind::Vmm {
+        list.extend(lists::vsock());
+    }
+    list
+}
+
 /// Compiles the allow-list of `kind` into a BPF program for this architecture.
-fn compile(kind: ThreadKind, queue_io: bool) -> Result<BpfProgram, SeccompError> {
+fn compile(kind: ThreadKind, queue_io: bool, vsock: bool) -> Result<BpfProgram, SeccompError> {
     let err = |e| SeccompError::Compile(kind, e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for allowed in allow_list(kind, queue_io) {
+    for allowed in allow_list_with_vsock(kind, queue_io, vsock) {
         log::trace!("{kind} thread may call {}: {}", allowed.name, allowed.why);
         let chain = rules.entry(allowed.nr).or_default();
         if let Some((arg, values)) = &allowed.only {
@@ -203,7 +215,7 @@ mod tests {
     #[test]
     fn both_filters_compile_for_this_architecture() {
         for (kind, queue_io) in ALL {
-            let program = compile(kind, queue_io).expect("compiles");
+            let program = compile(kind, queue_io, true).expect("compiles");
             assert!(!program.is_empty());
             // The kernel refuses programs longer than BPF_MAXINSNS.
             assert!(
@@ -347,6 +359,20 @@ mod tests {
         assert!(parse_selftest("reboot").is_err());
     }
 
+    #[test]
+    fn vsock_adds_unix_socket_calls_to_the_vmm_thread_only() {
+        let base = allow_list(ThreadKind::Vmm, false).len();
+        let with = allow_list_with_vsock(ThreadKind::Vmm, false, true);
+        let added: Vec<&str> = with[base..].iter().map(|a| a.name).collect();
+        assert_eq!(added, ["socket", "connect", "shutdown"]);
+        let socket = &with[base];
+        assert_eq!(socket.only, Some((0, vec![libc::AF_UNIX as u64])));
+        assert_eq!(
+            allow_list_with_vsock(ThreadKind::Vcpu, false, true).len(),
+            allow_list(ThreadKind::Vcpu, false).len()
+        );
+    }
+
     /// `cargo test -p machine seccomp::tests::allow_list_counts -- --nocapture` prints the
     /// numbers kept in docs/security.md.
     #[test]
@@ -362,5 +388,7 @@ mod tests {
             );
             assert!(list.len() < 50, "{kind:?} allows {} syscalls", list.len());
         }
+        let vsock = allow_list_with_vsock(ThreadKind::Vmm, false, true).len();
+        println!("Vmm with a virtio-vsock-device: {vsock} syscalls");
     }
 }

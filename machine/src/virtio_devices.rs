@@ -8,20 +8,25 @@
 //! (an io_uring completion eventfd, a tap) are watched by the same loop.
 
 use crate::block_slots::{block_devices, BlockSlots};
-use crate::config::{DriveConfig, NetConfig};
+use crate::config::MachineConfig;
 use crate::error::MachineError;
-use crate::event_loop::{input, watch, EventLoop};
+use crate::event_loop::{input, unwatch, watch, EventLoop};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use crate::net_slots::{net_devices, NetSlots};
 use crate::slots::Labelled;
+use crate::vsock_devices::vsock_device;
 use address_space::sync::lock;
 use address_space::{AddressSpace, Region, SharedIo};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use virtio::mmio::reg::QUEUE_NOTIFY;
-use virtio::{Interrupt, MmioTransport, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE};
+use virtio::{
+    FdChange, Interrupt, MmioTransport, Readiness, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE,
+};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The virtio devices and their command-line parameters.
@@ -34,6 +39,11 @@ pub struct VirtioDevices {
     pub block_slots: BlockSlots,
     /// The replaceable net devices (QMP hot-plug), see `net_slots.rs`.
     pub net_slots: NetSlots,
+}
+
+/// Virtio devices besides disks and nets: the entropy and vsock devices.
+pub fn other_devices(config: &MachineConfig) -> usize {
+    usize::from(config.rng.is_some()) + usize::from(config.vsock.is_some())
 }
 
 /// The one check of the virtio device count: `drives` disks, `nets` net devices and `others`
@@ -99,17 +109,24 @@ impl SlotCounts {
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
-    config: (&[DriveConfig], &[NetConfig], Option<&RngOptions>),
+    config: &MachineConfig,
     slots: SlotCounts,
     ioeventfd: bool,
     events: &mut EventLoop,
 ) -> Result<VirtioDevices, MachineError> {
-    let (drives, nets, rng) = config;
-    let slots = slots.fitted(drives.len(), nets.len(), usize::from(rng.is_some()));
+    let (drives, nets) = (&config.drives[..], &config.nets[..]);
+    let slots = slots.fitted(drives.len(), nets.len(), other_devices(config));
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
     let (net_slots, nets) = net_devices(nets, slots.net, events)?;
     devices.extend(nets);
-    if let Some(options) = rng {
+    if let Some(vsock) = &config.vsock {
+        let device = vsock_device(vsock, ioeventfd).map_err(|source| MachineError::Vsock {
+            id: vsock.id.clone(),
+            source,
+        })?;
+        devices.push(device);
+    }
+    if let Some(options) = &config.rng {
         devices.push(rng_device(options)?);
     }
     let mut out = VirtioDevices {
@@ -189,6 +206,7 @@ impl Device {
             transport: transport.clone(),
             queue_evts,
             device_fds,
+            added: HashMap::new(),
         })));
         Ok(transport)
     }
@@ -218,42 +236,90 @@ impl Device {
     }
 }
 
-/// Where an event of a virtio device comes from, as its data: a queue's ioeventfd, or one of
-/// the device's own sources ([`VirtioDevice::event_fds`]).
+/// Where an event of a virtio device comes from, as its data: a queue's ioeventfd, one of the
+/// device's own sources ([`VirtioDevice::event_fds`]), or a descriptor it added while running
+/// ([`FdChange::Add`], by its token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Queue(u32),
     Device(u32),
+    Added(u32),
 }
 
 impl Source {
     /// Data values from here on are device sources.
     const DEVICE_BASE: u32 = 1 << 16;
+    /// Data values from here on are added descriptors (tokens are below 2^31).
+    const ADDED_BASE: u32 = 1 << 31;
 
     fn data(self) -> u32 {
         match self {
             Source::Queue(n) => n,
             Source::Device(n) => Source::DEVICE_BASE + n,
+            Source::Added(token) => Source::ADDED_BASE | token,
         }
     }
 
     fn from_data(data: u32) -> Source {
-        match data.checked_sub(Source::DEVICE_BASE) {
-            Some(n) => Source::Device(n),
-            None => Source::Queue(data),
+        if data >= Source::ADDED_BASE {
+            Source::Added(data - Source::ADDED_BASE)
+        } else if data >= Source::DEVICE_BASE {
+            Source::Device(data - Source::DEVICE_BASE)
+        } else {
+            Source::Queue(data)
         }
     }
 }
 
-/// The device subscriber of one virtio-mmio device: its queues' ioeventfds and its own sources.
+/// An added descriptor's registration: edge-triggered input, output and hang-up.
+fn added_source(fd: RawFd, token: u32) -> Events {
+    let set = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+    Events::with_data_raw(fd, Source::Added(token).data(), set)
+}
+
+/// The device subscriber of one virtio-mmio device: its queues' ioeventfds, its own sources,
+/// and the descriptors it adds and removes while it runs.
 struct VirtioEvents {
     transport: Arc<Mutex<MmioTransport>>,
     queue_evts: Vec<EventFd>,
     device_fds: Vec<RawFd>,
+    /// Descriptors the device added and has not removed, by token.
+    added: HashMap<u32, RawFd>,
+}
+
+/// Follows the descriptors the device added or removed, recording them in `added`: each
+/// removed one leaves the loop before it is closed. With `ops` `None` (the subscriber is off
+/// the loop), only the record is kept.
+fn follow_fd_changes(
+    transport: &mut MmioTransport,
+    added: &mut HashMap<u32, RawFd>,
+    mut ops: Option<&mut EventOps>,
+) {
+    for change in transport.take_device_fd_changes() {
+        match change {
+            FdChange::Add { fd, token } => {
+                if let Some(ops) = ops.as_deref_mut() {
+                    watch(ops, added_source(fd, token), "a device socket");
+                }
+                added.insert(token, fd);
+            }
+            FdChange::Remove { close } => {
+                let fd = close.as_raw_fd();
+                let token = added.iter().find(|(_, f)| **f == fd).map(|(t, _)| *t);
+                if let Some(token) = token {
+                    added.remove(&token);
+                    if let Some(ops) = ops.as_deref_mut() {
+                        unwatch(ops, added_source(fd, token), "a device socket");
+                    }
+                }
+                drop(close);
+            }
+        }
+    }
 }
 
 impl MutEventSubscriber for VirtioEvents {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut transport = lock(&self.transport);
         match Source::from_data(events.data()) {
             Source::Queue(n) => {
@@ -264,10 +330,25 @@ impl MutEventSubscriber for VirtioEvents {
                 }
             }
             Source::Device(n) => transport.device_event(n as usize),
+            Source::Added(token) => {
+                let set = events.event_set();
+                let ready = Readiness {
+                    readable: set.contains(EventSet::IN),
+                    writable: set.contains(EventSet::OUT),
+                    closed: set
+                        .intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP),
+                };
+                transport.device_fd_event(token, ready);
+            }
         }
+        follow_fd_changes(&mut transport, &mut self.added, Some(ops));
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        follow_fd_changes(&mut lock(&self.transport), &mut self.added, None);
+        for (token, fd) in &self.added {
+            watch(ops, added_source(*fd, *token), "a device socket");
+        }
         let queues = self.queue_evts.iter().map(AsRawFd::as_raw_fd);
         for (n, fd) in queues.enumerate() {
             watch(
@@ -305,6 +386,8 @@ mod tests {
             Source::Queue(7),
             Source::Device(0),
             Source::Device(3),
+            Source::Added(0),
+            Source::Added((1 << 31) - 1),
         ] {
             assert_eq!(Source::from_data(source.data()), source);
         }

@@ -1,6 +1,6 @@
 //! Builds the VM from a [`MachineConfig`] and runs it to the end.
 
-use crate::config::{MachineConfig, SerialConfig};
+use crate::config::{MachineConfig, SerialConfig, VsockBackend, VsockConfig};
 use crate::control::ControlEvents;
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
@@ -13,7 +13,7 @@ use crate::running::{QmpOnLoop, RunningVm};
 use crate::seccomp::Seccomp;
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
-use crate::virtio_devices::{build_virtio_devices, check_device_count, SlotCounts};
+use crate::virtio_devices::{build_virtio_devices, check_device_count, other_devices, SlotCounts};
 use address_space::AddressSpace;
 use boot_loader::{BootConfig, BootInfo};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -58,8 +58,11 @@ pub fn run_notifying(
         config.cpus,
         config.ram_size >> 20
     );
-    let rng = usize::from(config.rng.is_some());
-    check_device_count(config.drives.len(), config.nets.len(), rng)?;
+    check_device_count(
+        config.drives.len(),
+        config.nets.len(),
+        other_devices(config),
+    )?;
     let stop_signals = StopSignals::new().map_err(MachineError::EventLoop)?;
     let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
     check_capabilities(&kvm)?;
@@ -74,7 +77,14 @@ pub fn run_notifying(
     if !ioeventfd {
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
     }
-    let seccomp = Seccomp::new(config.seccomp, ioeventfd).map_err(MachineError::Seccomp)?;
+    let vsock = matches!(
+        config.vsock,
+        Some(VsockConfig {
+            backend: VsockBackend::Hybrid { .. },
+            ..
+        })
+    );
+    let seccomp = Seccomp::new(config.seccomp, ioeventfd, vsock).map_err(MachineError::Seccomp)?;
     // Without a monitor nothing can hot-plug: no empty slots then.
     let slots = match config.qmp {
         Some(_) => SlotCounts {
@@ -84,8 +94,7 @@ pub fn run_notifying(
         None => SlotCounts { blk: 0, net: 0 },
     };
     let mut events = EventLoop::new().map_err(MachineError::EventManager)?;
-    let devices = (&config.drives[..], &config.nets[..], config.rng.as_ref());
-    let virtio = build_virtio_devices(&vm, &mmio, devices, slots, ioeventfd, &mut events)?;
+    let virtio = build_virtio_devices(&vm, &mmio, config, slots, ioeventfd, &mut events)?;
     let boot = load_guest(
         &mmio,
         config,

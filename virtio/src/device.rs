@@ -1,7 +1,7 @@
 //! What a virtio device gives its transport, and the interrupt it raises.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -167,6 +167,37 @@ pub(crate) fn single_queue(
     Ok(queue)
 }
 
+/// A descriptor a device started or stopped using while it runs (a vsock connection's socket),
+/// for the loop that watches the device's sources.
+#[derive(Debug)]
+pub enum FdChange {
+    /// Watch `fd` edge-triggered for input, output and hang-up; its events come back as
+    /// [`VirtioDevice::handle_fd_event`]`(token, ..)`. Tokens are below 2^31.
+    Add {
+        /// The descriptor, open until a `Remove` hands it over.
+        fd: RawFd,
+        /// The device's name for it.
+        token: u32,
+    },
+    /// Stop watching the descriptor, then close it (in that order: a closed descriptor's
+    /// number may already name the next one added).
+    Remove {
+        /// The descriptor, owned by the change from here on.
+        close: OwnedFd,
+    },
+}
+
+/// What an event said about a descriptor added through [`FdChange::Add`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Input (or its end) may be read.
+    pub readable: bool,
+    /// Output may be written.
+    pub writable: bool,
+    /// The peer hung up or the descriptor failed.
+    pub closed: bool,
+}
+
 /// A virtio device behind a transport. The transport owns the register state and the queues
 /// until the driver sets DRIVER_OK; then it hands the queues to [`VirtioDevice::activate`].
 pub trait VirtioDevice: Send {
@@ -207,6 +238,18 @@ pub trait VirtioDevice: Send {
     /// Called whether or not the device is activated.
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
         let _ = index;
+        Ok(())
+    }
+    /// The descriptors the device started or stopped using since the last call, in order
+    /// (sockets of connections that come and go). The loop takes them after every event of
+    /// the device; a device that changes them outside such an event (a reset from a vCPU)
+    /// makes one of its [`VirtioDevice::event_fds`] readable so that the loop comes.
+    fn take_fd_changes(&mut self) -> Vec<FdChange> {
+        Vec::new()
+    }
+    /// Descriptor `token` of an [`FdChange::Add`] is ready.
+    fn handle_fd_event(&mut self, token: u32, ready: Readiness) -> Result<(), QueueError> {
+        let _ = (token, ready);
         Ok(())
     }
 }
@@ -284,5 +327,13 @@ impl<D: VirtioDevice> VirtioDevice for Shared<D> {
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
         self.lock().handle_event(index)
+    }
+
+    fn take_fd_changes(&mut self) -> Vec<FdChange> {
+        self.lock().take_fd_changes()
+    }
+
+    fn handle_fd_event(&mut self, token: u32, ready: Readiness) -> Result<(), QueueError> {
+        self.lock().handle_fd_event(token, ready)
     }
 }

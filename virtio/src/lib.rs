@@ -16,11 +16,12 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+pub mod vsock;
 
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
 pub use device::{
-    feature, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_CONFIG_CHANGE,
-    INT_USED_BUFFER,
+    feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
+    INT_CONFIG_CHANGE, INT_USED_BUFFER,
 };
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{
@@ -28,6 +29,7 @@ pub use net::{
     SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
+pub use vsock::{Vsock, VsockCounters, VsockError, VsockOptions, DEVICE_TYPE_VSOCK};
 
 /// The Linux virtio headers the devices follow (feature bits, request types, status values).
 pub use virtio_bindings;

@@ -13,7 +13,9 @@ use log::{debug, warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueState, QueueT};
 
-use crate::device::{feature, Interrupt, VirtioDevice, INT_CONFIG_CHANGE};
+use crate::device::{
+    feature, FdChange, Interrupt, QueueError, Readiness, VirtioDevice, INT_CONFIG_CHANGE,
+};
 
 /// "virt" in little-endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -186,7 +188,26 @@ impl MmioTransport {
     /// Device event source `index` is readable: the device handles it; an error it reports
     /// while activated marks the device as needing a reset.
     pub fn device_event(&mut self, index: usize) {
-        if let Err(e) = self.device.handle_event(index) {
+        let result = self.device.handle_event(index);
+        self.device_result(result);
+    }
+
+    /// Descriptor `token` the device added ([`VirtioDevice::take_fd_changes`]) is ready: as
+    /// [`MmioTransport::device_event`].
+    pub fn device_fd_event(&mut self, token: u32, ready: Readiness) {
+        let result = self.device.handle_fd_event(token, ready);
+        self.device_result(result);
+    }
+
+    /// The descriptors the device started or stopped using since the last call.
+    pub fn take_device_fd_changes(&mut self) -> Vec<FdChange> {
+        self.device.take_fd_changes()
+    }
+
+    /// An error the device reported from one of its sources while activated marks it as
+    /// needing a reset.
+    fn device_result(&mut self, result: Result<(), QueueError>) {
+        if let Err(e) = result {
             if self.activated && self.status & STATUS_DEVICE_NEEDS_RESET == 0 {
                 warn!("virtio-mmio: {e}; device needs reset");
                 self.needs_reset();

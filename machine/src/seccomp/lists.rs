@@ -132,6 +132,20 @@ pub(crate) fn vmm() -> Vec<Allowed> {
     ]
 }
 
+/// What the VMM thread adds when a hybrid vsock device serves connections (`vsock/`): a guest
+/// connecting to the host opens a Unix socket and connects it to `<uds-path>_<port>`, and a
+/// guest that will send no more half-closes it. Host programs are accepted with `accept4`,
+/// already in the VMM list for QMP.
+#[rustfmt::skip]
+pub(crate) fn vsock() -> Vec<Allowed> {
+    use libc::*;
+    vec![
+        only(SYS_socket, "socket", 0, &[AF_UNIX as u64], "vsock: a Unix socket per guest-initiated connection"),
+        any(SYS_connect, "connect", "vsock: connect it to <uds-path>_<port>"),
+        any(SYS_shutdown, "shutdown", "vsock: half-close when the guest sends no more"),
+    ]
+}
+
 /// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and
 /// `TUNSETOFFLOAD` when the guest activates or resets a virtio-net device (an MMIO write).
 pub(crate) fn vcpu_ioctls() -> Vec<u64> {
