@@ -14,6 +14,10 @@
  *     without ACPI a power-off would only halt, so the kit always restarts)
  *   kit.mode=shell: a login shell on the console (busybox: setsid + cttyhack sh),
  *     restart when it exits
+ *   kit.mode=agent: a Kata-style agent on virtio-vsock (see agent() below): listens
+ *     on vsock port 1024, prints `KIT agent listening on vsock port 1024`, sends
+ *     `agent log: started` to the host's port 1025 and answers requests line by
+ *     line, one connection after another
  *   anything else: print `KIT unknown kit.mode=<mode>` and restart
  */
 
@@ -191,6 +195,13 @@ static void restart(void)
 		my_syscall0(__NR_pause);
 }
 
+/* tmpfs on /tmp and /run (a read-only root stays untouched) */
+static void mount_tmpfs(void)
+{
+	mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777");
+	mount("tmpfs", "/run", "tmpfs", 0, "mode=0755");
+}
+
 static char *const shell_env[] = {
 	"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/root", "TERM=vt100", 0
 };
@@ -202,8 +213,7 @@ static void run_shell(void)
 	int status;
 	pid_t pid;
 
-	mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777");
-	mount("tmpfs", "/run", "tmpfs", 0, "mode=0755");
+	mount_tmpfs();
 	put("guest-kit shell (exit, poweroff -f or reboot -f to leave)\n");
 	pid = fork();
 	if (pid == 0) {
@@ -215,6 +225,282 @@ static void run_shell(void)
 	/* PID 1 reaps every orphan until the shell itself is gone */
 	while (pid > 0 && wait(&status) != pid)
 		;
+}
+
+/* ---- kit.mode=agent ---------------------------------------------------------------------
+ *
+ * A stand-in for Kata Containers' agent, to drive a VMM's virtio-vsock device the way Kata's
+ * runtime does. One process, one connection at a time:
+ *
+ *   1. listen on AF_VSOCK port 1024 (any CID), print `KIT agent listening on vsock port 1024`
+ *   2. connect to CID 2 (the host) port 1025, write `agent log: started\n` and keep that
+ *      connection open (print `KIT agent log connected` or `KIT agent log failed errno=<n>`)
+ *   3. accept a connection, print `KIT agent connection <n> from cid <cid> port <port>`,
+ *      answer each line (`\n`-terminated; a trailing `\r` is dropped) with one line:
+ *        ping          -> pong
+ *        echo <text>   -> <text>
+ *        uname         -> the kernel release (uname -r)
+ *        quit          -> bye, then the agent closes the connection
+ *        reboot        -> bye, then the machine restarts (the VMM exits 0)
+ *        anything else -> error unknown command: <line>
+ *      a line longer than 511 bytes is answered `error line too long` and dropped;
+ *      at EOF or an error, print `KIT agent connection <n> closed` and accept the next
+ *
+ * PID 1 ignores SIGPIPE by default (the kernel does not deliver default-action signals to
+ * init), so writing to a connection the peer closed just fails with EPIPE.
+ */
+
+#define KIT_AF_VSOCK 40
+#define KIT_SOCK_STREAM 1
+#define KIT_SOCK_CLOEXEC 02000000
+#define KIT_VMADDR_CID_ANY 0xffffffffu
+#define KIT_VMADDR_CID_HOST 2u
+#define AGENT_PORT 1024u
+#define AGENT_LOG_PORT 1025u
+
+/* struct sockaddr_vm of <linux/vm_sockets.h> (16 bytes) */
+struct kit_sockaddr_vm {
+	unsigned short svm_family;
+	unsigned short svm_reserved1;
+	unsigned int svm_port;
+	unsigned int svm_cid;
+	unsigned char svm_flags;
+	unsigned char svm_zero[3];
+};
+
+static struct kit_sockaddr_vm vsock_addr(unsigned int cid, unsigned int port)
+{
+	struct kit_sockaddr_vm addr;
+
+	memset(&addr, 0, sizeof(addr));
+	addr.svm_family = KIT_AF_VSOCK;
+	addr.svm_cid = cid;
+	addr.svm_port = port;
+	return addr;
+}
+
+/* Returns the result of a raw system call, setting errno as nolibc's wrappers do. */
+static long checked(long ret)
+{
+	if (ret < 0) {
+		SET_ERRNO(-ret);
+		return -1;
+	}
+	return ret;
+}
+
+static int vsock_socket(void)
+{
+	return checked(my_syscall3(__NR_socket, KIT_AF_VSOCK, KIT_SOCK_STREAM | KIT_SOCK_CLOEXEC, 0));
+}
+
+/* Appends a number to the line in `buf`. */
+static void append_num(char *buf, unsigned long v)
+{
+	char num[24];
+
+	u64toa_r(v, num);
+	append(buf, num);
+}
+
+/* Prints `KIT agent <what> errno=<errno>` in one write. */
+static void agent_error(const char *what)
+{
+	char line[LINE_MAX_LEN] = "KIT agent ";
+
+	append(line, what);
+	append(line, " errno=");
+	append_num(line, errno);
+	append(line, "\n");
+	put(line);
+}
+
+/* Writes all of buf; -1 on an error. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Writes `text` and a newline to `fd` in one write; -1 on an error. */
+static int reply(int fd, const char *prefix, const char *text)
+{
+	static char out[2 * LINE_MAX_LEN];
+	size_t plen = strlen(prefix), tlen = strlen(text);
+
+	memcpy(out, prefix, plen);
+	memcpy(out + plen, text, tlen);
+	out[plen + tlen] = '\n';
+	return write_all(fd, out, plen + tlen + 1);
+}
+
+/* The kernel release (struct utsname: six fields of 65 bytes, release is the third). */
+static void kernel_release(char *out, int size)
+{
+	static char uts[6][65];
+	int n;
+
+	if (checked(my_syscall1(__NR_uname, uts)) == 0) {
+		uts[2][64] = 0;
+		out[0] = 0;
+		for (n = 0; uts[2][n] && n < size - 1; n++)
+			out[n] = uts[2][n];
+		out[n] = 0;
+		return;
+	}
+	if (read_file("/proc/sys/kernel/osrelease", out, size) > 0 && out[strlen(out) - 1] == '\n')
+		out[strlen(out) - 1] = 0;
+}
+
+enum { KEEP, CLOSE, RESTART };
+
+/* Answers one request line; returns KEEP, CLOSE or RESTART (or CLOSE when the reply failed). */
+static int answer(int fd, char *line)
+{
+	size_t len = strlen(line);
+	char release[128] = "unknown";
+	int rc;
+
+	if (len > 0 && line[len - 1] == '\r')
+		line[--len] = 0;
+	if (!strcmp(line, "ping")) {
+		rc = reply(fd, "", "pong");
+	} else if (!strcmp(line, "echo")) {
+		rc = reply(fd, "", "");
+	} else if (!strncmp(line, "echo ", 5)) {
+		rc = reply(fd, "", line + 5);
+	} else if (!strcmp(line, "uname")) {
+		kernel_release(release, sizeof(release));
+		rc = reply(fd, "", release);
+	} else if (!strcmp(line, "quit")) {
+		reply(fd, "", "bye");
+		return CLOSE;
+	} else if (!strcmp(line, "reboot")) {
+		reply(fd, "", "bye");
+		return RESTART;
+	} else {
+		rc = reply(fd, "error unknown command: ", line);
+	}
+	return rc < 0 ? CLOSE : KEEP;
+}
+
+/* Serves one accepted connection until EOF, an error or `quit`; returns CLOSE or RESTART. */
+static int serve(int fd)
+{
+	static char in[LINE_MAX_LEN];
+	int have = 0, discarding = 0;
+
+	for (;;) {
+		ssize_t n = read(fd, in + have, sizeof(in) - 1 - have);
+		int start = 0, i;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return CLOSE;
+		have += n;
+		for (i = 0; i < have; i++) {
+			int what;
+
+			if (in[i] != '\n')
+				continue;
+			in[i] = 0;
+			if (discarding) {
+				discarding = 0;
+			} else if ((what = answer(fd, in + start)) != KEEP) {
+				return what;
+			}
+			start = i + 1;
+		}
+		memmove(in, in + start, have - start);
+		have -= start;
+		if (have == (int)sizeof(in) - 1) {
+			/* no newline in a full buffer: answer once, drop up to the next newline */
+			if (!discarding && reply(fd, "", "error line too long") < 0)
+				return CLOSE;
+			discarding = 1;
+			have = 0;
+		}
+	}
+}
+
+static void agent(void)
+{
+	struct kit_sockaddr_vm addr = vsock_addr(KIT_VMADDR_CID_ANY, AGENT_PORT);
+	unsigned long served = 0;
+	int listener, log_fd, failures = 0;
+
+	mount_tmpfs();
+	listener = vsock_socket();
+	if (listener < 0) {
+		agent_error("socket(AF_VSOCK) failed");
+		return;
+	}
+	if (checked(my_syscall3(__NR_bind, listener, &addr, sizeof(addr))) < 0) {
+		agent_error("bind to vsock port 1024 failed");
+		return;
+	}
+	if (checked(my_syscall2(__NR_listen, listener, 8)) < 0) {
+		agent_error("listen failed");
+		return;
+	}
+	put("KIT agent listening on vsock port 1024\n");
+
+	/* The log channel, as Kata's agent sends its logs to the host's port 1025. */
+	addr = vsock_addr(KIT_VMADDR_CID_HOST, AGENT_LOG_PORT);
+	log_fd = vsock_socket();
+	if (log_fd < 0 || checked(my_syscall3(__NR_connect, log_fd, &addr, sizeof(addr))) < 0) {
+		agent_error("log failed");
+	} else if (write_all(log_fd, "agent log: started\n", 19) < 0) {
+		agent_error("log write failed");
+	} else {
+		put("KIT agent log connected to cid 2 port 1025\n");
+	}
+	/* log_fd stays open for the agent's lifetime */
+
+	for (;;) {
+		struct kit_sockaddr_vm peer;
+		int peer_len = sizeof(peer);
+		char line[LINE_MAX_LEN] = "KIT agent connection ";
+		int fd, what;
+
+		memset(&peer, 0, sizeof(peer));
+		fd = checked(my_syscall4(__NR_accept4, listener, &peer, &peer_len, KIT_SOCK_CLOEXEC));
+		if (fd < 0) {
+			agent_error("accept failed");
+			if (errno != EINTR && ++failures >= 10)
+				return;
+			continue;
+		}
+		failures = 0;
+		served++;
+		append_num(line, served);
+		append(line, " from cid ");
+		append_num(line, peer.svm_cid);
+		append(line, " port ");
+		append_num(line, peer.svm_port);
+		append(line, "\n");
+		put(line);
+
+		what = serve(fd);
+		close(fd);
+		line[0] = 0;
+		append(line, "KIT agent connection ");
+		append_num(line, served);
+		append(line, " closed\n");
+		put(line);
+		if (what == RESTART)
+			return;
+	}
 }
 
 int main(int argc, char **argv, char **envp)
@@ -236,6 +522,8 @@ int main(int argc, char **argv, char **envp)
 		report();
 	} else if (!strcmp(mode, "shell")) {
 		run_shell();
+	} else if (!strcmp(mode, "agent")) {
+		agent();
 	} else {
 		put("KIT unknown kit.mode=");
 		put(mode);

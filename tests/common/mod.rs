@@ -5,6 +5,8 @@
 //! Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod tap;
+
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

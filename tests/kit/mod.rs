@@ -136,10 +136,17 @@ pub struct Transcript {
 
 impl KitVm {
     pub fn spawn(config: &VmConfig) -> KitVm {
-        let args = config.args();
+        KitVm::spawn_with(&config.args(), |_| {})
+    }
+
+    /// Starts nimbus with exactly `args` (e.g. a container runtime's whole argument list),
+    /// with `configure` applied to the command first (e.g. to hand over a descriptor).
+    pub fn spawn_with(args: &[String], configure: impl FnOnce(&mut Command)) -> KitVm {
         let started = Instant::now();
-        let mut child = Command::new(NIMBUS)
-            .args(&args)
+        let mut command = Command::new(NIMBUS);
+        configure(&mut command);
+        let mut child = command
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,8 +167,18 @@ impl KitVm {
             stderr,
             readers,
             started,
-            command: format!("nimbus {}", shell_words(&args)),
+            command: format!("nimbus {}", shell_words(args)),
         }
+    }
+
+    /// Whether nimbus still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The console lines so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.console.state.lock().expect("console lock").0.clone()
     }
 
     /// Waits until `done` holds for the lines so far, nimbus closes its stdout, or `timeout`
