@@ -588,3 +588,44 @@ fn bad_vsock_options_are_refused_naming_the_option() {
         assert!(!out.stdout.contains("NIMBUS-GUEST"), "{}", out.describe());
     }
 }
+
+/// vhost-vsock on a host without `/dev/vhost-vsock` (as here) is one line naming the device
+/// node; an inherited descriptor that is not vhost-vsock is one line naming `vhostfd`.
+#[test]
+fn vhost_vsock_without_the_kernel_device_is_one_line_naming_it() {
+    if std::path::Path::new("/dev/vhost-vsock").exists() {
+        eprintln!("SKIP: this host has /dev/vhost-vsock; the missing-device line cannot be seen");
+        return;
+    }
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = vec![
+        "-device".into(),
+        "vhost-vsock-device,id=v0,guest-cid=3".into(),
+    ];
+    let out = run(&config.args());
+    out.assert_exit_code(1);
+    assert!(
+        out.first_stderr_line().contains("/dev/vhost-vsock"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        out.describe()
+    );
+    // Descriptor 0 (stdin, /dev/null here) is below 3: refused as an option; 1 and 2 likewise.
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = vec![
+        "-device".into(),
+        "vhost-vsock-device,id=v0,guest-cid=3,vhostfd=1".into(),
+    ];
+    let out = run(&config.args());
+    out.assert_exit_code(1);
+    assert!(
+        out.first_stderr_line().contains("vhostfd"),
+        "{}",
+        out.describe()
+    );
+}

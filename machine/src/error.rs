@@ -134,15 +134,10 @@ pub enum MachineError {
     /// The entropy device could not be created.
     #[error("cannot create the virtio-rng device")]
     Rng(#[source] virtio::RngError),
-    /// The vsock device could not be created.
-    #[error("cannot create vsock device '{id}'")]
-    Vsock {
-        /// The device id.
-        id: String,
-        /// Why.
-        #[source]
-        source: crate::vsock_devices::VsockDeviceError,
-    },
+    /// The vsock device could not be created (its first line names the device and the
+    /// problem: one line for a missing /dev/vhost-vsock).
+    #[error(transparent)]
+    Vsock(crate::vsock_devices::VsockDeviceError),
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

@@ -96,9 +96,9 @@ impl Seccomp {
     /// Compiles both filters (when `enabled`) and installs the SIGSYS handler; reads the
     /// self-test hook from the environment. Without `ioeventfd` vCPU threads run virtqueues
     /// themselves and their list grows by the syscalls of device I/O.
-    /// With `vsock`, the VMM thread may also open, connect and half-close Unix sockets (the
-    /// hybrid vsock device's connections).
-    pub fn new(enabled: bool, ioeventfd: bool, vsock: bool) -> Result<Self, SeccompError> {
+    /// A vsock device adds what it needs (`vsock`): Unix socket calls on the VMM thread for
+    /// hybrid vsock, the vhost requests on every thread for vhost-vsock.
+    pub fn new(enabled: bool, ioeventfd: bool, vsock: VsockSyscalls) -> Result<Self, SeccompError> {
         let selftest = match std::env::var(SELFTEST_ENV) {
             Ok(value) => Some(parse_selftest(&value)?),
             Err(_) => None,
@@ -108,7 +108,7 @@ impl Seccomp {
             let queue_io = !ioeventfd;
             Some((
                 compile(ThreadKind::Vmm, queue_io, vsock)?,
-                compile(ThreadKind::Vcpu, queue_io, false)?,
+                compile(ThreadKind::Vcpu, queue_io, vsock)?,
             ))
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -168,18 +168,39 @@ pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
     }
 }
 
-/// The allow-list of `kind` when a hybrid vsock device serves Unix sockets (`vsock`): the VMM
-/// thread's list gains the socket calls of its connections.
-pub(crate) fn allow_list_with_vsock(kind: ThreadKind, queue_io: bool, vsock: bool) -> Vec<Allowed> {
+/// What the vsock device, if any, adds to the allow-lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VsockSyscalls {
+    /// No vsock device.
+    None,
+    /// Hybrid vsock: the VMM thread opens, connects and half-closes Unix sockets.
+    UnixSockets,
+    /// vhost-vsock: the thread that starts or stops the device (a vCPU writing the status
+    /// register, the VMM thread at exit) makes the vhost requests.
+    Vhost,
+}
+
+/// The allow-list of `kind` with what the vsock device needs.
+pub(crate) fn allow_list_with_vsock(
+    kind: ThreadKind,
+    queue_io: bool,
+    vsock: VsockSyscalls,
+) -> Vec<Allowed> {
     let mut list = allow_list(kind, queue_io);
-    if vsock && kind == ThreadKind::Vmm {
-        list.extend(lists::vsock());
+    match vsock {
+        VsockSyscalls::UnixSockets if kind == ThreadKind::Vmm => list.extend(lists::vsock()),
+        VsockSyscalls::Vhost => list.push(lists::vhost_vsock()),
+        _ => {}
     }
     list
 }
 
 /// Compiles the allow-list of `kind` into a BPF program for this architecture.
-fn compile(kind: ThreadKind, queue_io: bool, vsock: bool) -> Result<BpfProgram, SeccompError> {
+fn compile(
+    kind: ThreadKind,
+    queue_io: bool,
+    vsock: VsockSyscalls,
+) -> Result<BpfProgram, SeccompError> {
     let err = |e| SeccompError::Compile(kind, e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for allowed in allow_list_with_vsock(kind, queue_io, vsock) {
@@ -215,7 +236,10 @@ mod tests {
     #[test]
     fn both_filters_compile_for_this_architecture() {
         for (kind, queue_io) in ALL {
-            let program = compile(kind, queue_io, true).expect("compiles");
+            for vsock in [VsockSyscalls::UnixSockets, VsockSyscalls::Vhost] {
+                compile(kind, queue_io, vsock).expect("compiles");
+            }
+            let program = compile(kind, queue_io, VsockSyscalls::None).expect("compiles");
             assert!(!program.is_empty());
             // The kernel refuses programs longer than BPF_MAXINSNS.
             assert!(
@@ -362,15 +386,31 @@ mod tests {
     #[test]
     fn vsock_adds_unix_socket_calls_to_the_vmm_thread_only() {
         let base = allow_list(ThreadKind::Vmm, false).len();
-        let with = allow_list_with_vsock(ThreadKind::Vmm, false, true);
+        let with = allow_list_with_vsock(ThreadKind::Vmm, false, VsockSyscalls::UnixSockets);
         let added: Vec<&str> = with[base..].iter().map(|a| a.name).collect();
         assert_eq!(added, ["socket", "connect", "shutdown"]);
         let socket = &with[base];
         assert_eq!(socket.only, Some((0, vec![libc::AF_UNIX as u64])));
         assert_eq!(
-            allow_list_with_vsock(ThreadKind::Vcpu, false, true).len(),
+            allow_list_with_vsock(ThreadKind::Vcpu, false, VsockSyscalls::UnixSockets).len(),
             allow_list(ThreadKind::Vcpu, false).len()
         );
+    }
+
+    #[test]
+    fn vhost_vsock_adds_only_vhost_requests_to_ioctl_on_every_thread() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            let base = allow_list(kind, false).len();
+            let with = allow_list_with_vsock(kind, false, VsockSyscalls::Vhost);
+            assert_eq!(with.len(), base + 1);
+            let (arg, requests) = with[base].only.clone().expect("restricted");
+            assert_eq!((with[base].nr, arg), (libc::SYS_ioctl, 1));
+            // _IOW/_IOR(VHOST_VIRTIO = 0xaf, ...): every request is in vhost's ioctl space.
+            assert!(
+                requests.iter().all(|r| (r >> 8) & 0xff == 0xaf),
+                "{requests:x?}"
+            );
+        }
     }
 
     /// `cargo test -p machine seccomp::tests::allow_list_counts -- --nocapture` prints the
@@ -388,7 +428,7 @@ mod tests {
             );
             assert!(list.len() < 50, "{kind:?} allows {} syscalls", list.len());
         }
-        let vsock = allow_list_with_vsock(ThreadKind::Vmm, false, true).len();
+        let vsock = allow_list_with_vsock(ThreadKind::Vmm, false, VsockSyscalls::UnixSockets).len();
         println!("Vmm with a virtio-vsock-device: {vsock} syscalls");
     }
 }

@@ -120,10 +120,7 @@ pub fn build_virtio_devices(
     let (net_slots, nets) = net_devices(nets, slots.net, events)?;
     devices.extend(nets);
     if let Some(vsock) = &config.vsock {
-        let device = vsock_device(vsock, ioeventfd).map_err(|source| MachineError::Vsock {
-            id: vsock.id.clone(),
-            source,
-        })?;
+        let device = vsock_device(vsock, ioeventfd, mmio.memory()).map_err(MachineError::Vsock)?;
         devices.push(device);
     }
     if let Some(options) = &config.rng {

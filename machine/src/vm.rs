@@ -1,6 +1,6 @@
 //! Builds the VM from a [`MachineConfig`] and runs it to the end.
 
-use crate::config::{MachineConfig, SerialConfig, VsockBackend, VsockConfig};
+use crate::config::{MachineConfig, SerialConfig, VsockBackend};
 use crate::control::ControlEvents;
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
@@ -10,7 +10,7 @@ use crate::memory::build_memory_space;
 use crate::monitor::{Hotplug, MonitorState};
 use crate::qmp_server::QmpServer;
 use crate::running::{QmpOnLoop, RunningVm};
-use crate::seccomp::Seccomp;
+use crate::seccomp::{Seccomp, VsockSyscalls};
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::virtio_devices::{build_virtio_devices, check_device_count, other_devices, SlotCounts};
@@ -77,13 +77,11 @@ pub fn run_notifying(
     if !ioeventfd {
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
     }
-    let vsock = matches!(
-        config.vsock,
-        Some(VsockConfig {
-            backend: VsockBackend::Hybrid { .. },
-            ..
-        })
-    );
+    let vsock = match config.vsock.as_ref().map(|v| &v.backend) {
+        None => VsockSyscalls::None,
+        Some(VsockBackend::Hybrid { .. }) => VsockSyscalls::UnixSockets,
+        Some(VsockBackend::Vhost { .. }) => VsockSyscalls::Vhost,
+    };
     let seccomp = Seccomp::new(config.seccomp, ioeventfd, vsock).map_err(MachineError::Seccomp)?;
     // Without a monitor nothing can hot-plug: no empty slots then.
     let slots = match config.qmp {

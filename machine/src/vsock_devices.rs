@@ -9,30 +9,37 @@
 
 use crate::config::{VsockBackend, VsockConfig};
 use crate::slots::Labelled;
-use virtio::{Vsock, VsockError, VsockOptions};
+use address_space::vm_memory::GuestMemoryMmap;
+use std::sync::Arc;
+use virtio::{VhostVsock, VhostVsockError, Vsock, VsockError, VsockOptions};
 
 /// Why the vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockDeviceError {
     /// The in-process device refused its options or could not listen.
-    #[error(transparent)]
-    Hybrid(VsockError),
+    #[error("virtio-vsock-device '{id}' cannot be created")]
+    Hybrid {
+        /// The device id.
+        id: String,
+        /// Why.
+        #[source]
+        source: VsockError,
+    },
     /// Hybrid vsock serves its sockets on the VMM thread, which needs ioeventfds.
     #[error("virtio-vsock-device needs KVM ioeventfds, which this host's KVM lacks")]
     NoIoeventfd,
-    /// The kernel's vhost-vsock is not there.
-    #[error(
-        "vhost-vsock-device needs /dev/vhost-vsock, which does not exist (is the vhost_vsock \
-         module loaded?); virtio-vsock-device,uds-path=<path> needs no kernel module"
-    )]
-    NoVhostVsock,
-    /// vhost-vsock is there, but Nimbus cannot drive it yet.
-    #[error("vhost-vsock-device is not supported yet; use virtio-vsock-device,uds-path=<path>")]
-    VhostNotImplemented,
+    /// The kernel's vhost-vsock could not be opened or set up (its message names the device
+    /// node, the descriptor or the request).
+    #[error(transparent)]
+    Vhost(VhostVsockError),
 }
 
-/// Creates the vsock device of `config`.
-pub fn vsock_device(config: &VsockConfig, ioeventfd: bool) -> Result<Labelled, VsockDeviceError> {
+/// Creates the vsock device of `config`; vhost-vsock maps guest RAM `mem` into the kernel.
+pub fn vsock_device(
+    config: &VsockConfig,
+    ioeventfd: bool,
+    mem: Arc<GuestMemoryMmap>,
+) -> Result<Labelled, VsockDeviceError> {
     match &config.backend {
         VsockBackend::Hybrid { uds_path } => {
             if !ioeventfd {
@@ -42,20 +49,27 @@ pub fn vsock_device(config: &VsockConfig, ioeventfd: bool) -> Result<Labelled, V
                 cid: config.cid,
                 uds_path: uds_path.clone(),
             };
-            let vsock = Vsock::new(&options).map_err(VsockDeviceError::Hybrid)?;
+            let vsock = Vsock::new(&options).map_err(|source| VsockDeviceError::Hybrid {
+                id: config.id.clone(),
+                source,
+            })?;
             let label = format!(
                 "virtio-vsock '{}' for guest CID {} on {uds_path:?}",
                 config.id, config.cid
             );
             Ok((label, Box::new(vsock)))
         }
-        VsockBackend::Vhost { fd: Some(_) } => Err(VsockDeviceError::VhostNotImplemented),
-        VsockBackend::Vhost { fd: None } => {
-            if std::path::Path::new("/dev/vhost-vsock").exists() {
-                Err(VsockDeviceError::VhostNotImplemented)
-            } else {
-                Err(VsockDeviceError::NoVhostVsock)
-            }
+        VsockBackend::Vhost { fd } => {
+            let vsock = VhostVsock::open(config.cid, *fd, mem).map_err(VsockDeviceError::Vhost)?;
+            let from = match fd {
+                Some(fd) => format!("inherited descriptor {fd}"),
+                None => virtio::VHOST_VSOCK_PATH.to_string(),
+            };
+            let label = format!(
+                "vhost-vsock '{}' for guest CID {} on {from}",
+                config.id, config.cid
+            );
+            Ok((label, Box::new(vsock)))
         }
     }
 }

@@ -146,6 +146,36 @@ pub(crate) fn vsock() -> Vec<Allowed> {
     ]
 }
 
+/// The vhost requests of a vhost-vsock device (`vhost_vsock/`) once the guest runs: starting
+/// it at DRIVER_OK (features, memory table, rings, kick and call eventfds, CID, running) on the
+/// vCPU that wrote the status, stopping it at reset or exit. `VHOST_SET_OWNER` and
+/// `VHOST_GET_FEATURES` run at set-up, before the filters.
+pub(crate) fn vhost_vsock() -> Allowed {
+    const fn vhost(dir: u64, nr: u64, size: u64) -> u64 {
+        const VHOST_VIRTIO: u64 = 0xaf;
+        (dir << 30) | (size << 16) | (VHOST_VIRTIO << 8) | nr
+    }
+    const VRING_ADDR_SIZE: u64 = 40; // struct vhost_vring_addr
+    let requests = [
+        vhost(IOC_WRITE, 0x00, 8),               // VHOST_SET_FEATURES
+        vhost(IOC_WRITE, 0x03, 8),               // VHOST_SET_MEM_TABLE
+        vhost(IOC_WRITE, 0x10, 8),               // VHOST_SET_VRING_NUM
+        vhost(IOC_WRITE, 0x11, VRING_ADDR_SIZE), // VHOST_SET_VRING_ADDR
+        vhost(IOC_WRITE, 0x12, 8),               // VHOST_SET_VRING_BASE
+        vhost(IOC_WRITE, 0x20, 8),               // VHOST_SET_VRING_KICK
+        vhost(IOC_WRITE, 0x21, 8),               // VHOST_SET_VRING_CALL
+        vhost(IOC_WRITE, 0x60, 8),               // VHOST_VSOCK_SET_GUEST_CID
+        vhost(IOC_WRITE, 0x61, 4),               // VHOST_VSOCK_SET_RUNNING
+    ];
+    only(
+        libc::SYS_ioctl,
+        "ioctl",
+        1,
+        &requests,
+        "vhost-vsock: start at DRIVER_OK, stop at reset and exit",
+    )
+}
+
 /// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and
 /// `TUNSETOFFLOAD` when the guest activates or resets a virtio-net device (an MMIO write).
 pub(crate) fn vcpu_ioctls() -> Vec<u64> {
