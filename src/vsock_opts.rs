@@ -4,18 +4,13 @@
 
 use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
-use machine::{VsockBackend, VsockConfig};
+use machine::{VsockBackend, VsockConfig, VSOCK_GUEST_CIDS};
 use std::path::PathBuf;
 
 /// The in-process vsock device (Firecracker's hybrid vsock).
 pub const HYBRID_VSOCK_DEVICE: &str = "virtio-vsock-device";
 /// The kernel vhost-vsock device.
 pub const VHOST_VSOCK_DEVICE: &str = "vhost-vsock-device";
-
-/// The lowest guest context id (0-2 are reserved; 2 is the host).
-const MIN_CID: u64 = 3;
-/// Linux's context ids are 32-bit and `u32::MAX` means "any".
-const MAX_CID: u64 = u32::MAX as u64 - 1;
 
 /// The vsock device of the `-device` values, if any.
 pub fn parse_vsock(devices: &[String]) -> Result<Option<VsockConfig>, SettingsError> {
@@ -51,11 +46,12 @@ pub fn parse_vsock(devices: &[String]) -> Result<Option<VsockConfig>, SettingsEr
         .number::<u64>("guest-cid")
         .map_err(|r| invalid("device", value, r))?
         .ok_or_else(|| invalid("device", value, "guest-cid=<N> is required"))?;
-    if !(MIN_CID..=MAX_CID).contains(&cid) {
+    if !VSOCK_GUEST_CIDS.contains(&cid) {
+        let (min, max) = (VSOCK_GUEST_CIDS.start(), VSOCK_GUEST_CIDS.end());
         return Err(invalid(
             "device",
             value,
-            format!("guest-cid must be between {MIN_CID} and {MAX_CID}"),
+            format!("guest-cid must be between {min} and {max}"),
         ));
     }
     let backend = if hybrid {

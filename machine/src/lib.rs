@@ -44,5 +44,6 @@ pub use seccomp::{
     SIGSYS_EXIT_STATUS,
 };
 pub use vcpu::{StopReason, VcpuFault};
+pub use virtio::vsock::GUEST_CIDS as VSOCK_GUEST_CIDS;
 pub use virtio::{Aio, MacAddr, RngOptions};
 pub use vm::{run, run_notifying, ExitReason};

@@ -33,7 +33,7 @@ use vhost::vsock::VhostVsock as VsockOps;
 use vhost::VhostBackend;
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::kernel::KernelVsock;
@@ -41,9 +41,9 @@ use self::setup::Vring;
 use crate::device::{
     feature, read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
 };
+use crate::vsock::event::{post_event, Posted};
 
-/// Virtio device ID of a socket device.
-pub use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK as DEVICE_TYPE_VSOCK;
+pub use crate::vsock::DEVICE_TYPE_VSOCK;
 /// The vhost-vsock control device.
 pub const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
 /// The receive queue (vhost's).
@@ -63,9 +63,7 @@ const VHOST_QUEUES: usize = 2;
 pub const VIRTIO_VSOCK_F_SEQPACKET: u32 = 1;
 /// The event id of `struct virtio_vsock_event` that tells the driver its connections are gone
 /// and the guest CID must be read again (linux/virtio_vsock.h).
-pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
-/// Bytes of `struct virtio_vsock_event` (one le32 id).
-const EVENT_LEN: u32 = 4;
+pub use crate::vsock::event::EVENT_TRANSPORT_RESET as VIRTIO_VSOCK_EVENT_TRANSPORT_RESET;
 
 /// The features Nimbus can offer with a vhost-vsock back end: the ring features vhost
 /// implements (as QEMU's virtio devices offer them), VERSION_1, and SEQPACKET. VHOST_F_LOG_ALL
@@ -164,7 +162,7 @@ impl<T: VhostBackend + VsockOps + Send> VhostVsockBackend for T {}
 
 /// Checks `cid` as the kernel will (and as QEMU does before opening anything).
 pub fn check_guest_cid(cid: u64) -> Result<(), VhostVsockError> {
-    if cid <= 2 || cid >= u64::from(u32::MAX) {
+    if !crate::vsock::GUEST_CIDS.contains(&cid) {
         return Err(VhostVsockError::InvalidCid { cid });
     }
     Ok(())
@@ -246,19 +244,18 @@ impl<B: VhostVsockBackend> VhostVsock<B> {
         if !active.event_queue.ready() {
             return Ok(false);
         }
-        let ring = QueueError::ring(EVENT_QUEUE);
         let mem = Arc::clone(&active.mem);
-        let chain = active.event_queue.iter(mem.as_ref()).map_err(ring)?.next();
-        let Some(chain) = chain else {
-            warn!("vhost-vsock: no event buffer; transport reset event lost");
-            return Ok(false);
-        };
-        let head = chain.head_index();
-        let written = write_event(mem.as_ref(), chain, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
-        active
-            .event_queue
-            .add_used(mem.as_ref(), head, written)
-            .map_err(ring)?;
+        let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET;
+        let posted = post_event(&mut active.event_queue, mem.as_ref(), id, EVENT_QUEUE)?;
+        match posted {
+            Posted::NoBuffer => {
+                warn!("vhost-vsock: no event buffer; transport reset event lost");
+                return Ok(false);
+            }
+            Posted::Short => warn!("vhost-vsock: event buffer too short"),
+            Posted::Written => {}
+        }
+        let ring = QueueError::ring(EVENT_QUEUE);
         if active
             .event_queue
             .needs_notification(mem.as_ref())
@@ -268,7 +265,7 @@ impl<B: VhostVsockBackend> VhostVsock<B> {
                 warn!("vhost-vsock: cannot raise interrupt: {err}");
             }
         }
-        Ok(written == EVENT_LEN)
+        Ok(posted == Posted::Written)
     }
 
     /// Stops vhost if the device runs; it no longer touches guest memory afterwards.
@@ -277,29 +274,6 @@ impl<B: VhostVsockBackend> VhostVsock<B> {
             if let Err(err) = self.backend.stop() {
                 warn!("vhost-vsock: cannot stop the back end: {err}");
             }
-        }
-    }
-}
-
-/// Writes `struct virtio_vsock_event { le32 id }` into the chain's writable buffers; returns
-/// the bytes written (0 when they hold fewer than 4).
-fn write_event(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, id: u32) -> u32 {
-    let mut writer = match Writer::new(mem, chain) {
-        Ok(writer) => writer,
-        Err(err) => {
-            warn!("vhost-vsock: unusable event buffer: {err}");
-            return 0;
-        }
-    };
-    if writer.available_bytes() < EVENT_LEN as usize {
-        warn!("vhost-vsock: event buffer too short");
-        return 0;
-    }
-    match io::Write::write_all(&mut writer, &id.to_le_bytes()) {
-        Ok(()) => EVENT_LEN,
-        Err(err) => {
-            warn!("vhost-vsock: cannot write the event: {err}");
-            0
         }
     }
 }

@@ -18,6 +18,7 @@
 //! [`muxer::MAX_QUEUED_RSTS`] RSTs of 44 bytes waiting for receive buffers.
 
 mod connection;
+pub(crate) mod event;
 pub mod muxer;
 pub mod packet;
 mod socket;
@@ -40,6 +41,7 @@ use crate::device::{
     ActivateError, FdChange, Interrupt, QueueError, Readiness, VirtioDevice, INT_USED_BUFFER,
 };
 pub use connection::{BUF_ALLOC, CREDIT_UPDATE_THRESHOLD};
+use event::Posted;
 use muxer::Muxer;
 pub use muxer::{VsockCounters, CONN_TIMEOUT, MAX_CONNECTIONS};
 use packet::{check, Header, Verdict, HEADER_SIZE, MAX_PAYLOAD};
@@ -48,12 +50,11 @@ use packet::{check, Header, Verdict, HEADER_SIZE, MAX_PAYLOAD};
 pub use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK as DEVICE_TYPE_VSOCK;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// The lowest context id a guest may have (0-2 are the hypervisor, local and host).
-pub const MIN_GUEST_CID: u64 = 3;
+/// The context ids a guest may have: 0-2 are the hypervisor, local and the host, and Linux's
+/// ids are 32-bit with `u32::MAX` meaning "any".
+pub const GUEST_CIDS: std::ops::RangeInclusive<u64> = 3..=(u32::MAX as u64 - 1);
 /// Tokens of [`FdChange::Add`] stay below this.
 pub(crate) const MAX_TOKEN: u32 = 1 << 31;
-/// `struct virtio_vsock_event`'s id for a transport reset.
-const EVENT_TRANSPORT_RESET: u32 = 0;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -78,7 +79,7 @@ pub struct VsockOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     /// A reserved context id.
-    #[error("guest-cid must be at least {MIN_GUEST_CID} and below 2^32 - 1, not {0}")]
+    #[error("guest-cid must be between 3 and 4294967294, not {0}")]
     Cid(u64),
     /// Something that is not a socket sits at `uds-path`.
     #[error("{0:?} exists and is not a socket")]
@@ -121,7 +122,7 @@ pub struct Vsock {
 impl Vsock {
     /// Listens on `options.uds_path` (replacing a stale socket there) for guest `options.cid`.
     pub fn new(options: &VsockOptions) -> Result<Vsock, VsockError> {
-        if options.cid < MIN_GUEST_CID || options.cid >= u64::from(u32::MAX) {
+        if !GUEST_CIDS.contains(&options.cid) {
             return Err(VsockError::Cid(options.cid));
         }
         let listener = listen(&options.uds_path)?;
@@ -182,23 +183,15 @@ impl Vsock {
             return;
         }
         let mem = Arc::clone(&active.mem);
-        let Ok(mut iter) = active.queues[EVENT].iter(mem.as_ref()) else {
-            return;
-        };
-        let Some(chain) = iter.next() else { return };
-        let head = chain.head_index();
-        let written = match Writer::new(mem.as_ref(), chain) {
-            Ok(mut writer) if writer.available_bytes() >= 4 => writer
-                .write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
-                .map_or(0, |()| 4),
-            _ => 0,
-        };
-        if active.queues[EVENT]
-            .add_used(mem.as_ref(), head, written)
-            .is_ok()
-        {
-            self.reset_event_owed = written == 0;
-            notify(active);
+        let id = event::EVENT_TRANSPORT_RESET;
+        match event::post_event(&mut active.queues[EVENT], mem.as_ref(), id, EVENT as u16) {
+            Ok(Posted::NoBuffer) => {}
+            Ok(posted) => {
+                // A buffer too short to hold it is given back; the next one gets the event.
+                self.reset_event_owed = posted == Posted::Short;
+                notify(active);
+            }
+            Err(e) => warn!("vsock: cannot post the transport reset event: {e}"),
         }
     }
 
