@@ -96,7 +96,9 @@ impl Connection {
             state: State::Established,
             owed: Owed::default(),
             queued: false,
-            readable: false,
+            // The socket may hold bytes already (a host program that wrote past its CONNECT
+            // line, a peer that wrote at accept): the first read finds out.
+            readable: true,
             writable: true,
             pending: Vec::new(),
             fwd_cnt: 0,

@@ -220,7 +220,16 @@ impl Vsock {
                     let len = hdr.len as usize;
                     self.muxer.on_packet(&hdr, op, &active.scratch[..len]);
                 }
-                Some((_, Verdict::DropWrongCid)) => self.muxer.counters.wrong_cid += 1,
+                Some((hdr, Verdict::DropWrongCid)) => {
+                    if self.muxer.counters.wrong_cid == 0 {
+                        warn!(
+                            "vsock: dropped a packet from CID {} to CID {} (the guest is {}, \
+                             the host 2); further ones are only counted",
+                            hdr.src_cid, hdr.dst_cid, self.cid
+                        );
+                    }
+                    self.muxer.counters.wrong_cid += 1;
+                }
                 Some((hdr, Verdict::Reset(why))) => self.muxer.on_malformed(&hdr, why),
                 None => self.muxer.counters.bad_chains += 1,
             }

@@ -217,6 +217,13 @@ impl Muxer {
 
     /// A malformed packet from the guest: the connection it names is reset.
     pub fn on_malformed(&mut self, hdr: &Header, why: Malformed) {
+        if self.counters.malformed == 0 {
+            warn!(
+                "vsock: reset guest port {} after a malformed packet ({why:?}); further ones \
+                 are only counted",
+                hdr.src_port
+            );
+        }
         self.counters.malformed += 1;
         debug!("vsock: malformed packet ({why:?}): {hdr:?}");
         let key = (hdr.dst_port, hdr.src_port);
