@@ -151,23 +151,20 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The one queue of a single-queue device; an error for any other count, or for a ready queue
-/// whose rings are not inside guest RAM.
-pub(crate) fn single_queue(
-    mut queues: Vec<Queue>,
+/// The `N` queues of a device with `N` queues; an error for any other count, or for a ready
+/// queue whose rings are not inside guest RAM.
+pub(crate) fn checked_queues<const N: usize>(
+    queues: Vec<Queue>,
     mem: &GuestMemoryMmap,
-) -> Result<Queue, ActivateError> {
-    if queues.len() != 1 {
-        return Err(ActivateError::QueueCount {
-            expected: 1,
-            got: queues.len(),
-        });
+) -> Result<[Queue; N], ActivateError> {
+    let queues = <[Queue; N]>::try_from(queues).map_err(|queues| ActivateError::QueueCount {
+        expected: N,
+        got: queues.len(),
+    })?;
+    match queues.iter().position(|q| q.ready() && !q.is_valid(mem)) {
+        Some(bad) => Err(ActivateError::InvalidQueue(bad)),
+        None => Ok(queues),
     }
-    let queue = queues.remove(0);
-    if queue.ready() && !queue.is_valid(mem) {
-        return Err(ActivateError::InvalidQueue(0));
-    }
-    Ok(queue)
 }
 
 /// A descriptor a device started or stopped using while it runs (a vsock connection's socket),

@@ -19,7 +19,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::device::{
-    single_queue, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+    checked_queues, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
 };
 
 /// Virtio device ID of an entropy source.
@@ -290,7 +290,7 @@ impl VirtioDevice for Rng {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues, mem.as_ref())?;
+        let [queue] = checked_queues(queues, mem.as_ref())?;
         self.active = Some(Active {
             mem,
             queue,

@@ -24,7 +24,7 @@ pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::uring::{Completion, Uring};
 use crate::device::feature;
 use crate::device::{
-    read_config_bytes, single_queue, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
+    checked_queues, read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
     INT_USED_BUFFER,
 };
 use crate::DEVICE_TYPE_BLOCK;
@@ -276,7 +276,7 @@ impl VirtioDevice for BlockState {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let queue = single_queue(queues, mem.as_ref())?;
+        let [queue] = checked_queues(queues, mem.as_ref())?;
         self.active = Some(Active {
             mem,
             queue,

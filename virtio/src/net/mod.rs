@@ -40,8 +40,8 @@ pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
 pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
 use crate::device::{
-    feature, read_config_bytes, to_u16, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
-    INT_USED_BUFFER,
+    checked_queues, feature, read_config_bytes, to_u16, ActivateError, Interrupt, QueueError,
+    Shared, VirtioDevice, INT_USED_BUFFER,
 };
 
 /// Virtio device ID of a network device.
@@ -524,16 +524,9 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let [mut rx, mut tx] =
-            <[Queue; 2]>::try_from(queues).map_err(|queues| ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            })?;
+        let [mut rx, mut tx] = checked_queues(queues, mem.as_ref())?;
         let event_idx = acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
-        for (index, queue) in [&mut rx, &mut tx].into_iter().enumerate() {
-            if queue.ready() && !queue.is_valid(mem.as_ref()) {
-                return Err(ActivateError::InvalidQueue(index));
-            }
+        for queue in [&mut rx, &mut tx] {
             queue.set_event_idx(event_idx);
         }
         if rx.ready() {

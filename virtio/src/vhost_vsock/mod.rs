@@ -39,7 +39,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use self::kernel::KernelVsock;
 use self::setup::Vring;
 use crate::device::{
-    feature, read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+    checked_queues, feature, read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice,
+    INT_USED_BUFFER,
 };
 use crate::vsock::event::{post_event, Posted};
 
@@ -305,16 +306,7 @@ impl<B: VhostVsockBackend> VirtioDevice for VhostVsock<B> {
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
         self.stop();
-        let [rx, tx, mut event] =
-            <[Queue; 3]>::try_from(queues).map_err(|queues| ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            })?;
-        for (index, queue) in [&rx, &tx, &event].into_iter().enumerate() {
-            if queue.ready() && !queue.is_valid(mem.as_ref()) {
-                return Err(ActivateError::InvalidQueue(index));
-            }
-        }
+        let [rx, tx, mut event] = checked_queues(queues, mem.as_ref())?;
         let rings = [
             Vring {
                 queue: &rx,

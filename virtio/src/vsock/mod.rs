@@ -38,7 +38,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::device::{
-    ActivateError, FdChange, Interrupt, QueueError, Readiness, VirtioDevice, INT_USED_BUFFER,
+    checked_queues, ActivateError, FdChange, Interrupt, QueueError, Readiness, VirtioDevice,
+    INT_USED_BUFFER,
 };
 pub use connection::{BUF_ALLOC, CREDIT_UPDATE_THRESHOLD};
 use event::Posted;
@@ -100,7 +101,7 @@ pub enum VsockError {
 
 struct Active {
     mem: Arc<GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    queues: [Queue; 3],
     interrupt: Interrupt,
     /// One packet's payload on its way between a socket and the guest.
     scratch: Vec<u8>,
@@ -391,18 +392,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: queues.len(),
-            });
-        }
-        if let Some(bad) = queues
-            .iter()
-            .position(|q| q.ready() && !q.is_valid(mem.as_ref()))
-        {
-            return Err(ActivateError::InvalidQueue(bad));
-        }
+        let queues = checked_queues(queues, mem.as_ref())?;
         self.active = Some(Active {
             mem,
             queues,
