@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::kata::KataSandbox;
 use common::tap::{inherit_as_fd3, open_tap, root, TapGuard};
 use common::{kvm_usable, scratch_dir, VmConfig};
 use kit::{disk_args, kit, kit_cmdline, KitVm};
@@ -517,13 +518,6 @@ fn kit_agent_answers_kata_style_hybrid_vsock_connections_one_after_another() {
     );
 }
 
-/// Kata's StratoVirt-driver parameters, then the kit's (later ones win).
-const KATA_PARAMS: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
-    i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
-    net.ifnames=0 pci=lastbus=0 console=hvc0 console=hvc1 debug panic=1 nr_cpus=1 \
-    scsi_mod.scan=none agent.log=debug reboot=k panic=1 net.ifnames=0 pci=off iommu=off \
-    acpi=off quiet 8250.nr_uarts=0";
-
 /// Kata Containers' argument list as its StratoVirt driver sends it (see
 /// docs/container-runtimes.md), with two changes: its `vhost-vsock-device,...,vhostfd=` is
 /// replaced by the hybrid `virtio-vsock-device,id=vsock-id,guest-cid=3,uds-path=...`, and
@@ -544,49 +538,19 @@ fn kata_argument_list_with_hybrid_vsock_reaches_the_kit_agent() {
     let tap = TapGuard::create();
     let tap_fd = open_tap(&tap.name);
     let qmp = dir.0.join("qmp.socket");
-    let args: Vec<String> = [
-        "-name",
-        "sandbox-0123456789abcdef",
-        "-uuid",
-        "6d6c6b92-3d3e-4a60-9d3c-6f3bfae58d20",
-        "-smp",
-        "1",
-        "-m",
-        "256",
-        "-kernel",
-        &kit.vmlinux().display().to_string(),
-        "-append",
-        &format!("{KATA_PARAMS} {}", agent_cmdline()),
-        "-qmp",
-        &format!("unix:{},server,nowait", qmp.display()),
-        "-D",
-        "-disable-seccomp",
-        "-machine",
-        "type=microvm,dump-guest-core=off",
-        "-object",
-        "rng-random,id=objrng0,filename=/dev/urandom",
-        "-device",
-        "virtio-rng-device,rng=objrng0,id=virtio-rng0",
-        "-drive",
-        &format!(
-            "id=rootfs,file={},readonly=on,direct=off",
-            kit.rootfs().display()
-        ),
-        "-device",
-        "virtio-blk-device,drive=rootfs,id=virtio-blk0",
-        "-device",
-        &format!(
+    let args = KataSandbox {
+        kernel: &kit.vmlinux(),
+        mem_mib: 256,
+        append: &agent_cmdline(),
+        qmp: &qmp,
+        rootfs: &kit.rootfs(),
+        mem_share: false,
+        vsock: Some(format!(
             "virtio-vsock-device,id=vsock-id,guest-cid={GUEST_CID},uds-path={}",
             uds.display()
-        ),
-        "-netdev",
-        "tap,id=eth0,fds=3",
-        "-device",
-        "virtio-net-device,netdev=eth0,id=eth0,mac=52:54:00:12:34:56",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        )),
+    }
+    .args();
 
     let spawned = Instant::now();
     let fd = tap_fd.as_raw_fd();

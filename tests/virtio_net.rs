@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::kata::KataSandbox;
 use common::tap::{inherit_as_fd3, open_tap, root, TapGuard};
 use common::{
     kvm_usable, lines, proc_stat_fields, qmp_args, run, scratch_dir, Format, Output, QmpClient, Vm,
@@ -370,47 +371,17 @@ fn kata_argument_list_with_its_tap_as_fd_3_boots_the_guest() {
     let image = scratch.join(format!("kata-rootfs-{}.img", std::process::id()));
     std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
     let qmp = scratch.join(format!("kata-qmp-{}.sock", std::process::id()));
-    let kernel = common::guest("hello.elf").display().to_string();
-    let args: Vec<String> = [
-        "-name",
-        "sandbox-0123456789abcdef",
-        "-uuid",
-        "6d6c6b92-3d3e-4a60-9d3c-6f3bfae58d20",
-        "-smp",
-        "1",
-        "-m",
-        "128",
-        "-kernel",
-        &kernel,
-        "-append",
-        "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
-                    i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k \
-                    cryptomgr.notests net.ifnames=0 pci=lastbus=0 console=hvc0 console=hvc1 \
-                    debug panic=1 nr_cpus=1 scsi_mod.scan=none agent.log=debug \
-                    reboot=k panic=1 net.ifnames=0 pci=off iommu=off acpi=off quiet \
-                    8250.nr_uarts=0 nimbus.test=net",
-        "-qmp",
-        &format!("unix:{},server,nowait", qmp.display()),
-        "-D",
-        "-disable-seccomp",
-        "-machine",
-        "type=microvm,dump-guest-core=off,mem-share=on",
-        "-object",
-        "rng-random,id=objrng0,filename=/dev/urandom",
-        "-device",
-        "virtio-rng-device,rng=objrng0,id=virtio-rng0",
-        "-drive",
-        &format!("id=rootfs,file={},readonly=on,direct=off", image.display()),
-        "-device",
-        "virtio-blk-device,drive=rootfs,id=virtio-blk0",
-        "-netdev",
-        "tap,id=eth0,fds=3",
-        "-device",
-        "virtio-net-device,netdev=eth0,id=eth0,mac=52:54:00:12:34:56",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let kernel = common::guest("hello.elf");
+    let args = KataSandbox {
+        kernel: &kernel,
+        mem_mib: 128,
+        append: "nimbus.test=net",
+        qmp: &qmp,
+        rootfs: &image,
+        mem_share: true,
+        vsock: None,
+    }
+    .args();
     let mut vm = spawn_with_fd3(&args, tap_fd.as_raw_fd());
     receive_ping(&socket, &mut vm);
 
