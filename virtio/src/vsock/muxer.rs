@@ -31,8 +31,9 @@ use super::{FdChange, Readiness};
 
 /// Connections per device; REQUESTs beyond it get a RST.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Host programs connected to `uds-path` that have not finished their `CONNECT` line.
-pub const MAX_AWAITING: usize = 64;
+/// Host programs connected to `uds-path` that have not finished their `CONNECT` line (a burst
+/// of connections is accepted at once, before any line is read).
+pub const MAX_AWAITING: usize = 256;
 /// RSTs for unknown connections held while the guest gives no receive buffers; more are
 /// dropped (and counted).
 pub const MAX_QUEUED_RSTS: usize = 256;

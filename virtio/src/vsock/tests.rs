@@ -301,6 +301,21 @@ fn guest_refusal_or_silence_closes_the_host_socket() {
 }
 
 #[test]
+fn a_burst_of_host_programs_all_get_their_connection() {
+    let mut h = Harness::new("burst");
+    let hosts: Vec<UnixStream> = (0..100)
+        .map(|port| {
+            let mut host = UnixStream::connect(&h.uds).unwrap();
+            writeln!(host, "CONNECT {port}").unwrap();
+            host
+        })
+        .collect();
+    h.settle();
+    assert_eq!(h.dev.lock().connection_count(), hosts.len());
+    assert_eq!(h.closed, 0);
+}
+
+#[test]
 fn bad_connect_lines_are_closed() {
     let mut h = Harness::new("badline");
     let mut host = UnixStream::connect(&h.uds).unwrap();
