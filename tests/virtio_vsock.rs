@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{kvm_usable, run, Format, Output, Vm, VmConfig};
+use common::{kvm_usable, qmp_args, run, Format, Output, QmpClient, Vm, VmConfig};
 
 /// The port Nimbus gives the first connection a host program makes.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
@@ -628,4 +628,54 @@ fn vhost_vsock_without_the_kernel_device_is_one_line_naming_it() {
         "{}",
         out.describe()
     );
+}
+
+/// QMP `stop` takes the device's sockets off the loop with the rest of the device: bytes a host
+/// program sends meanwhile wait in its socket, and come back from the guest after `cont`.
+#[test]
+fn stopped_vm_holds_host_bytes_until_cont() {
+    if !kvm_usable() {
+        return;
+    }
+    let sockets = Sockets::new("stop");
+    let qmp_path = sockets.dir.join("qmp.sock");
+    let mut config = VmConfig::new(
+        Format::Elf,
+        128,
+        "console=ttyS0 nimbus.test=vsock-echo vsock.port=5000 vsock.conns=1",
+    );
+    config.extra_args = vec!["-device".into(), sockets.device()];
+    config.extra_args.extend(qmp_args(&qmp_path));
+    let mut vm = Vm::spawn(&config.args());
+    vm.wait_for_line("vsock: listening port=5000", STEP);
+    let mut qmp = QmpClient::connect(&qmp_path);
+    let (mut stream, answer) =
+        connect_guest(&sockets, 5000).unwrap_or_else(|e| vm.fail(&format!("CONNECT: {e}")));
+    ok_port(&mut vm, &answer);
+    let back = round_trip(&stream, b"before").unwrap_or_else(|e| vm.fail(&format!("echo: {e}")));
+    assert_eq!(back, b"before");
+
+    qmp.ok("stop", serde_json::json!({}));
+    stream
+        .write_all(b"while stopped")
+        .unwrap_or_else(|e| vm.fail(&format!("write: {e}")));
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap_or_else(|e| vm.fail(&format!("timeout: {e}")));
+    let mut buf = [0u8; 64];
+    if let Ok(n) = stream.read(&mut buf) {
+        vm.fail(&format!("{n} bytes came back while the VM was stopped"));
+    }
+    qmp.ok("cont", serde_json::json!({}));
+    stream
+        .set_read_timeout(Some(STEP))
+        .unwrap_or_else(|e| vm.fail(&format!("timeout: {e}")));
+    let mut back = vec![0u8; b"while stopped".len()];
+    stream
+        .read_exact(&mut back)
+        .unwrap_or_else(|e| vm.fail(&format!("after cont: {e}")));
+    assert_eq!(back, b"while stopped");
+    drop(stream);
+    let out = finished(vm);
+    out.assert_exit_code(0);
 }
