@@ -18,6 +18,9 @@
  *     on vsock port 1024, prints `KIT agent listening on vsock port 1024`, sends
  *     `agent log: started` to the host's port 1025 and answers requests line by
  *     line, one connection after another
+ *   kit.mode=fs: mounts virtio-fs (tag from kit.fstag=, default myfs) on /mnt (see
+ *     fs_mode() below): prints `KIT fs read: <hello.txt>`, writes from-guest.txt,
+ *     prints `KIT fs many: <entries in many/>` and `KIT fs done`, then restarts
  *   anything else: print `KIT unknown kit.mode=<mode>` and restart
  */
 
@@ -503,6 +506,154 @@ static void agent(void)
 	}
 }
 
+/* ---- kit.mode=fs ------------------------------------------------------------------------
+ *
+ * Exercises a virtio-fs device (e.g. a vhost-user-fs device with virtiofsd behind it):
+ *
+ *   1. mount -t virtiofs <tag> /mnt, the tag from `kit.fstag=` (default `myfs`)
+ *   2. read /mnt/hello.txt and print `KIT fs read: <content>` (its last newline dropped, any
+ *      other newline or carriage return shown as `\n`/`\r`, at most 400 bytes)
+ *   3. create /mnt/from-guest.txt with the line FS_GUEST_LINE, fsync and close it
+ *   4. count the entries of /mnt/many (without . and ..): `KIT fs many: <n>`
+ *   5. print `KIT fs done` and restart
+ *
+ * A failed step prints `KIT fs error <step> errno=<n>` (steps: mount, open-hello, read-hello,
+ * create, write, fsync, close, open-many, getdents) and restarts. The console log level is
+ * set to 4 first, so that kernel errors still show but no informational message lands in
+ * the middle of a line.
+ */
+
+#define FS_GUEST_LINE "written by the guest through virtio-fs\n"
+#define FS_CONTENT_MAX 400
+
+/* Prints `KIT fs error <step> errno=<errno>` in one write. */
+static void fs_error(const char *step)
+{
+	char line[LINE_MAX_LEN] = "KIT fs error ";
+
+	append(line, step);
+	append(line, " errno=");
+	append_num(line, errno);
+	append(line, "\n");
+	put(line);
+}
+
+/* Prints `KIT fs read: <content>` from /mnt/hello.txt; -1 on an error. */
+static int fs_read_hello(void)
+{
+	static char content[FS_CONTENT_MAX + 1];
+	char line[LINE_MAX_LEN * 2] = "KIT fs read: ";
+	size_t len = strlen(line);
+	int fd, n, total = 0, i;
+
+	fd = open("/mnt/hello.txt", O_RDONLY, 0);
+	if (fd < 0) {
+		fs_error("open-hello");
+		return -1;
+	}
+	while (total < FS_CONTENT_MAX && (n = read(fd, content + total, FS_CONTENT_MAX - total)) > 0)
+		total += n;
+	if (n < 0) {
+		fs_error("read-hello");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	if (total > 0 && content[total - 1] == '\n')
+		total--;
+	for (i = 0; i < total; i++) {
+		if (content[i] == '\n' || content[i] == '\r') {
+			line[len++] = '\\';
+			line[len++] = content[i] == '\n' ? 'n' : 'r';
+		} else {
+			line[len++] = content[i];
+		}
+	}
+	line[len++] = '\n';
+	/* one write, so that no kernel message lands inside the line */
+	write(1, line, len);
+	return 0;
+}
+
+/* Creates /mnt/from-guest.txt with FS_GUEST_LINE and fsyncs it; -1 on an error. */
+static int fs_write_file(void)
+{
+	int fd = open("/mnt/from-guest.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (fd < 0) {
+		fs_error("create");
+		return -1;
+	}
+	if (write_all(fd, FS_GUEST_LINE, strlen(FS_GUEST_LINE)) < 0) {
+		fs_error("write");
+		close(fd);
+		return -1;
+	}
+	if (fsync(fd) < 0) {
+		fs_error("fsync");
+		close(fd);
+		return -1;
+	}
+	if (close(fd) < 0) {
+		fs_error("close");
+		return -1;
+	}
+	return 0;
+}
+
+/* Prints `KIT fs many: <n>`, the entries of /mnt/many without . and ..; -1 on an error. */
+static int fs_count_many(void)
+{
+	static char dents[4096];
+	char line[LINE_MAX_LEN] = "KIT fs many: ";
+	unsigned long count = 0;
+	int fd = open("/mnt/many", O_RDONLY | O_DIRECTORY, 0);
+	int n;
+
+	if (fd < 0) {
+		fs_error("open-many");
+		return -1;
+	}
+	while ((n = getdents64(fd, (struct linux_dirent64 *)dents, sizeof(dents))) > 0) {
+		int off = 0;
+
+		while (off < n) {
+			struct linux_dirent64 *d = (struct linux_dirent64 *)(dents + off);
+
+			off += d->d_reclen;
+			if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+				continue;
+			count++;
+		}
+	}
+	if (n < 0) {
+		fs_error("getdents");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	append_num(line, count);
+	append(line, "\n");
+	put(line);
+	return 0;
+}
+
+static void fs_mode(void)
+{
+	char tag[64] = "myfs";
+
+	/* console loglevel 4: kernel errors show, informational messages do not */
+	my_syscall3(__NR_syslog, 8, 0, 4);
+	cmdline_value("kit.fstag", tag, sizeof(tag));
+	if (mount(tag, "/mnt", "virtiofs", 0, 0) < 0) {
+		fs_error("mount");
+		return;
+	}
+	if (fs_read_hello() < 0 || fs_write_file() < 0 || fs_count_many() < 0)
+		return;
+	put("KIT fs done\n");
+}
+
 int main(int argc, char **argv, char **envp)
 {
 	char mode[64] = "boot";
@@ -524,6 +675,8 @@ int main(int argc, char **argv, char **envp)
 		run_shell();
 	} else if (!strcmp(mode, "agent")) {
 		agent();
+	} else if (!strcmp(mode, "fs")) {
+		fs_mode();
 	} else {
 		put("KIT unknown kit.mode=");
 		put(mode);
