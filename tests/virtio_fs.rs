@@ -1,0 +1,385 @@
+//! virtio-fs through Nimbus's vhost-user-fs device, with Debian's C virtiofsd
+//! (`/usr/lib/qemu/virtiofsd`, package qemu-system-common) as the backend:
+//!
+//! - the kit's Linux (`kit.mode=fs`, guest-kit/kit-init.c) mounts the share, reads a file the
+//!   test wrote, writes one the test then reads on the host, and lists a directory of 1,000
+//!   files; the guest restarts and nimbus exits 0 (one kit boot, ~30-60 s under kvm-pvm);
+//! - with the project's test guest (no boot needed): a vhost-user device without
+//!   `mem-share=on`, and a socket path where nothing listens, are each one line and exit 1.
+//!
+//! Each test starts virtiofsd itself and a guard kills it (and its sandbox child) and removes
+//! its directory whatever happens.
+
+mod common;
+mod kit;
+
+use std::fs::File;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kvm_usable, replace_arg, run, scratch_dir, Format, Output, VmConfig};
+use kit::{disk_args, kit, kit_cmdline, KitVm};
+
+/// Debian 12's C virtiofsd, from qemu-system-common 7.2.
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+/// The tag the device announces and the guest mounts (kit-init's default `kit.fstag`).
+const TAG: &str = "myfs";
+/// What kit-init writes to `/mnt/from-guest.txt` (FS_GUEST_LINE in kit-init.c).
+const GUEST_LINE: &str = "written by the guest through virtio-fs\n";
+/// Files the test puts in `many/` for the guest to count.
+const MANY: usize = 1000;
+/// From spawning nimbus to its exit: ~30-60 s under kvm-pvm, twice that under load.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// For virtiofsd to listen on its socket.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A private directory in the scratch area, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = scratch_dir().join(format!("virtio-fs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test's directory");
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fails the test, naming the package, when virtiofsd is missing: tests install nothing
+/// themselves.
+fn require_virtiofsd() {
+    assert!(
+        Path::new(VIRTIOFSD).exists(),
+        "{VIRTIOFSD} is missing: install Debian's qemu-system-common (scripts/test.sh does)"
+    );
+}
+
+/// A running virtiofsd serving `source` on `socket`; killed, with the sandbox child it forks,
+/// when dropped. Its stderr goes to a file beside the socket.
+struct Virtiofsd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    command: String,
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd and waits until it listens (it logs `Waiting for vhost-user socket
+    /// connection...` after listen(2)); fails the test with its output if it exits first or
+    /// does not get there within [`LISTEN_TIMEOUT`]. It accepts one connection, so the test
+    /// never probes the socket itself.
+    fn start(source: &Path, socket: &Path, log: &Path) -> Virtiofsd {
+        require_virtiofsd();
+        let args = [
+            format!("--socket-path={}", socket.display()),
+            "-o".to_string(),
+            format!("source={}", source.display()),
+            "-o".to_string(),
+            "cache=none".to_string(),
+        ];
+        let command = format!("{VIRTIOFSD} {}", common::shell_words(&args));
+        let stderr = File::create(log).expect("create virtiofsd's log");
+        let child = Command::new(VIRTIOFSD)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("clone the log file"))
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {VIRTIOFSD}: {e}"));
+        let mut daemon = Virtiofsd {
+            child,
+            socket: socket.to_path_buf(),
+            log: log.to_path_buf(),
+            command,
+        };
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        loop {
+            if daemon
+                .stderr()
+                .contains("Waiting for vhost-user socket connection")
+            {
+                assert!(
+                    daemon.socket.exists(),
+                    "virtiofsd listens but {} does not exist\n{}",
+                    daemon.socket.display(),
+                    daemon.describe()
+                );
+                return daemon;
+            }
+            if let Some(status) = daemon.child.try_wait().expect("poll virtiofsd") {
+                panic!(
+                    "virtiofsd exited ({status}) before it listened\n{}",
+                    daemon.describe()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "virtiofsd did not listen within {LISTEN_TIMEOUT:?}\n{}",
+                daemon.describe()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How it was started and what it printed, for assertion messages.
+    fn describe(&self) -> String {
+        format!("--- {} ---\n{}", self.command, self.stderr().trim_end())
+    }
+
+    /// Waits up to `timeout` for virtiofsd to exit by itself (it does when its vhost-user
+    /// connection closes); None if it still runs.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll virtiofsd") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(") ")?.1.to_string();
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // The namespace sandbox runs the file server in a forked child (which also gets
+            // SIGTERM through PR_SET_PDEATHSIG when its parent dies): kill it by its pid too.
+            let children = children_of(self.child.id());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in children {
+                // SAFETY: kill(2) only sends a signal, to virtiofsd's own child.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `-chardev socket,... -device vhost-user-fs-device,...` for the socket `socket`.
+fn fs_args(socket: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=c0,path={}", socket.display()),
+        "-device".into(),
+        format!("vhost-user-fs-device,id=fs0,chardev=c0,tag={TAG}"),
+    ]
+}
+
+/// The kit's command line for this host with root read-only on `/dev/vda` and /init in
+/// `kit.mode=fs`.
+fn fs_cmdline() -> String {
+    kit_cmdline(true)
+        .split(' ')
+        .map(|w| match w {
+            "rw" => "ro",
+            "kit.mode=boot" => "kit.mode=fs",
+            w => w,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The share: `hello.txt` (its content returned) and `many/` with [`MANY`] files.
+fn populate_share(share: &Path) -> String {
+    let hello = format!("hello from the host, test pid {}", std::process::id());
+    std::fs::create_dir_all(share.join("many")).expect("create the share");
+    std::fs::write(share.join("hello.txt"), format!("{hello}\n")).expect("write hello.txt");
+    for i in 0..MANY {
+        std::fs::write(
+            share.join("many").join(format!("file-{i:04}")),
+            i.to_string(),
+        )
+        .expect("write a file in many/");
+    }
+    hello
+}
+
+/// The kit mounts the share over virtio-fs, reads hello.txt (content checked), writes
+/// from-guest.txt (checked on the host), counts the 1,000 entries of many/, and restarts:
+/// nimbus exits 0.
+#[test]
+fn kit_linux_reads_writes_and_lists_a_virtiofsd_share() {
+    if !kvm_usable() {
+        return;
+    }
+    require_virtiofsd();
+    let kit = kit();
+    let dir = TempDir::new("kit");
+    let share = dir.path("share");
+    let hello = populate_share(&share);
+    let socket = dir.path("virtiofsd.sock");
+    let mut daemon = Virtiofsd::start(&share, &socket, &dir.path("virtiofsd.log"));
+
+    let mut config = VmConfig {
+        kernel: kit.vmlinux(),
+        mem_mib: 256,
+        cpus: 2,
+        append: fs_cmdline(),
+        initrd: None,
+        extra_args: disk_args("rootfs", &kit.rootfs(), true),
+    };
+    config.extra_args.extend(fs_args(&socket));
+    let args = replace_arg(config.args(), "-machine", "microvm,mem-share=on");
+    let vm = KitVm::spawn_with(&args, |_| {});
+    let transcript = vm.wait_exit(BOOT_TIMEOUT);
+    let daemon_status = daemon.wait_exit(Duration::from_secs(5));
+    let describe = format!(
+        "{}\n{}\nvirtiofsd exit: {}",
+        transcript.describe(),
+        daemon.describe(),
+        daemon_status.map_or("still running (killed by the test)".into(), |s| s
+            .to_string())
+    );
+
+    let texts = transcript.texts();
+    let has = |line: &str| texts.contains(&line);
+    if let Some(error) = texts.iter().find(|l| l.starts_with("KIT fs error ")) {
+        panic!("the guest reported `{error}`\n{describe}");
+    }
+    assert!(
+        has(&format!("KIT fs read: {hello}")),
+        "the guest did not print `KIT fs read: {hello}`\n{describe}"
+    );
+    assert!(
+        has(&format!("KIT fs many: {MANY}")),
+        "the guest did not count {MANY} entries in many/\n{describe}"
+    );
+    assert!(has("KIT fs done"), "no `KIT fs done`\n{describe}");
+    assert!(
+        !texts.iter().any(|l| l.starts_with("Kernel panic")),
+        "the kernel panicked\n{describe}"
+    );
+    let written = std::fs::read_to_string(share.join("from-guest.txt"))
+        .unwrap_or_else(|e| panic!("read from-guest.txt on the host: {e}\n{describe}"));
+    assert_eq!(
+        written, GUEST_LINE,
+        "from-guest.txt on the host\n{describe}"
+    );
+    assert_eq!(
+        transcript.status.and_then(|s| s.code()),
+        Some(0),
+        "nimbus must exit 0 when the guest restarts\n{describe}"
+    );
+    eprintln!(
+        "virtio-fs with virtiofsd: `KIT fs done` {:.1} s after spawn, exit {:.1} s",
+        transcript.seconds_to("KIT fs done").unwrap_or(f64::NAN),
+        transcript.elapsed.as_secs_f64()
+    );
+}
+
+/// Exit status 1, one stderr line, and no guest ran.
+fn assert_one_line_refusal(out: &Output, what: &str, names: impl Fn(&str) -> bool) {
+    out.assert_exit_code(1);
+    assert!(
+        names(out.first_stderr_line()),
+        "stderr's line does not name {what}\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "stderr is not one line\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("NIMBUS-GUEST"),
+        "a guest ran\n{}",
+        out.describe()
+    );
+}
+
+/// Without `mem-share=on` (virtiofsd listening, so nothing else is wrong) the error names the
+/// flag; with shared memory but a socket path where nothing listens (no file, or a socket
+/// file whose listener is gone) it names the path. Each is one line and exit status 1; the
+/// missing path is not created.
+#[test]
+fn vhost_user_fs_without_shared_memory_or_a_listener_is_one_line_and_exit_1() {
+    if !kvm_usable() {
+        return;
+    }
+    require_virtiofsd();
+    let dir = TempDir::new("refused");
+    let share = dir.path("share");
+    std::fs::create_dir_all(&share).expect("create the share");
+
+    // No mem-share=on.
+    let socket = dir.path("virtiofsd.sock");
+    let daemon = Virtiofsd::start(&share, &socket, &dir.path("virtiofsd.log"));
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = fs_args(&socket);
+    let out = run(&config.args());
+    let context = daemon.describe();
+    drop(daemon);
+    let out = with_context(out, &context);
+    assert_one_line_refusal(&out, "mem-share=on", |line| line.contains("mem-share=on"));
+
+    // Nothing at the path.
+    let missing = dir.path("no-such.sock");
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = fs_args(&missing);
+    let args = replace_arg(config.args(), "-machine", "microvm,mem-share=on");
+    let out = run(&args);
+    let path = missing.display().to_string();
+    assert_one_line_refusal(&out, &path, |line| line.contains(&path));
+    assert!(
+        !missing.exists(),
+        "nimbus left {path} behind\n{}",
+        out.describe()
+    );
+
+    // A socket file whose listener is gone (connect(2) is refused).
+    let stale = dir.path("stale.sock");
+    drop(UnixListener::bind(&stale).expect("bind the stale socket"));
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = fs_args(&stale);
+    let args = replace_arg(config.args(), "-machine", "microvm,mem-share=on");
+    let out = run(&args);
+    let path = stale.display().to_string();
+    assert_one_line_refusal(&out, &path, |line| line.contains(&path));
+}
+
+/// `out` with `context` (virtiofsd's log) shown after the command in its description.
+fn with_context(mut out: Output, context: &str) -> Output {
+    out.command = format!("{}\n{context}", out.command);
+    out
+}
