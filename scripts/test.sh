@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v as >/dev/null || need+=(binutils)
 command -v gcc >/dev/null || need+=(gcc)
+# Real vhost-user back ends for the vhost-user tests: qemu-storage-daemon and virtiofsd.
+command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq && apt-get install -y -qq "${need[@]}"

@@ -17,6 +17,7 @@ mod netdevs;
 mod opts;
 mod rng_opts;
 mod settings;
+mod vhost_user_opts;
 mod vsock_opts;
 
 use std::error::Error;

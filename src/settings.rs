@@ -5,6 +5,7 @@ use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
+use crate::vhost_user_opts::{parse_vhost_user, VHOST_USER_BLK, VHOST_USER_FS};
 use crate::vsock_opts::{inherited_vsock_fd, parse_vsock, HYBRID_VSOCK_DEVICE, VHOST_VSOCK_DEVICE};
 use machine::layout::{MAX_RAM, MAX_VCPUS, MIN_RAM};
 use machine::{MachineConfig, RamBacking, RamOptions, SerialConfig};
@@ -74,7 +75,6 @@ const FUTURE_DEVICES: &[&str] = &[
     "virtio-balloon-device",
     "virtio-serial-device",
     "virtconsole",
-    "vhost-user-fs-device",
 ];
 
 pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
@@ -114,6 +114,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
         vsock: parse_vsock(&parsed.all("device"))?,
+        vhost_user: parse_vhost_user(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
@@ -156,7 +157,15 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
             .map(str::to_owned);
         !matches!(
             driver.as_deref(),
-            Some(BLOCK_DEVICE | NET_DEVICE | RNG_DEVICE | HYBRID_VSOCK_DEVICE | VHOST_VSOCK_DEVICE)
+            Some(
+                BLOCK_DEVICE
+                    | NET_DEVICE
+                    | RNG_DEVICE
+                    | HYBRID_VSOCK_DEVICE
+                    | VHOST_VSOCK_DEVICE
+                    | VHOST_USER_BLK
+                    | VHOST_USER_FS
+            )
         )
     });
     if let Some(device) = other_device {

@@ -122,6 +122,8 @@ pub struct MachineConfig {
     pub rng: Option<virtio::RngOptions>,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// vhost-user devices (disks and file systems served by other processes), in order.
+    pub vhost_user: Vec<virtio::VhostUserOptions>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
@@ -146,6 +148,7 @@ impl Default for MachineConfig {
             nets: Vec::new(),
             rng: None,
             vsock: None,
+            vhost_user: Vec::new(),
             qmp: None,
             seccomp: true,
         }

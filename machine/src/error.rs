@@ -138,6 +138,10 @@ pub enum MachineError {
     /// problem: one line for a missing /dev/vhost-vsock).
     #[error(transparent)]
     Vsock(crate::vsock_devices::VsockDeviceError),
+    /// A vhost-user device could not be set up (the message names the device, the back end's
+    /// socket or the request it refused).
+    #[error(transparent)]
+    VhostUser(virtio::VhostUserError),
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

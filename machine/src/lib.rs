@@ -45,5 +45,5 @@ pub use seccomp::{
 };
 pub use vcpu::{StopReason, VcpuFault};
 pub use virtio::vsock::GUEST_CIDS as VSOCK_GUEST_CIDS;
-pub use virtio::{Aio, MacAddr, RngOptions};
+pub use virtio::{Aio, MacAddr, RngOptions, VhostUserKind, VhostUserOptions};
 pub use vm::{run, run_notifying, ExitReason};

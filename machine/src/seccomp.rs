@@ -98,7 +98,14 @@ impl Seccomp {
     /// themselves and their list grows by the syscalls of device I/O.
     /// A vsock device adds what it needs (`vsock`): Unix socket calls on the VMM thread for
     /// hybrid vsock, the vhost requests on every thread for vhost-vsock.
-    pub fn new(enabled: bool, ioeventfd: bool, vsock: VsockSyscalls) -> Result<Self, SeccompError> {
+    /// vhost-user devices (`vhost_user`) give the threads that start and stop them the
+    /// socket messages of their back ends.
+    pub fn new(
+        enabled: bool,
+        ioeventfd: bool,
+        vsock: VsockSyscalls,
+        vhost_user: bool,
+    ) -> Result<Self, SeccompError> {
         let selftest = match std::env::var(SELFTEST_ENV) {
             Ok(value) => Some(parse_selftest(&value)?),
             Err(_) => None,
@@ -107,8 +114,8 @@ impl Seccomp {
             sigsys::register_handler().map_err(SeccompError::SignalHandler)?;
             let queue_io = !ioeventfd;
             Some((
-                compile(ThreadKind::Vmm, queue_io, vsock)?,
-                compile(ThreadKind::Vcpu, queue_io, vsock)?,
+                compile(ThreadKind::Vmm, queue_io, vsock, vhost_user)?,
+                compile(ThreadKind::Vcpu, queue_io, vsock, vhost_user)?,
             ))
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -200,10 +207,15 @@ fn compile(
     kind: ThreadKind,
     queue_io: bool,
     vsock: VsockSyscalls,
+    vhost_user: bool,
 ) -> Result<BpfProgram, SeccompError> {
     let err = |e| SeccompError::Compile(kind, e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for allowed in allow_list_with_vsock(kind, queue_io, vsock) {
+    let mut list = allow_list_with_vsock(kind, queue_io, vsock);
+    if vhost_user {
+        list.extend(lists::vhost_user(kind));
+    }
+    for allowed in list {
         log::trace!("{kind} thread may call {}: {}", allowed.name, allowed.why);
         let chain = rules.entry(allowed.nr).or_default();
         if let Some((arg, values)) = &allowed.only {
@@ -237,9 +249,9 @@ mod tests {
     fn both_filters_compile_for_this_architecture() {
         for (kind, queue_io) in ALL {
             for vsock in [VsockSyscalls::UnixSockets, VsockSyscalls::Vhost] {
-                compile(kind, queue_io, vsock).expect("compiles");
+                compile(kind, queue_io, vsock, true).expect("compiles");
             }
-            let program = compile(kind, queue_io, VsockSyscalls::None).expect("compiles");
+            let program = compile(kind, queue_io, VsockSyscalls::None, false).expect("compiles");
             assert!(!program.is_empty());
             // The kernel refuses programs longer than BPF_MAXINSNS.
             assert!(

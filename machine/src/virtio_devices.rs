@@ -24,7 +24,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use virtio::mmio::reg::QUEUE_NOTIFY;
 use virtio::{
-    FdChange, Interrupt, MmioTransport, Readiness, Rng, RngOptions, VirtioDevice, MMIO_WINDOW_SIZE,
+    FdChange, Interrupt, MmioTransport, Readiness, Rng, RngOptions, VhostUser, VirtioDevice,
+    MMIO_WINDOW_SIZE,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -41,9 +42,11 @@ pub struct VirtioDevices {
     pub net_slots: NetSlots,
 }
 
-/// Virtio devices besides disks and nets: the entropy and vsock devices.
+/// Virtio devices besides disks and nets: vhost-user, entropy and vsock devices.
 pub fn other_devices(config: &MachineConfig) -> usize {
-    usize::from(config.rng.is_some()) + usize::from(config.vsock.is_some())
+    config.vhost_user.len()
+        + usize::from(config.rng.is_some())
+        + usize::from(config.vsock.is_some())
 }
 
 /// The one check of the virtio device count: `drives` disks, `nets` net devices and `others`
@@ -119,6 +122,16 @@ pub fn build_virtio_devices(
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
     let (net_slots, nets) = net_devices(nets, slots.net, events)?;
     devices.extend(nets);
+    for options in &config.vhost_user {
+        let device = VhostUser::connect(options, mmio.memory()).map_err(MachineError::VhostUser)?;
+        let label = format!(
+            "{} '{}' on {:?}",
+            device_label(&options.kind),
+            options.id,
+            options.socket
+        );
+        devices.push((label, Box::new(device)));
+    }
     if let Some(vsock) = &config.vsock {
         let device = vsock_device(vsock, ioeventfd, mmio.memory()).map_err(MachineError::Vsock)?;
         devices.push(device);
@@ -151,6 +164,13 @@ pub fn build_virtio_devices(
         mmio.commit()?;
     }
     Ok(out)
+}
+
+fn device_label(kind: &virtio::VhostUserKind) -> &'static str {
+    match kind {
+        virtio::VhostUserKind::Blk { .. } => "vhost-user-blk",
+        virtio::VhostUserKind::Fs { .. } => "vhost-user-fs",
+    }
 }
 
 fn rng_device(options: &RngOptions) -> Result<Labelled, MachineError> {

@@ -82,7 +82,9 @@ pub fn run_notifying(
         Some(VsockBackend::Hybrid { .. }) => VsockSyscalls::UnixSockets,
         Some(VsockBackend::Vhost { .. }) => VsockSyscalls::Vhost,
     };
-    let seccomp = Seccomp::new(config.seccomp, ioeventfd, vsock).map_err(MachineError::Seccomp)?;
+    let vhost_user = !config.vhost_user.is_empty();
+    let seccomp = Seccomp::new(config.seccomp, ioeventfd, vsock, vhost_user)
+        .map_err(MachineError::Seccomp)?;
     // Without a monitor nothing can hot-plug: no empty slots then.
     let slots = match config.qmp {
         Some(_) => SlotCounts {

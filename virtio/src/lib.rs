@@ -17,6 +17,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+pub mod vhost_user;
 pub mod vhost_vsock;
 pub mod vsock;
 
@@ -31,6 +32,7 @@ pub use net::{
     SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
+pub use vhost_user::{VhostUser, VhostUserError, VhostUserKind, VhostUserOptions};
 pub use vhost_vsock::{
     KernelVsock, VhostVsock, VhostVsockBackend, VhostVsockError, VHOST_VSOCK_PATH,
 };

@@ -176,6 +176,26 @@ pub(crate) fn vhost_vsock() -> Allowed {
     )
 }
 
+/// What vhost-user devices add (`vhost_user/`): their requests to the back end are socket
+/// messages (`sendmsg`, with descriptors for the memory table and the eventfds; `recvmsg` for
+/// replies), made by the vCPU that starts or resets the device and by the VMM thread that
+/// stops it at exit (which already has `recvmsg` for QMP).
+pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
+    let mut list = vec![any(
+        libc::SYS_sendmsg,
+        "sendmsg",
+        "vhost-user requests to the back end",
+    )];
+    if kind == super::ThreadKind::Vcpu {
+        list.push(any(
+            libc::SYS_recvmsg,
+            "recvmsg",
+            "vhost-user replies from the back end",
+        ));
+    }
+    list
+}
+
 /// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and
 /// `TUNSETOFFLOAD` when the guest activates or resets a virtio-net device (an MMIO write).
 pub(crate) fn vcpu_ioctls() -> Vec<u64> {
