@@ -4,8 +4,9 @@
 //! - the kit's Linux (`kit.mode=fs`, guest-kit/kit-init.c) mounts the share, reads a file the
 //!   test wrote, writes one the test then reads on the host, and lists a directory of 1,000
 //!   files; the guest restarts and nimbus exits 0 (one kit boot, ~30-60 s under kvm-pvm);
-//! - with the project's test guest (no boot needed): a vhost-user device without
-//!   `mem-share=on`, and a socket path where nothing listens, are each one line and exit 1.
+//! - with the project's test guest (no boot needed): a vhost-user-fs device without
+//!   `mem-share=on`, with no socket at its path, and with a socket file nobody listens on, are
+//!   each one line and exit 1.
 //!
 //! Each test starts virtiofsd itself and a guard kills it (and its sandbox child) and removes
 //! its directory whatever happens.
@@ -328,21 +329,17 @@ fn assert_one_line_refusal(out: &Output, what: &str, names: impl Fn(&str) -> boo
     );
 }
 
-/// Without `mem-share=on` (virtiofsd listening, so nothing else is wrong) the error names the
-/// flag; with shared memory but a socket path where nothing listens (no file, or a socket
-/// file whose listener is gone) it names the path. Each is one line and exit status 1; the
-/// missing path is not created.
+/// Without `mem-share=on` (virtiofsd listening, so nothing else is wrong) a vhost-user-fs
+/// device is one line naming the flag, and exit status 1.
 #[test]
-fn vhost_user_fs_without_shared_memory_or_a_listener_is_one_line_and_exit_1() {
+fn vhost_user_fs_without_mem_share_is_one_line_naming_it() {
     if !kvm_usable() {
         return;
     }
     require_virtiofsd();
-    let dir = TempDir::new("refused");
+    let dir = TempDir::new("private");
     let share = dir.path("share");
     std::fs::create_dir_all(&share).expect("create the share");
-
-    // No mem-share=on.
     let socket = dir.path("virtiofsd.sock");
     let daemon = Virtiofsd::start(&share, &socket, &dir.path("virtiofsd.log"));
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
@@ -352,8 +349,16 @@ fn vhost_user_fs_without_shared_memory_or_a_listener_is_one_line_and_exit_1() {
     drop(daemon);
     let out = with_context(out, &context);
     assert_one_line_refusal(&out, "mem-share=on", |line| line.contains("mem-share=on"));
+}
 
-    // Nothing at the path.
+/// With shared memory but nothing at the socket path: one line naming the path, exit
+/// status 1, and the path is not created.
+#[test]
+fn vhost_user_fs_with_no_socket_at_the_path_is_one_line_naming_it() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("missing");
     let missing = dir.path("no-such.sock");
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = fs_args(&missing);
@@ -366,8 +371,16 @@ fn vhost_user_fs_without_shared_memory_or_a_listener_is_one_line_and_exit_1() {
         "nimbus left {path} behind\n{}",
         out.describe()
     );
+}
 
-    // A socket file whose listener is gone (connect(2) is refused).
+/// With shared memory and a socket file whose listener is gone (connect(2) is refused): one
+/// line naming the path, exit status 1.
+#[test]
+fn vhost_user_fs_with_no_listener_on_the_socket_is_one_line_naming_it() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = TempDir::new("stale");
     let stale = dir.path("stale.sock");
     drop(UnixListener::bind(&stale).expect("bind the stale socket"));
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
