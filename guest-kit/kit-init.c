@@ -71,7 +71,8 @@ static int cmdline_value(const char *key, char *out, int size)
 	if (read_file("/proc/cmdline", cmdline, sizeof(cmdline)) <= 0)
 		return 0;
 	while (*p) {
-		while (*p == ' ')
+		/* spaces, and the newline that ends /proc/cmdline */
+		while (*p && is_space(*p))
 			p++;
 		if (!strncmp(p, key, klen) && p[klen] == '=') {
 			int n = 0;
