@@ -261,15 +261,26 @@ fn kit_linux_reads_writes_and_lists_a_virtiofsd_share() {
     };
     config.extra_args.extend(fs_args(&socket));
     let args = replace_arg(config.args(), "-machine", "microvm,mem-share=on");
-    let vm = KitVm::spawn_with(&args, |_| {});
-    let transcript = vm.wait_exit(BOOT_TIMEOUT);
+    let mut vm = KitVm::spawn_with(&args, |_| {});
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while vm.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Kills nimbus if it still runs; either way the report shows virtiofsd's side too.
+    let transcript = vm.kill();
     let daemon_status = daemon.wait_exit(Duration::from_secs(5));
+    let daemon_exit = match daemon_status {
+        Some(status) => status.to_string(),
+        None => "still running (killed by the test)".to_string(),
+    };
     let describe = format!(
-        "{}\n{}\nvirtiofsd exit: {}",
+        "{}\n{}\nvirtiofsd exit: {daemon_exit}",
         transcript.describe(),
         daemon.describe(),
-        daemon_status.map_or("still running (killed by the test)".into(), |s| s
-            .to_string())
+    );
+    assert!(
+        transcript.status.is_some(),
+        "nimbus still ran after {BOOT_TIMEOUT:?}\n{describe}"
     );
 
     let texts = transcript.texts();
@@ -301,10 +312,16 @@ fn kit_linux_reads_writes_and_lists_a_virtiofsd_share() {
         Some(0),
         "nimbus must exit 0 when the guest restarts\n{describe}"
     );
+    let kit_lines: Vec<&str> = texts
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("KIT fs "))
+        .collect();
     eprintln!(
-        "virtio-fs with virtiofsd: `KIT fs done` {:.1} s after spawn, exit {:.1} s",
+        "virtio-fs with virtiofsd: `KIT fs done` {:.1} s after spawn, exit {:.1} s; {}",
         transcript.seconds_to("KIT fs done").unwrap_or(f64::NAN),
-        transcript.elapsed.as_secs_f64()
+        transcript.elapsed.as_secs_f64(),
+        kit_lines.join(" | ")
     );
 }
 
