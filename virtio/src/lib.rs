@@ -17,6 +17,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+mod vhost_kernel;
 pub mod vhost_vsock;
 pub mod vsock;
 
