@@ -29,7 +29,7 @@ pub use device::{
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{
     MacAddr, MacError, Net, NetCounters, NetError, NetOptions, NetSlotError, NoTap, RxOutcome,
-    SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
+    SharedNet, Tap, TapError, TapIo, VhostNet, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
 pub use vhost_vsock::{
