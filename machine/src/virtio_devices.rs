@@ -117,7 +117,7 @@ pub fn build_virtio_devices(
     let (drives, nets) = (&config.drives[..], &config.nets[..]);
     let slots = slots.fitted(drives.len(), nets.len(), other_devices(config));
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
-    let (net_slots, nets) = net_devices(nets, slots.net, events)?;
+    let (net_slots, nets) = net_devices(nets, slots.net, &mmio.memory(), events)?;
     devices.extend(nets);
     if let Some(vsock) = &config.vsock {
         let device = vsock_device(vsock, ioeventfd, mmio.memory()).map_err(MachineError::Vsock)?;

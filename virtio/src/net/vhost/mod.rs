@@ -203,17 +203,13 @@ pub struct VhostNet<B = KernelNet, T = Tap> {
 }
 
 impl VhostNet<KernelNet, Tap> {
-    /// Opens the kernel's vhost-net (`/dev/vhost-net`, or the inherited descriptor `vhostfd`,
-    /// checked and never closed) for `tap`, then as [`VhostNet::with_backend`]. `mem` must be
-    /// the guest memory the device's transport is given: vhost translates ring addresses
-    /// through it.
-    pub fn open(
+    /// A device over the kernel's vhost-net (opened with [`KernelNet::open_for`]) and `tap`,
+    /// which vhost-net gets a second descriptor of; then as [`VhostNet::with_backend`].
+    pub fn from_kernel(
         options: &NetOptions,
-        vhostfd: Option<RawFd>,
+        backend: KernelNet,
         tap: Tap,
-        mem: Arc<GuestMemoryMmap>,
     ) -> Result<VhostNet, VhostError> {
-        let backend = KernelNet::open_for(vhostfd, mem)?;
         let queue = tap.try_clone_file().map_err(VhostError::TapFd)?;
         VhostNet::with_backend(options, backend, tap, queue)
     }
