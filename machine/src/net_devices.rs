@@ -15,6 +15,7 @@
 //! [`Net::rx_ready`]: virtio::Net::rx_ready
 
 use crate::config::{NetConfig, TapSource};
+use crate::error::MachineError;
 use crate::event_loop::{input, unwatch, watch, DeviceId, EventLoop};
 use address_space::vm_memory::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -45,6 +46,23 @@ pub enum NetdevError {
     /// The device model refused its options.
     #[error(transparent)]
     Device(NetError),
+}
+
+/// The machine's error for netdev `netdev`: a vhost-net that is absent or a `vhostfd=` that is
+/// not one is a single line naming it; anything else names the netdev, then its causes.
+pub fn netdev_error(netdev: &str, err: NetdevError) -> MachineError {
+    match err {
+        NetdevError::Vhost(
+            error @ (VhostError::NotPresent { .. } | VhostError::NotVhostNet { .. }),
+        ) => MachineError::NetdevVhost {
+            netdev: netdev.to_owned(),
+            error,
+        },
+        source => MachineError::Netdev {
+            netdev: netdev.to_owned(),
+            source,
+        },
+    }
 }
 
 /// Opens the kernel's vhost-net for `config` if it asks for it (`vhost=on`, or a `vhostfd=`):

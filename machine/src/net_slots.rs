@@ -9,7 +9,9 @@
 use crate::config::NetConfig;
 use crate::error::MachineError;
 use crate::event_loop::{DeviceId, EventLoop};
-use crate::net_devices::{create_net, create_vhost_net, open_tap, open_vhost, watch_net};
+use crate::net_devices::{
+    create_net, create_vhost_net, netdev_error, open_tap, open_vhost, watch_net,
+};
 use crate::slots::{device_deleted, new_device_id, Labelled, SlotTable};
 use address_space::vm_memory::GuestMemoryMmap;
 use qmp::schema::{DeviceAddArgs, NetdevAddArgs};
@@ -62,10 +64,7 @@ pub fn net_devices(
     };
     let mut devices = Vec::new();
     for config in nets {
-        let netdev_err = |source| MachineError::Netdev {
-            netdev: config.netdev.clone(),
-            source,
-        };
+        let netdev_err = |err| netdev_error(&config.netdev, err);
         let vhost = open_vhost(config, mem).map_err(netdev_err)?;
         let tap = open_tap(config).map_err(netdev_err)?;
         if let Some(backend) = vhost {
