@@ -37,7 +37,8 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{
-    read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice, INT_USED_BUFFER,
+    read_config_bytes, ActivateError, FdChange, Interrupt, QueueError, Readiness, VirtioDevice,
+    INT_USED_BUFFER,
 };
 pub use setup::{offered_features, VhostUserSetup};
 
@@ -141,6 +142,12 @@ struct Active {
 /// A vhost-user device.
 pub struct VhostUser {
     setup: VhostUserSetup,
+    /// The back end's socket, watched for its end (a second descriptor of the frontend's).
+    watched: Option<UnixStream>,
+    /// The watch is to be added to the loop (at the device's first chance).
+    watch_pending: bool,
+    /// The back end was seen gone (said once).
+    gone: bool,
     config: Vec<u8>,
     queue_sizes: &'static [u16],
     kicks: Vec<EventFd>,
@@ -169,9 +176,13 @@ impl VhostUser {
                 path: options.socket.clone(),
                 source,
             })?;
+        let watched = stream.try_clone().map_err(VhostUserError::EventFd)?;
         let queues = queue_count(&options.kind);
         let frontend = Frontend::from_stream(stream, queues as u64);
-        VhostUser::with_frontend(options, frontend, mem)
+        let mut device = VhostUser::with_frontend(options, frontend, mem)?;
+        device.watched = Some(watched);
+        device.watch_pending = true;
+        Ok(device)
     }
 
     /// A device over an already connected `frontend` (tests hand it a scripted back end).
@@ -189,6 +200,9 @@ impl VhostUser {
             queues,
         )?;
         let mut device = VhostUser {
+            watched: None,
+            watch_pending: false,
+            gone: false,
             config: Vec::new(),
             queue_sizes: Box::leak(vec![queue_size(&options.kind); queues].into_boxed_slice()),
             kicks: Vec::new(),
@@ -214,7 +228,9 @@ impl VhostUser {
     /// Stops every queue the back end serves; it no longer touches guest memory afterwards.
     fn stop(&mut self) {
         if let Some(active) = self.active.take() {
-            self.setup.stop(&active.started);
+            if !self.gone {
+                self.setup.stop(&active.started);
+            }
         }
     }
 }
@@ -341,6 +357,34 @@ impl VirtioDevice for VhostUser {
     }
 
     fn shutdown(&mut self) {
-        self.stop();
+        // Nimbus is ending and guest memory with it: no request that a stopped back end could
+        // leave unanswered; the back end sees the socket close.
+        self.active = None;
+    }
+
+    fn take_fd_changes(&mut self) -> Vec<FdChange> {
+        match (&self.watched, std::mem::take(&mut self.watch_pending)) {
+            (Some(socket), true) => vec![FdChange::Add {
+                fd: socket.as_raw_fd(),
+                token: BACKEND_SOCKET,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    fn handle_fd_event(&mut self, token: u32, ready: Readiness) -> Result<(), QueueError> {
+        // Only the back end's end counts: its replies are the frontend's to read (never this
+        // watch's, which would take them from a request in flight on a vCPU).
+        if token != BACKEND_SOCKET || self.gone || !ready.closed {
+            return Ok(());
+        }
+        self.gone = true;
+        // The transport logs it, once, and marks the device as needing a reset.
+        Err(QueueError::BackendGone {
+            device: self.setup.name(),
+        })
     }
 }
+
+/// The token of the back end's socket among the device's added descriptors.
+const BACKEND_SOCKET: u32 = 0;
