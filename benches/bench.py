@@ -11,6 +11,9 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux):
   exits     PIO and MMIO exit round trips per second (guest action `exits`)
   blk       virtio-blk through the test guest (4 KiB random read/write, 128 KiB sequential read),
             plus the device model alone in process and fio on the same file (no VM)
+  vhostuser vhost-user-blk served by one qemu-storage-daemon on the blk image: 4 KiB random
+            reads with the test guest's blkbench, Nimbus and QEMU on the same daemon, beside
+            Nimbus's own virtio-blk on the same image
   net       virtio-net through a tap, both directions (benches/net.py)
   vsock     hybrid vsock stream throughput both ways and CONNECT->OK latency with the test guest
             (with --linux also with the kit Linux's agent), and the device model alone beside a
@@ -43,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QEMU = "qemu-system-x86_64"
 RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
-ALL = ["size", "startup", "memory", "exits", "blk", "net", "vsock", "parallel"]
+ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "parallel"]
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
 
@@ -460,6 +463,73 @@ def bench_net(res, args):
                      "path, not line rate (MB/s = frames/s x 60 B).")
 
 
+def blkbench_rate(cmd, n):
+    """Requests per second of one blkbench run of `cmd`, or None."""
+    vm = VmRun(cmd, timeout=300)
+    start = vm.at("blkbench: start")
+    end_line = vm.line("blkbench: reads=")
+    end = vm.at(end_line) if end_line else None
+    if start is None or end is None or "errors=0" not in end_line:
+        log(f"vhostuser: run failed\n{vm.describe()}")
+        return None
+    return n / (end - start)
+
+
+def bench_vhostuser(res, args):
+    ensure_image()
+    if shutil.which("qemu-storage-daemon") is None:
+        res.notes.append("vhost-user-blk: qemu-storage-daemon missing (qemu-system-common)")
+        return
+    tmp = tempfile.mkdtemp(prefix="nimbus-vu-bench-")
+    sock = os.path.join(tmp, "blk.sock")
+    daemon = subprocess.Popen(
+        ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=d,filename={IMG}",
+         "--export", f"type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={sock}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        n = args.blk_reqs
+        append = f"{BASE_APPEND} nimbus.test=blkbench nimbus.blkreads={n}"
+        vu = {
+            "nimbus": [Ctx.nimbus, "-machine", "microvm,mem-share=on", "-m", str(RAM_MIB),
+                       "-kernel", Ctx.kernel, "-serial", "stdio", "-append", append,
+                       "-chardev", f"socket,id=c,path={sock}",
+                       "-device", "vhost-user-blk-device,id=vub0,chardev=c"],
+            "qemu": [QEMU, "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off,"
+                     "memory-backend=mem", "-object",
+                     f"memory-backend-memfd,id=mem,size={RAM_MIB}M,share=on",
+                     "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", str(RAM_MIB),
+                     "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+                     "-no-reboot", "-kernel", Ctx.kernel, "-append", append,
+                     "-chardev", f"socket,id=c,path={sock}", "-device", "vhost-user-blk,chardev=c",
+                     "-global", "virtio-mmio.force-legacy=false"],
+        }
+        vals = {"nimbus": [], "qemu": []}
+        own = []
+        for _, name, _make in alternate(args.runs):
+            rate = blkbench_rate(vu[name], n)
+            if rate:
+                vals[name].append(rate)
+            if name == "nimbus":
+                rate = blkbench_rate(nimbus_cmd(append, blk=(IMG, True)), n)
+                if rate:
+                    own.append(rate)
+        res.vm("vhostuser", "vhost-user-blk (qemu-storage-daemon) 4 KiB random read, one "
+               "request at a time", "req/s", "higher", vals["nimbus"], vals["qemu"], 0)
+        res.nimbus_only("vhostuser", "Nimbus's own virtio-blk on the same image, same runs",
+                        "req/s", "higher", own, 0)
+        res.notes.append("vhost-user-blk: one qemu-storage-daemon serves every run (Nimbus and "
+                         "QEMU alternate on it); QEMU's guest RAM is a shared memfd "
+                         "(memory-backend-memfd,share=on), Nimbus's is -machine mem-share=on.")
+    finally:
+        daemon.kill()
+        daemon.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_vsock(res, args):
     out = subprocess.run(["cargo", "test", "-q", "-p", "virtio", "--release", "--", "--ignored",
                           "--nocapture", "vsock_device_model"], capture_output=True, text=True,
@@ -629,7 +699,8 @@ def main():
     build(args, res)
     header = machine_header(args)
     funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
-             "exits": bench_exits, "blk": bench_blk, "net": bench_net, "vsock": bench_vsock,
+             "exits": bench_exits, "blk": bench_blk, "vhostuser": bench_vhostuser,
+             "net": bench_net, "vsock": bench_vsock,
              "parallel": bench_parallel, "linux": bench_linux}
     load0 = loadavg()
     t0 = time.monotonic()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{disk_image, kvm_usable, run, Format, VmConfig};
+use common::{disk_image, kvm_usable, qmp_args, run, Format, QmpClient, Vm, VmConfig};
 
 const MARKER: &str = "NIMBUS-VHOST-USER-MARKER";
 const DAEMON: &str = "qemu-storage-daemon";
@@ -167,4 +167,59 @@ fn missing_back_end_socket_is_refused_naming_it() {
         "{}",
         out.describe()
     );
+}
+
+/// The back end dies while the guest uses the disk: Nimbus says so once, naming the device,
+/// keeps running and answering QMP, and ends cleanly on `quit`.
+#[test]
+fn back_end_that_dies_leaves_nimbus_running_and_answering() {
+    if !kvm_usable() {
+        return;
+    }
+    let image = marked_image("vhost-user-dies.img");
+    let socket = image.with_extension("sock");
+    let local = disk_image("vhost-user-dies-local.img", 64);
+    let qmp_path = image.with_extension("qmp");
+    let daemon = StorageDaemon::start(&image, &socket);
+    // A local disk first and no empty hot-plug slots, so that the vhost-user disk is
+    // virtio-mmio slot 1 for `blkwatch`.
+    let mut config = VmConfig::new(
+        Format::Elf,
+        128,
+        "console=ttyS0 nimbus.test=blkwatch nimbus.blkslot=1",
+    );
+    config.extra_args = vec![
+        "-drive".into(),
+        format!("id=local,file={}", local.display()),
+        "-device".into(),
+        "virtio-blk-device,drive=local".into(),
+    ];
+    config.extra_args.extend(vhost_user_args(
+        &socket,
+        "microvm,mem-share=on,blk-slots=1,net-slots=0",
+    ));
+    config.extra_args.extend(qmp_args(&qmp_path));
+    let mut vm = Vm::spawn(&config.args());
+    vm.wait_for_line("blkwatch: capacity=2048", Duration::from_secs(30));
+    let mut qmp = QmpClient::connect(&qmp_path);
+    drop(daemon);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = qmp.execute("query-status", serde_json::json!({}));
+    assert_eq!(status["return"]["status"], "running", "{status}");
+    qmp.ok("quit", serde_json::json!({}));
+    let out = vm.wait(Duration::from_secs(30));
+    out.assert_exit_code(0);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("the back end closed its socket"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", out.describe());
+    assert!(
+        said[0].contains("vhost-user-blk-device 'vub0'"),
+        "{}",
+        out.describe()
+    );
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_file(&local);
 }

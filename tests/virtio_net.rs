@@ -337,16 +337,39 @@ fn interface_that_is_no_tap_is_refused_naming_the_netdev() {
     assert_refused_naming_netdev(&out, "\"lo\"");
 }
 
+/// The non-empty lines Nimbus wrote to stderr.
+fn error_lines(out: &Output) -> Vec<&str> {
+    lines(&out.stderr)
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
 #[test]
-fn vhost_on_is_refused_clearly() {
+fn vhost_on_without_dev_vhost_net_is_one_line_naming_it() {
     if !kvm_usable() {
         return;
     }
-    let out = run(&net_args("tap,id=n0,ifname=nbtvhost,vhost=on"));
-    assert_refused_naming_netdev(&out, "vhost=on");
-    if !std::path::Path::new("/dev/vhost-net").exists() {
-        assert!(out.stderr.contains("/dev/vhost-net"), "{}", out.describe());
+    if std::path::Path::new("/dev/vhost-net").exists() {
+        eprintln!("SKIPPED: this host has /dev/vhost-net; vhost=on would start a vhost-net device");
+        return;
     }
+    let out = run(&net_args("tap,id=n0,ifname=nbtvhost,vhost=on"));
+    assert_refused_naming_netdev(&out, "/dev/vhost-net");
+    assert_eq!(error_lines(&out).len(), 1, "one line\n{}", out.describe());
+    assert!(!out.stdout.contains("NIMBUS-GUEST"), "{}", out.describe());
+}
+
+#[test]
+fn a_vhostfd_that_is_not_vhost_net_is_one_line_naming_vhostfd() {
+    if !kvm_usable() {
+        return;
+    }
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let args = net_args("tap,id=n0,ifname=nbtvhost,vhost=on,vhostfd=3");
+    let out = spawn_with_fd3(&args, null.as_raw_fd()).wait(VM_TIMEOUT);
+    assert_refused_naming_netdev(&out, "vhostfd=3 is not a /dev/vhost-net descriptor");
+    assert_eq!(error_lines(&out).len(), 1, "one line\n{}", out.describe());
 }
 
 #[test]

@@ -105,6 +105,15 @@ pub enum MachineError {
         #[source]
         source: crate::net_devices::NetdevError,
     },
+    /// vhost-net is missing, or `vhostfd=` is not a vhost-net descriptor: one line naming the
+    /// netdev and the device node or the descriptor (the error has no cause to add).
+    #[error("cannot set up netdev '{netdev}': {error}")]
+    NetdevVhost {
+        /// The netdev id.
+        netdev: String,
+        /// What is missing or wrong.
+        error: virtio::net::VhostError,
+    },
     /// More virtio devices than IRQ lines set aside for them.
     #[error(
         "too many virtio devices: {given} given ({drives} disks, {nets} network devices, \

@@ -8,15 +8,21 @@
 //! frames; the device writes the resume eventfd once the guest posted buffers, and the tap is
 //! watched again. When QMP puts another tap behind the device, the device rejoins the loop.
 //!
+//! With `vhost=on` the kernel's vhost-net moves the frames ([`create_vhost_net`]): the device
+//! has no subscriber of its own here, the tap is not watched, and the device joins the loop as
+//! any device with event sources (vhost's call eventfds).
+//!
 //! [`Net::rx_ready`]: virtio::Net::rx_ready
 
 use crate::config::{NetConfig, TapSource};
+use crate::error::MachineError;
 use crate::event_loop::{input, unwatch, watch, DeviceId, EventLoop};
+use address_space::vm_memory::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use virtio::net::{check_vhost, VhostError, VhostMode};
-use virtio::{MacAddr, Net, NetError, NetOptions, RxOutcome, SharedNet, Tap, TapError};
+use virtio::net::{KernelNet, VhostError};
+use virtio::{MacAddr, Net, NetError, NetOptions, RxOutcome, SharedNet, Tap, TapError, VhostNet};
 
 /// A net device's sources, as their events' data.
 #[repr(u32)]
@@ -42,20 +48,60 @@ pub enum NetdevError {
     Device(NetError),
 }
 
-/// Opens the tap of `config` (after checking that its vhost setting can be served). Runs
-/// before the guest does: a bad netdev stops Nimbus at start.
+/// The machine's error for netdev `netdev`: a vhost-net that is absent or a `vhostfd=` that is
+/// not one is a single line naming it; anything else names the netdev, then its causes.
+pub fn netdev_error(netdev: &str, err: NetdevError) -> MachineError {
+    match err {
+        NetdevError::Vhost(
+            error @ (VhostError::NotPresent { .. } | VhostError::NotVhostNet { .. }),
+        ) => MachineError::NetdevVhost {
+            netdev: netdev.to_owned(),
+            error,
+        },
+        source => MachineError::Netdev {
+            netdev: netdev.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Opens the kernel's vhost-net for `config` if it asks for it (`vhost=on`, or a `vhostfd=`):
+/// `/dev/vhost-net`, or the inherited descriptor checked to be one. Runs before the tap is
+/// opened: a host without vhost-net stops Nimbus at start with one line naming the device.
+pub fn open_vhost(
+    config: &NetConfig,
+    mem: &Arc<GuestMemoryMmap>,
+) -> Result<Option<KernelNet>, NetdevError> {
+    if !config.vhost && config.vhostfd.is_none() {
+        return Ok(None);
+    }
+    KernelNet::open_for(config.vhostfd, Arc::clone(mem))
+        .map(Some)
+        .map_err(NetdevError::Vhost)
+}
+
+/// Opens the tap of `config`. Runs before the guest does: a bad netdev stops Nimbus at start.
 pub fn open_tap(config: &NetConfig) -> Result<Tap, NetdevError> {
-    let vhost = if config.vhost {
-        VhostMode::On { fd: config.vhostfd }
-    } else {
-        VhostMode::Off
-    };
-    check_vhost(vhost).map_err(NetdevError::Vhost)?;
     match &config.tap {
         TapSource::Name(name) => Tap::open(name),
         TapSource::Fd(fd) => Tap::from_inherited_fd(*fd),
     }
     .map_err(NetdevError::Tap)
+}
+
+/// A net device with id `id` whose frames vhost-net (`backend`) moves through `tap`.
+pub fn create_vhost_net(
+    id: &str,
+    mac: Option<[u8; 6]>,
+    backend: KernelNet,
+    tap: Tap,
+) -> Result<VhostNet, NetdevError> {
+    let options = NetOptions {
+        id: id.to_owned(),
+        mac: mac.map(MacAddr),
+        mtu: None,
+    };
+    VhostNet::from_kernel(&options, backend, tap).map_err(NetdevError::Vhost)
 }
 
 /// A net device with id `id` over `tap` (an empty slot without one), shared with the loop.
@@ -168,15 +214,54 @@ mod tests {
         }
     }
 
+    fn memory() -> Arc<GuestMemoryMmap> {
+        let ranges = [(address_space::vm_memory::GuestAddress(0), 0x1000)];
+        Arc::new(GuestMemoryMmap::from_ranges(&ranges).expect("memory"))
+    }
+
     #[test]
-    fn vhost_is_checked_before_any_tap_is_opened() {
-        // With vhost=on refused, the named tap is never opened (nor created, under root).
+    fn vhost_off_opens_no_vhost_net() {
         let name = TapSource::Name("nbt-never".into());
-        let Err(err) = open_tap(&config(name, true)) else {
-            panic!("vhost=on is refused")
+        assert!(open_vhost(&config(name, false), &memory())
+            .expect("off")
+            .is_none());
+    }
+
+    #[test]
+    fn vhost_on_without_dev_vhost_net_is_one_line_naming_it() {
+        if std::path::Path::new(virtio::net::VHOST_NET_PATH).exists() {
+            eprintln!("skipped: this host has /dev/vhost-net");
+            return;
+        }
+        let name = TapSource::Name("nbt-never".into());
+        let Err(err) = open_vhost(&config(name, true), &memory()) else {
+            panic!("no /dev/vhost-net here")
         };
-        assert!(matches!(err, NetdevError::Vhost(_)), "{err}");
-        assert!(err.to_string().contains("vhost=on"), "{err}");
+        assert!(
+            matches!(err, NetdevError::Vhost(VhostError::NotPresent { .. })),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "vhost=on needs \"/dev/vhost-net\", which does not exist (is the vhost_net module loaded?)"
+        );
+    }
+
+    #[test]
+    fn a_vhostfd_that_is_not_vhost_net_is_refused_naming_vhostfd() {
+        let null = std::fs::File::open("/dev/null").expect("open");
+        let mut config = config(TapSource::Name("nbt-never".into()), true);
+        config.vhostfd = Some(null.as_raw_fd());
+        let Err(err) = open_vhost(&config, &memory()) else {
+            panic!("/dev/null is no vhost-net")
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vhostfd={} is not a /dev/vhost-net descriptor",
+                null.as_raw_fd()
+            )
+        );
     }
 
     #[test]

@@ -9,14 +9,17 @@
 use crate::config::NetConfig;
 use crate::error::MachineError;
 use crate::event_loop::{DeviceId, EventLoop};
-use crate::net_devices::{create_net, open_tap, watch_net};
+use crate::net_devices::{
+    create_net, create_vhost_net, netdev_error, open_tap, open_vhost, watch_net,
+};
 use crate::slots::{device_deleted, new_device_id, Labelled, SlotTable};
+use address_space::vm_memory::GuestMemoryMmap;
 use qmp::schema::{DeviceAddArgs, NetdevAddArgs};
 use qmp::{Event, QmpError};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use virtio::net::{check_vhost, VhostMode};
+use std::sync::Arc;
 use virtio::{MacAddr, SharedNet, Tap, TapError, TapIo};
 
 /// Net slots created when the machine has a QMP monitor and the configuration says nothing.
@@ -46,10 +49,13 @@ pub struct NetSlots {
 }
 
 /// Creates `max(slots, nets.len())` net devices: the command line's in order (their taps
-/// opened now), then empty slots; each device joins `events`.
+/// opened now), then empty slots; each device joins `events`. A net with `vhost=on` is a
+/// vhost-net device over guest memory `mem`: it takes a slot's place but is not a slot (its
+/// tap cannot be swapped), and the loop does not watch its tap.
 pub fn net_devices(
     nets: &[NetConfig],
     slots: usize,
+    mem: &Arc<GuestMemoryMmap>,
     events: &mut EventLoop,
 ) -> Result<(NetSlots, Vec<Labelled>), MachineError> {
     let mut table = NetSlots {
@@ -57,12 +63,26 @@ pub fn net_devices(
         backends: BTreeMap::new(),
     };
     let mut devices = Vec::new();
-    for (index, config) in nets.iter().enumerate() {
-        let netdev_err = |source| MachineError::Netdev {
-            netdev: config.netdev.clone(),
-            source,
-        };
+    for config in nets {
+        let netdev_err = |err| netdev_error(&config.netdev, err);
+        let vhost = open_vhost(config, mem).map_err(netdev_err)?;
         let tap = open_tap(config).map_err(netdev_err)?;
+        if let Some(backend) = vhost {
+            let net = create_vhost_net(&config.id, config.mac, backend, tap).map_err(netdev_err)?;
+            let from = match config.vhostfd {
+                Some(fd) => format!("inherited vhostfd {fd}"),
+                None => virtio::net::VHOST_NET_PATH.to_string(),
+            };
+            let label = format!(
+                "netdev '{}' (vhost-net on {from}): {:?} mac={}",
+                config.netdev,
+                config.tap,
+                net.mac()
+            );
+            devices.push((label, Box::new(net) as _));
+            continue;
+        }
+        let index = table.slots.len();
         let net = create_net(&config.id, config.mac, Some(tap)).map_err(netdev_err)?;
         let subscriber = watch_net(&net, &config.id, events);
         let mac = net.lock().mac();
@@ -127,13 +147,13 @@ impl NetSlots {
         if self.backends.contains_key(id) {
             return Err(QmpError::generic(format!("Duplicate ID '{id}' for netdev")));
         }
-        let vhost = args.vhost.unwrap_or(false) || args.vhostfds.is_some();
-        let mode = if vhost {
-            VhostMode::On { fd: None }
-        } else {
-            VhostMode::Off
-        };
-        check_vhost(mode).map_err(|e| QmpError::generic(format!("netdev '{id}': {e}")))?;
+        if args.vhost.unwrap_or(false) || args.vhostfds.is_some() {
+            // A vhost-net device is not a slot: its tap cannot be swapped.
+            return Err(QmpError::generic(format!(
+                "netdev '{id}': vhost=on is not supported by netdev_add (give the netdev on \
+                 the command line)"
+            )));
+        }
         if args.queues.is_some_and(|q| q > 1) {
             return Err(QmpError::generic(format!(
                 "netdev '{id}': multiqueue (queues > 1) is not supported"

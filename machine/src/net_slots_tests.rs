@@ -8,8 +8,14 @@ use serde_json::{json, Value};
 /// `slots` empty net slots on a new loop.
 fn table(slots: usize) -> (NetSlots, Vec<Labelled>, EventLoop) {
     let mut events = EventLoop::new().expect("event loop");
-    let (table, devices) = net_devices(&[], slots, &mut events).expect("empty slots");
+    let mem = virtio_test_memory();
+    let (table, devices) = net_devices(&[], slots, &mem, &mut events).expect("empty slots");
     (table, devices, events)
+}
+
+fn virtio_test_memory() -> Arc<GuestMemoryMmap> {
+    let ranges = [(address_space::vm_memory::GuestAddress(0), 0x1000)];
+    Arc::new(GuestMemoryMmap::from_ranges(&ranges).expect("memory"))
 }
 
 fn netdev(value: Value) -> NetdevAddArgs {

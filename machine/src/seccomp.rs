@@ -96,15 +96,12 @@ impl Seccomp {
     /// Compiles both filters (when `enabled`) and installs the SIGSYS handler; reads the
     /// self-test hook from the environment. Without `ioeventfd` vCPU threads run virtqueues
     /// themselves and their list grows by the syscalls of device I/O.
-    /// A vsock device adds what it needs (`vsock`): Unix socket calls on the VMM thread for
-    /// hybrid vsock, the vhost requests on every thread for vhost-vsock.
-    /// vhost-user devices (`vhost_user`) give the threads that start and stop them the
-    /// socket messages of their back ends.
+    /// Devices add what they need (`devices`): Unix socket calls on the VMM thread for hybrid
+    /// vsock, the vhost requests on every thread for vhost-vsock and vhost-net.
     pub fn new(
         enabled: bool,
         ioeventfd: bool,
-        vsock: VsockSyscalls,
-        vhost_user: bool,
+        devices: DeviceSyscalls,
     ) -> Result<Self, SeccompError> {
         let selftest = match std::env::var(SELFTEST_ENV) {
             Ok(value) => Some(parse_selftest(&value)?),
@@ -114,8 +111,8 @@ impl Seccomp {
             sigsys::register_handler().map_err(SeccompError::SignalHandler)?;
             let queue_io = !ioeventfd;
             Some((
-                compile(ThreadKind::Vmm, queue_io, vsock, vhost_user)?,
-                compile(ThreadKind::Vcpu, queue_io, vsock, vhost_user)?,
+                compile(ThreadKind::Vmm, queue_io, devices)?,
+                compile(ThreadKind::Vcpu, queue_io, devices)?,
             ))
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -187,17 +184,35 @@ pub enum VsockSyscalls {
     Vhost,
 }
 
-/// The allow-list of `kind` with what the vsock device needs.
-pub(crate) fn allow_list_with_vsock(
+/// What the configured devices add to the allow-lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSyscalls {
+    /// The vsock device, if any.
+    pub vsock: VsockSyscalls,
+    /// A net device runs on vhost-net (`vhost=on`): the thread that starts or stops it makes
+    /// the vhost requests and sets the tap's header size and offloads.
+    pub vhost_net: bool,
+    /// vhost-user devices: the threads that start, reset and stop them send their back ends
+    /// socket messages.
+    pub vhost_user: bool,
+}
+
+/// The allow-list of `kind` with what the configured devices need.
+pub(crate) fn allow_list_with_devices(
     kind: ThreadKind,
     queue_io: bool,
-    vsock: VsockSyscalls,
+    devices: DeviceSyscalls,
 ) -> Vec<Allowed> {
     let mut list = allow_list(kind, queue_io);
-    match vsock {
-        VsockSyscalls::UnixSockets if kind == ThreadKind::Vmm => list.extend(lists::vsock()),
-        VsockSyscalls::Vhost => list.push(lists::vhost_vsock()),
-        _ => {}
+    if devices.vsock == VsockSyscalls::UnixSockets && kind == ThreadKind::Vmm {
+        list.extend(lists::vsock());
+    }
+    let vhost_vsock = devices.vsock == VsockSyscalls::Vhost;
+    if vhost_vsock || devices.vhost_net {
+        list.push(lists::vhost(vhost_vsock, devices.vhost_net));
+    }
+    if devices.vhost_user {
+        list.extend(lists::vhost_user(kind));
     }
     list
 }
@@ -206,16 +221,11 @@ pub(crate) fn allow_list_with_vsock(
 fn compile(
     kind: ThreadKind,
     queue_io: bool,
-    vsock: VsockSyscalls,
-    vhost_user: bool,
+    devices: DeviceSyscalls,
 ) -> Result<BpfProgram, SeccompError> {
     let err = |e| SeccompError::Compile(kind, e);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut list = allow_list_with_vsock(kind, queue_io, vsock);
-    if vhost_user {
-        list.extend(lists::vhost_user(kind));
-    }
-    for allowed in list {
+    for allowed in allow_list_with_devices(kind, queue_io, devices) {
         log::trace!("{kind} thread may call {}: {}", allowed.name, allowed.why);
         let chain = rules.entry(allowed.nr).or_default();
         if let Some((arg, values)) = &allowed.only {
@@ -249,9 +259,16 @@ mod tests {
     fn both_filters_compile_for_this_architecture() {
         for (kind, queue_io) in ALL {
             for vsock in [VsockSyscalls::UnixSockets, VsockSyscalls::Vhost] {
-                compile(kind, queue_io, vsock, true).expect("compiles");
+                for vhost_net in [false, true] {
+                    let devices = DeviceSyscalls {
+                        vsock,
+                        vhost_net,
+                        vhost_user: vhost_net,
+                    };
+                    compile(kind, queue_io, devices).expect("compiles");
+                }
             }
-            let program = compile(kind, queue_io, VsockSyscalls::None, false).expect("compiles");
+            let program = compile(kind, queue_io, DeviceSyscalls::NONE).expect("compiles");
             assert!(!program.is_empty());
             // The kernel refuses programs longer than BPF_MAXINSNS.
             assert!(
@@ -396,15 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_adds_socket_messages_to_the_threads_that_talk_to_back_ends() {
+        let with = |kind| {
+            let devices = DeviceSyscalls {
+                vhost_user: true,
+                ..DeviceSyscalls::NONE
+            };
+            allow_list_with_devices(kind, false, devices)
+        };
+        let names =
+            |list: Vec<Allowed>| -> Vec<&'static str> { list.iter().map(|a| a.name).collect() };
+        let vcpu = names(with(ThreadKind::Vcpu));
+        assert!(
+            vcpu.contains(&"sendmsg") && vcpu.contains(&"recvmsg"),
+            "{vcpu:?}"
+        );
+        let vmm = names(with(ThreadKind::Vmm));
+        assert!(
+            vmm.contains(&"sendmsg") && vmm.contains(&"recvmsg"),
+            "{vmm:?}"
+        );
+        let base = names(allow_list(ThreadKind::Vcpu, false));
+        assert!(!base.contains(&"sendmsg") && !base.contains(&"recvmsg"));
+    }
+
+    #[test]
     fn vsock_adds_unix_socket_calls_to_the_vmm_thread_only() {
         let base = allow_list(ThreadKind::Vmm, false).len();
-        let with = allow_list_with_vsock(ThreadKind::Vmm, false, VsockSyscalls::UnixSockets);
+        let with =
+            allow_list_with_devices(ThreadKind::Vmm, false, devices(VsockSyscalls::UnixSockets));
         let added: Vec<&str> = with[base..].iter().map(|a| a.name).collect();
         assert_eq!(added, ["socket", "connect", "shutdown"]);
         let socket = &with[base];
         assert_eq!(socket.only, Some((0, vec![libc::AF_UNIX as u64])));
         assert_eq!(
-            allow_list_with_vsock(ThreadKind::Vcpu, false, VsockSyscalls::UnixSockets).len(),
+            allow_list_with_devices(ThreadKind::Vcpu, false, devices(VsockSyscalls::UnixSockets))
+                .len(),
             allow_list(ThreadKind::Vcpu, false).len()
         );
     }
@@ -413,7 +457,7 @@ mod tests {
     fn vhost_vsock_adds_only_vhost_requests_to_ioctl_on_every_thread() {
         for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
             let base = allow_list(kind, false).len();
-            let with = allow_list_with_vsock(kind, false, VsockSyscalls::Vhost);
+            let with = allow_list_with_devices(kind, false, devices(VsockSyscalls::Vhost));
             assert_eq!(with.len(), base + 1);
             let (arg, requests) = with[base].only.clone().expect("restricted");
             assert_eq!((with[base].nr, arg), (libc::SYS_ioctl, 1));
@@ -422,6 +466,67 @@ mod tests {
                 requests.iter().all(|r| (r >> 8) & 0xff == 0xaf),
                 "{requests:x?}"
             );
+        }
+    }
+
+    impl DeviceSyscalls {
+        /// No device that needs more than the base lists.
+        const NONE: DeviceSyscalls = DeviceSyscalls {
+            vsock: VsockSyscalls::None,
+            vhost_net: false,
+            vhost_user: false,
+        };
+    }
+
+    fn devices(vsock: VsockSyscalls) -> DeviceSyscalls {
+        DeviceSyscalls {
+            vsock,
+            vhost_net: false,
+            vhost_user: false,
+        }
+    }
+
+    /// The vhost ioctl requests `devices` add to `kind`'s list.
+    fn vhost_requests(kind: ThreadKind, devices: DeviceSyscalls) -> Vec<u64> {
+        let base = allow_list(kind, false).len();
+        let with = allow_list_with_devices(kind, false, devices);
+        assert_eq!(with.len(), base + 1, "one more ioctl entry");
+        let (arg, requests) = with[base].only.clone().expect("restricted");
+        assert_eq!((with[base].nr, arg), (libc::SYS_ioctl, 1));
+        requests
+    }
+
+    const VHOST_NET_SET_BACKEND: u64 = 0x4008_af30;
+    const VHOST_VSOCK_SET_RUNNING: u64 = 0x4004_af61;
+
+    #[test]
+    fn vhost_net_adds_set_backend_and_the_tap_header_size_on_every_thread_only_when_configured() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            let net = DeviceSyscalls {
+                vsock: VsockSyscalls::None,
+                vhost_net: true,
+                vhost_user: false,
+            };
+            let requests = vhost_requests(kind, net);
+            for needed in [
+                VHOST_NET_SET_BACKEND,
+                libc::TUNSETVNETHDRSZ,
+                libc::TUNSETOFFLOAD,
+                0x4008_af00, // VHOST_SET_FEATURES
+                0x4028_af11, // VHOST_SET_VRING_ADDR
+            ] {
+                assert!(requests.contains(&needed), "{kind:?}: {needed:#x}");
+            }
+            assert!(!requests.contains(&VHOST_VSOCK_SET_RUNNING));
+            let vsock = vhost_requests(kind, devices(VsockSyscalls::Vhost));
+            assert!(!vsock.contains(&VHOST_NET_SET_BACKEND));
+            assert!(vsock.contains(&VHOST_VSOCK_SET_RUNNING));
+            let base = allow_list_with_devices(kind, false, DeviceSyscalls::NONE);
+            let set_backend = base
+                .iter()
+                .filter_map(|a| a.only.as_ref())
+                .any(|(_, values)| values.contains(&VHOST_NET_SET_BACKEND));
+            assert!(!set_backend, "{kind:?}: SET_BACKEND without vhost-net");
         }
     }
 
@@ -440,7 +545,9 @@ mod tests {
             );
             assert!(list.len() < 50, "{kind:?} allows {} syscalls", list.len());
         }
-        let vsock = allow_list_with_vsock(ThreadKind::Vmm, false, VsockSyscalls::UnixSockets).len();
+        let vsock =
+            allow_list_with_devices(ThreadKind::Vmm, false, devices(VsockSyscalls::UnixSockets))
+                .len();
         println!("Vmm with a virtio-vsock-device: {vsock} syscalls");
     }
 }

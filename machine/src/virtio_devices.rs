@@ -120,7 +120,7 @@ pub fn build_virtio_devices(
     let (drives, nets) = (&config.drives[..], &config.nets[..]);
     let slots = slots.fitted(drives.len(), nets.len(), other_devices(config));
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
-    let (net_slots, nets) = net_devices(nets, slots.net, events)?;
+    let (net_slots, nets) = net_devices(nets, slots.net, &mmio.memory(), events)?;
     devices.extend(nets);
     for options in &config.vhost_user {
         let device = VhostUser::connect(options, mmio.memory()).map_err(MachineError::VhostUser)?;

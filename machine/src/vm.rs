@@ -10,7 +10,7 @@ use crate::memory::build_memory_space;
 use crate::monitor::{Hotplug, MonitorState};
 use crate::qmp_server::QmpServer;
 use crate::running::{QmpOnLoop, RunningVm};
-use crate::seccomp::{Seccomp, VsockSyscalls};
+use crate::seccomp::{DeviceSyscalls, Seccomp, VsockSyscalls};
 use crate::signals::StopSignals;
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::virtio_devices::{build_virtio_devices, check_device_count, other_devices, SlotCounts};
@@ -82,9 +82,13 @@ pub fn run_notifying(
         Some(VsockBackend::Hybrid { .. }) => VsockSyscalls::UnixSockets,
         Some(VsockBackend::Vhost { .. }) => VsockSyscalls::Vhost,
     };
-    let vhost_user = !config.vhost_user.is_empty();
-    let seccomp = Seccomp::new(config.seccomp, ioeventfd, vsock, vhost_user)
-        .map_err(MachineError::Seccomp)?;
+    let devices = DeviceSyscalls {
+        vsock,
+        vhost_net: config.nets.iter().any(|n| n.vhost || n.vhostfd.is_some()),
+        vhost_user: !config.vhost_user.is_empty(),
+    };
+    let seccomp =
+        Seccomp::new(config.seccomp, ioeventfd, devices).map_err(MachineError::Seccomp)?;
     // Without a monitor nothing can hot-plug: no empty slots then.
     let slots = match config.qmp {
         Some(_) => SlotCounts {

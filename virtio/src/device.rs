@@ -74,6 +74,12 @@ pub enum QueueError {
         #[source]
         source: virtio_queue::Error,
     },
+    /// The process serving the device's rings (a vhost-user back end) is gone.
+    #[error("{device}: the back end closed its socket")]
+    BackendGone {
+        /// "<device type> '<id>'".
+        device: String,
+    },
 }
 
 impl QueueError {

@@ -17,6 +17,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+mod vhost_kernel;
 pub mod vhost_user;
 pub mod vhost_vsock;
 pub mod vsock;
@@ -29,7 +30,7 @@ pub use device::{
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 pub use net::{
     MacAddr, MacError, Net, NetCounters, NetError, NetOptions, NetSlotError, NoTap, RxOutcome,
-    SharedNet, Tap, TapError, TapIo, DEVICE_TYPE_NET,
+    SharedNet, Tap, TapError, TapIo, VhostNet, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
 pub use vhost_user::{VhostUser, VhostUserError, VhostUserKind, VhostUserOptions};

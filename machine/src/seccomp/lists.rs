@@ -146,17 +146,19 @@ pub(crate) fn vsock() -> Vec<Allowed> {
     ]
 }
 
-/// The vhost requests of a vhost-vsock device (`vhost_vsock/`) once the guest runs: starting
-/// it at DRIVER_OK (features, memory table, rings, kick and call eventfds, CID, running) on the
-/// vCPU that wrote the status, stopping it at reset or exit. `VHOST_SET_OWNER` and
-/// `VHOST_GET_FEATURES` run at set-up, before the filters.
-pub(crate) fn vhost_vsock() -> Allowed {
+/// The requests of the kernel vhost devices (`vhost_kernel/`) once the guest runs, on the
+/// thread that starts them at DRIVER_OK (a vCPU writing the status register) or stops them at
+/// reset and exit: the generic vhost requests (features, memory table, rings, kick and call
+/// eventfds), then vhost-vsock's (CID, running) with `vsock`, and vhost-net's with `net` (the
+/// tap handed to or taken back from each queue; the tap's header size and offloads).
+/// `VHOST_SET_OWNER` and `VHOST_GET_FEATURES` run at set-up, before the filters.
+pub(crate) fn vhost(vsock: bool, net: bool) -> Allowed {
     const fn vhost(dir: u64, nr: u64, size: u64) -> u64 {
         const VHOST_VIRTIO: u64 = 0xaf;
         (dir << 30) | (size << 16) | (VHOST_VIRTIO << 8) | nr
     }
     const VRING_ADDR_SIZE: u64 = 40; // struct vhost_vring_addr
-    let requests = [
+    let mut requests = vec![
         vhost(IOC_WRITE, 0x00, 8),               // VHOST_SET_FEATURES
         vhost(IOC_WRITE, 0x03, 8),               // VHOST_SET_MEM_TABLE
         vhost(IOC_WRITE, 0x10, 8),               // VHOST_SET_VRING_NUM
@@ -164,16 +166,26 @@ pub(crate) fn vhost_vsock() -> Allowed {
         vhost(IOC_WRITE, 0x12, 8),               // VHOST_SET_VRING_BASE
         vhost(IOC_WRITE, 0x20, 8),               // VHOST_SET_VRING_KICK
         vhost(IOC_WRITE, 0x21, 8),               // VHOST_SET_VRING_CALL
-        vhost(IOC_WRITE, 0x60, 8),               // VHOST_VSOCK_SET_GUEST_CID
-        vhost(IOC_WRITE, 0x61, 4),               // VHOST_VSOCK_SET_RUNNING
     ];
-    only(
-        libc::SYS_ioctl,
-        "ioctl",
-        1,
-        &requests,
-        "vhost-vsock: start at DRIVER_OK, stop at reset and exit",
-    )
+    if vsock {
+        requests.extend([
+            vhost(IOC_WRITE, 0x60, 8), // VHOST_VSOCK_SET_GUEST_CID
+            vhost(IOC_WRITE, 0x61, 4), // VHOST_VSOCK_SET_RUNNING
+        ]);
+    }
+    if net {
+        requests.extend([
+            vhost(IOC_WRITE, 0x30, 8), // VHOST_NET_SET_BACKEND (struct vhost_vring_file)
+            libc::TUNSETVNETHDRSZ,
+            libc::TUNSETOFFLOAD,
+        ]);
+    }
+    let why = match (vsock, net) {
+        (true, true) => "vhost-vsock and vhost-net: start at DRIVER_OK, stop at reset and exit",
+        (false, true) => "vhost-net: start at DRIVER_OK, stop at reset and exit",
+        _ => "vhost-vsock: start at DRIVER_OK, stop at reset and exit",
+    };
+    only(libc::SYS_ioctl, "ioctl", 1, &requests, why)
 }
 
 /// What vhost-user devices add (`vhost_user/`): their requests to the back end are socket

@@ -38,7 +38,7 @@ use self::rx::{deliver, Delivery, RxDrop, RxFrame};
 pub use self::slot::{NetSlotError, NoTap};
 pub use self::tap::{Tap, TapError, TapIo};
 use self::tx::{transmit, TxDrop, TxResult};
-pub use self::vhost::{check_vhost, open_vhost_net, VhostError, VhostMode};
+pub use self::vhost::{KernelNet, VhostError, VhostMode, VhostNet, VhostTap, VHOST_NET_PATH};
 use crate::device::{
     checked_queues, feature, read_config_bytes, to_u16, ActivateError, Interrupt, QueueError,
     Shared, VirtioDevice, INT_USED_BUFFER,
@@ -182,26 +182,7 @@ pub struct Net {
 impl Net {
     /// A device over `tap` (a [`Tap`], or a stand-in in tests).
     pub fn new(options: &NetOptions, tap: Box<dyn TapIo>) -> Result<Net, NetError> {
-        let mut features = NET_FEATURES;
-        let mac = options
-            .mac
-            .unwrap_or_else(|| MacAddr::default_for_id(&options.id));
-        let mut config = [0u8; CONFIG_SIZE];
-        config[0..6].copy_from_slice(&mac.0);
-        config[6..8].copy_from_slice(&to_u16(VIRTIO_NET_S_LINK_UP).to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
-        if let Some(mtu) = options.mtu {
-            let max = MAX_FRAME_LEN - header::ETH_HLEN;
-            if mtu < 68 || usize::from(mtu) > max {
-                return Err(NetError::Mtu {
-                    id: options.id.clone(),
-                    mtu,
-                    max,
-                });
-            }
-            features |= feature(VIRTIO_NET_F_MTU);
-            config[10..12].copy_from_slice(&mtu.to_le_bytes());
-        }
+        let (features, config) = config_space(options)?;
         let rx_resume = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::EventFd {
             id: options.id.clone(),
             source,
@@ -357,6 +338,32 @@ impl Net {
         }
         result
     }
+}
+
+/// The features and configuration space (MAC, link up, one queue pair, MTU) of a device
+/// with `options`, with vhost-net or without.
+fn config_space(options: &NetOptions) -> Result<(u64, [u8; CONFIG_SIZE]), NetError> {
+    let mut features = NET_FEATURES;
+    let mac = options
+        .mac
+        .unwrap_or_else(|| MacAddr::default_for_id(&options.id));
+    let mut config = [0u8; CONFIG_SIZE];
+    config[0..6].copy_from_slice(&mac.0);
+    config[6..8].copy_from_slice(&to_u16(VIRTIO_NET_S_LINK_UP).to_le_bytes());
+    config[8..10].copy_from_slice(&1u16.to_le_bytes());
+    if let Some(mtu) = options.mtu {
+        let max = MAX_FRAME_LEN - header::ETH_HLEN;
+        if mtu < 68 || usize::from(mtu) > max {
+            return Err(NetError::Mtu {
+                id: options.id.clone(),
+                mtu,
+                max,
+            });
+        }
+        features |= feature(VIRTIO_NET_F_MTU);
+        config[10..12].copy_from_slice(&mtu.to_le_bytes());
+    }
+    Ok((features, config))
 }
 
 /// Tries to deliver the pending frame: `Some(true)` delivered, `Some(false)` dropped (counted),

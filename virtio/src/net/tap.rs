@@ -5,9 +5,9 @@
 //! have no safe wrapper in our dependencies.
 #![allow(unsafe_code)]
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
@@ -243,16 +243,7 @@ impl Tap {
 
     /// Header size, no offloads until the guest accepts some, non-blocking.
     fn configure(&self) -> Result<(), TapError> {
-        let size = VNET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer; `size` lives across the call.
-        let ret =
-            unsafe { ioctl_with_ref(&self.fd, libc::TUNSETVNETHDRSZ as libc::c_ulong, &size) };
-        if ret < 0 {
-            return Err(TapError::VnetHdrSize {
-                name: self.name.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        self.set_vnet_hdr_len(VNET_HDR_LEN)?;
         self.offload(0)?;
         let raw = self.fd.as_raw_fd();
         // SAFETY: F_GETFL takes no argument and only reads the descriptor's status flags.
@@ -284,6 +275,34 @@ impl Tap {
             });
         }
         Ok(())
+    }
+
+    /// Sets the virtio-net header size of every frame (TUNSETVNETHDRSZ): vhost-net needs the
+    /// size the guest's features imply.
+    pub fn set_vnet_hdr_len(&self, len: usize) -> Result<(), TapError> {
+        let size = libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX);
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer; `size` lives across the call.
+        let ret =
+            unsafe { ioctl_with_ref(&self.fd, libc::TUNSETVNETHDRSZ as libc::c_ulong, &size) };
+        if ret < 0 {
+            return Err(TapError::VnetHdrSize {
+                name: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A second descriptor of this tap queue (the same open file, close-on-exec), to hand to
+    /// vhost-net, which keeps its own reference to the queue.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        let fd = match &self.fd {
+            TapFd::Owned(fd) => fd.try_clone()?,
+            // SAFETY: an inherited tap descriptor stays open for the tap's life (it is never
+            // closed by Nimbus and was checked open by TUNGETIFF), and the borrow ends here.
+            TapFd::Inherited(fd) => unsafe { BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned()?,
+        };
+        Ok(File::from(fd))
     }
 
     /// The interface name.

@@ -5,13 +5,12 @@
 //! `VhostKernBackend`, which gives `VhostBackend` (owner, features, memory table, vrings). The
 //! crate's own `Vsock` type can only open `/dev/vhost-vsock` by path, so the two vhost-vsock
 //! ioctls (VHOST_VSOCK_SET_GUEST_CID, VHOST_VSOCK_SET_RUNNING) are issued here, with the crate's
-//! ioctl numbers; with `fstat` on an inherited descriptor they are this module's `unsafe`.
+//! ioctl numbers; they are this module's `unsafe`. The descriptor itself (opened, or inherited
+//! and checked) is `vhost_kernel`'s [`VhostFd`], shared with vhost-net.
 #![allow(unsafe_code)]
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,24 +21,16 @@ use vhost::vsock::VhostVsock as VsockOps;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::VhostVsockError;
+use crate::vhost_kernel::{ioctl_result, InheritError, VhostFd};
 
 /// The misc device number of `/dev/vhost-vsock` (MISC_MAJOR, VHOST_VSOCK_MINOR in
 /// linux/miscdevice.h): an inherited descriptor must be this character device.
 const VHOST_VSOCK_DEVICE: (u32, u32) = (10, 241);
 
-/// Who closes the descriptor.
-#[derive(Debug)]
-enum VsockFd {
-    /// Opened by Nimbus; closed with the device.
-    Owned(File),
-    /// Inherited (`vhostfd=N`): used as it is and never closed, it stays its owner's.
-    Inherited(RawFd),
-}
-
 /// An open vhost-vsock instance and the guest memory its rings are translated in.
 #[derive(Debug)]
 pub struct KernelVsock {
-    fd: VsockFd,
+    fd: VhostFd,
     mem: Arc<GuestMemoryMmap>,
 }
 
@@ -47,24 +38,16 @@ impl KernelVsock {
     /// Opens the vhost-vsock device node at `path` (normally
     /// [`VHOST_VSOCK_PATH`](super::VHOST_VSOCK_PATH)); a clear error when it is absent.
     pub fn open(path: &Path, mem: Arc<GuestMemoryMmap>) -> Result<KernelVsock, VhostVsockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => VhostVsockError::NotPresent {
-                    path: path.to_owned(),
-                },
-                _ => VhostVsockError::Open {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
-        Ok(KernelVsock {
-            fd: VsockFd::Owned(file),
-            mem,
-        })
+        let fd = VhostFd::open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => VhostVsockError::NotPresent {
+                path: path.to_owned(),
+            },
+            _ => VhostVsockError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        Ok(KernelVsock { fd, mem })
     }
 
     /// Uses `fd`, inherited from the process that started Nimbus, as it is: it is checked to be
@@ -73,14 +56,11 @@ impl KernelVsock {
         fd: RawFd,
         mem: Arc<GuestMemoryMmap>,
     ) -> Result<KernelVsock, VhostVsockError> {
-        let rdev = char_device(fd).map_err(|source| VhostVsockError::BadFd { fd, source })?;
-        if rdev != Some(VHOST_VSOCK_DEVICE) {
-            return Err(VhostVsockError::NotVhostVsock { fd });
-        }
-        Ok(KernelVsock {
-            fd: VsockFd::Inherited(fd),
-            mem,
-        })
+        let fd = VhostFd::inherited(fd, VHOST_VSOCK_DEVICE).map_err(|err| match err {
+            InheritError::NotOpen(source) => VhostVsockError::BadFd { fd, source },
+            InheritError::WrongDevice => VhostVsockError::NotVhostVsock { fd },
+        })?;
+        Ok(KernelVsock { fd, mem })
     }
 
     fn set_running(&self, running: bool) -> vhost::Result<()> {
@@ -92,39 +72,9 @@ impl KernelVsock {
     }
 }
 
-/// The (major, minor) numbers of `fd` if it is a character device, `None` for anything else;
-/// an error when `fd` is not an open descriptor.
-fn char_device(fd: RawFd) -> io::Result<Option<(u32, u32)>> {
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: fstat writes one struct stat through the pointer, which points to a live,
-    // exclusively borrowed `libc::stat`; on a descriptor that is not open it fails with EBADF
-    // and writes nothing. It reads no memory of ours.
-    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the buffer was zeroed (a valid `libc::stat`: plain integers) and fstat succeeded,
-    // so it holds the descriptor's status.
-    let stat = unsafe { stat.assume_init() };
-    if stat.st_mode & libc::S_IFMT != libc::S_IFCHR {
-        return Ok(None);
-    }
-    Ok(Some((libc::major(stat.st_rdev), libc::minor(stat.st_rdev))))
-}
-
-fn ioctl_result(ret: libc::c_int) -> vhost::Result<()> {
-    if ret < 0 {
-        Err(vhost::Error::IoctlError(io::Error::last_os_error()))
-    } else {
-        Ok(())
-    }
-}
-
 impl AsRawFd for KernelVsock {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.fd {
-            VsockFd::Owned(file) => file.as_raw_fd(),
-            VsockFd::Inherited(fd) => *fd,
-        }
+        self.fd.as_raw_fd()
     }
 }
 
@@ -155,6 +105,7 @@ impl VsockOps for KernelVsock {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
     use std::os::fd::IntoRawFd;
 
     use super::*;

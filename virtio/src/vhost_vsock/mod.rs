@@ -8,11 +8,10 @@
 //! Nimbus supports ([`SUPPORTED_FEATURES`]).
 //!
 //! Notifications on virtio-mmio: a queue notification of rx or tx (QueueNotify, or its
-//! ioeventfd through [`VirtioDevice::process_queue`]) is relayed to that ring's kick eventfd,
-//! which vhost polls. vhost signals used buffers on a call eventfd per ring; those are the
-//! device's event sources ([`VirtioDevice::event_fds`]), and handling one sets
-//! INT_USED_BUFFER in InterruptStatus before raising the interrupt: a virtio-mmio guest reads
-//! InterruptStatus before it looks at the rings, so the call cannot go straight to the irqfd.
+//! ioeventfd through [`VirtioDevice::process_queue`]) is relayed to that ring's kick eventfd;
+//! vhost's call eventfds are the device's event sources ([`VirtioDevice::event_fds`]) and
+//! raise the interrupt through InterruptStatus. That relay, the descriptor handling and the
+//! generic vhost requests are `vhost_kernel`'s, shared with vhost-net.
 //!
 //! The kernel side is [`KernelVsock`] (`/dev/vhost-vsock`, or an inherited descriptor); the
 //! device is generic over [`VhostVsockBackend`] so that tests can record what it asks of vhost.
@@ -23,7 +22,7 @@ mod setup;
 mod tests;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,14 +33,13 @@ use vhost::VhostBackend;
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use self::kernel::KernelVsock;
-use self::setup::Vring;
 use crate::device::{
     checked_queues, feature, read_config_bytes, ActivateError, Interrupt, QueueError, VirtioDevice,
     INT_USED_BUFFER,
 };
+use crate::vhost_kernel::Notifiers;
 use crate::vsock::event::{post_event, Posted};
 
 pub use crate::vsock::DEVICE_TYPE_VSOCK;
@@ -56,8 +54,6 @@ pub const EVENT_QUEUE: u16 = 2;
 /// The size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
-/// The queues vhost serves, in vhost's numbering (which is the virtio one).
-const VHOST_QUEUES: usize = 2;
 
 /// Feature bit (linux/virtio_vsock.h, not in virtio-bindings): SOCK_SEQPACKET sockets. Only
 /// the back end implements it; offered when it does, as QEMU's default `seqpacket=auto`.
@@ -181,10 +177,8 @@ pub struct VhostVsock<B = KernelVsock> {
     backend: B,
     cid: u64,
     backend_features: u64,
-    /// vhost signals used buffers of ring `i` on `calls[i]`; fixed for the device's life.
-    calls: [EventFd; VHOST_QUEUES],
-    /// The device tells vhost about available buffers of ring `i` on `kicks[i]`.
-    kicks: [EventFd; VHOST_QUEUES],
+    /// The call and kick eventfds of rx and tx; fixed for the device's life.
+    notifiers: Notifiers,
     active: Option<Active>,
 }
 
@@ -213,13 +207,11 @@ impl<B: VhostVsockBackend> VhostVsock<B> {
     pub fn with_backend(cid: u64, backend: B) -> Result<VhostVsock<B>, VhostVsockError> {
         check_guest_cid(cid)?;
         let backend_features = setup::prepare(&backend, cid)?;
-        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(VhostVsockError::EventFd);
         Ok(VhostVsock {
             backend,
             cid,
             backend_features,
-            calls: [eventfd()?, eventfd()?],
-            kicks: [eventfd()?, eventfd()?],
+            notifiers: Notifiers::new().map_err(VhostVsockError::EventFd)?,
             active: None,
         })
     }
@@ -307,18 +299,7 @@ impl<B: VhostVsockBackend> VirtioDevice for VhostVsock<B> {
     ) -> Result<(), ActivateError> {
         self.stop();
         let [rx, tx, mut event] = checked_queues(queues, mem.as_ref())?;
-        let rings = [
-            Vring {
-                queue: &rx,
-                call: &self.calls[0],
-                kick: &self.kicks[0],
-            },
-            Vring {
-                queue: &tx,
-                call: &self.calls[1],
-                kick: &self.kicks[1],
-            },
-        ];
+        let rings = self.notifiers.rings([&rx, &tx]);
         let features = acked_features & self.backend_features;
         setup::start(&self.backend, features, mem.as_ref(), &rings, self.cid)
             .map_err(|err| ActivateError::Backend(Box::new(err)))?;
@@ -339,19 +320,15 @@ impl<B: VhostVsockBackend> VirtioDevice for VhostVsock<B> {
         if self.active.is_none() {
             return Ok(());
         }
-        let kick = match index {
-            RX_QUEUE | TX_QUEUE => &self.kicks[usize::from(index)],
-            // The event queue: buffers wait for an event; nothing to do now.
-            _ => return Ok(()),
-        };
-        if let Err(err) = kick.write(1) {
-            warn!("vhost-vsock: cannot kick queue {index}: {err}");
+        // The event queue's buffers wait for an event: nothing to kick.
+        if matches!(index, RX_QUEUE | TX_QUEUE) {
+            self.notifiers.kick(index, "vhost-vsock");
         }
         Ok(())
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
-        self.calls.iter().map(AsRawFd::as_raw_fd).collect()
+        self.notifiers.event_fds()
     }
 
     fn shutdown(&mut self) {
@@ -359,22 +336,8 @@ impl<B: VhostVsockBackend> VirtioDevice for VhostVsock<B> {
     }
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
-        let Some(call) = self.calls.get(index) else {
-            return Ok(());
-        };
-        match call.read() {
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(err) => {
-                warn!("vhost-vsock: cannot read the call eventfd of queue {index}: {err}");
-                return Ok(());
-            }
-        }
-        if let Some(active) = &self.active {
-            if let Err(err) = active.interrupt.trigger(INT_USED_BUFFER) {
-                warn!("vhost-vsock: cannot raise interrupt: {err}");
-            }
-        }
+        let interrupt = self.active.as_ref().map(|active| &active.interrupt);
+        self.notifiers.relay_call(index, interrupt, "vhost-vsock");
         Ok(())
     }
 }

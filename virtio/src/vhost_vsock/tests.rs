@@ -2,17 +2,16 @@
 //! its arguments; and the event queue against the test driver.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Mutex;
+use std::os::fd::AsRawFd;
 
 use address_space::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-use vhost::{
-    VhostUserDirtyLogRegion, VhostUserMemoryRegionBase, VhostUserMemoryRegionInfo, VringConfigData,
-};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
 use crate::device::Shared;
 use crate::mmio::{MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK};
 use crate::testing::{probe, rd, wr, TestQueue};
+use crate::vhost_kernel::recorder::{Recorder, Request};
 
 const CID: u64 = 3;
 /// What Linux's vhost-vsock offers: VHOST_FEATURES, ACCESS_PLATFORM and SEQPACKET.
@@ -27,198 +26,6 @@ const KERNEL_FEATURES: u64 = feature(VIRTIO_F_NOTIFY_ON_EMPTY)
 /// A second RAM region, so that the memory table has two entries.
 const HIGH_RAM: u64 = 0x100_0000;
 const EVENT_BUF: u64 = 0x8000;
-
-/// One vhost request as the stand-in saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Request {
-    SetOwner,
-    GetFeatures,
-    SetFeatures(u64),
-    /// (guest-physical start, size, host address) of each region.
-    SetMemTable(Vec<(u64, u64, u64)>),
-    SetVringNum(usize, u16),
-    /// Queue, (max size, size, flags), (descriptor table, available ring, used ring), log.
-    SetVringAddr(usize, (u16, u16, u32), (u64, u64, u64), Option<u64>),
-    SetVringBase(usize, u16),
-    SetVringCall(usize, RawFd),
-    SetVringKick(usize, RawFd),
-    SetGuestCid(u64),
-    Start,
-    Stop,
-    Other(&'static str),
-}
-
-#[derive(Default)]
-struct Record {
-    calls: Vec<Request>,
-    /// Duplicates of the call and kick eventfds handed over, by queue.
-    call_fds: Vec<(usize, EventFd)>,
-    kick_fds: Vec<(usize, EventFd)>,
-    /// The request that fails next, with its errno.
-    fail: Option<(&'static str, i32)>,
-}
-
-/// A vhost back end that records every request and answers like the kernel.
-#[derive(Clone)]
-struct Recorder {
-    features: u64,
-    record: Arc<Mutex<Record>>,
-}
-
-impl Recorder {
-    fn new(features: u64) -> Recorder {
-        Recorder {
-            features,
-            record: Arc::default(),
-        }
-    }
-
-    fn calls(&self) -> Vec<Request> {
-        self.record.lock().unwrap().calls.clone()
-    }
-
-    fn clear(&self) {
-        self.record.lock().unwrap().calls.clear();
-    }
-
-    /// Makes the next `name` request fail with `errno`.
-    fn fail(&self, name: &'static str, errno: i32) {
-        self.record.lock().unwrap().fail = Some((name, errno));
-    }
-
-    fn call_fd(&self, queue: usize) -> EventFd {
-        let record = self.record.lock().unwrap();
-        let (_, fd) = record
-            .call_fds
-            .iter()
-            .rev()
-            .find(|(q, _)| *q == queue)
-            .unwrap();
-        fd.try_clone().unwrap()
-    }
-
-    fn kick_fd(&self, queue: usize) -> EventFd {
-        let record = self.record.lock().unwrap();
-        let (_, fd) = record
-            .kick_fds
-            .iter()
-            .rev()
-            .find(|(q, _)| *q == queue)
-            .unwrap();
-        fd.try_clone().unwrap()
-    }
-
-    fn log(&self, name: &'static str, call: Request) -> vhost::Result<()> {
-        let mut record = self.record.lock().unwrap();
-        if let Some((failing, errno)) = record.fail {
-            if failing == name {
-                record.fail = None;
-                return Err(vhost::Error::IoctlError(io::Error::from_raw_os_error(
-                    errno,
-                )));
-            }
-        }
-        record.calls.push(call);
-        Ok(())
-    }
-}
-
-impl VhostBackend for Recorder {
-    fn get_features(&self) -> vhost::Result<u64> {
-        self.log("get_features", Request::GetFeatures)?;
-        Ok(self.features)
-    }
-
-    fn set_features(&self, features: u64) -> vhost::Result<()> {
-        self.log("set_features", Request::SetFeatures(features))
-    }
-
-    fn set_owner(&self) -> vhost::Result<()> {
-        self.log("set_owner", Request::SetOwner)
-    }
-
-    fn reset_owner(&self) -> vhost::Result<()> {
-        self.log("reset_owner", Request::Other("reset_owner"))
-    }
-
-    fn set_mem_table(
-        &self,
-        regions: &[VhostUserMemoryRegionInfo],
-    ) -> vhost::Result<Option<Vec<VhostUserMemoryRegionBase>>> {
-        let table = regions
-            .iter()
-            .map(|r| (r.guest_phys_addr, r.memory_size, r.userspace_addr))
-            .collect();
-        self.log("set_mem_table", Request::SetMemTable(table))?;
-        Ok(None)
-    }
-
-    fn set_log_base(&self, _: u64, _: Option<VhostUserDirtyLogRegion>) -> vhost::Result<()> {
-        self.log("set_log_base", Request::Other("set_log_base"))
-    }
-
-    fn set_log_fd(&self, _: RawFd) -> vhost::Result<()> {
-        self.log("set_log_fd", Request::Other("set_log_fd"))
-    }
-
-    fn set_vring_num(&self, queue: usize, num: u16) -> vhost::Result<()> {
-        self.log("set_vring_num", Request::SetVringNum(queue, num))
-    }
-
-    fn set_vring_addr(&self, queue: usize, c: &VringConfigData) -> vhost::Result<()> {
-        let sizes = (c.queue_max_size, c.queue_size, c.flags);
-        let addrs = (c.desc_table_addr, c.avail_ring_addr, c.used_ring_addr);
-        let call = Request::SetVringAddr(queue, sizes, addrs, c.log_addr);
-        self.log("set_vring_addr", call)
-    }
-
-    fn set_vring_base(&self, queue: usize, base: u16) -> vhost::Result<()> {
-        self.log("set_vring_base", Request::SetVringBase(queue, base))
-    }
-
-    fn get_vring_base(&self, _: usize) -> vhost::Result<u32> {
-        self.log("get_vring_base", Request::Other("get_vring_base"))?;
-        Ok(0)
-    }
-
-    fn set_vring_call(&self, queue: usize, fd: &EventFd) -> vhost::Result<()> {
-        self.log(
-            "set_vring_call",
-            Request::SetVringCall(queue, fd.as_raw_fd()),
-        )?;
-        let dup = fd.try_clone().unwrap();
-        self.record.lock().unwrap().call_fds.push((queue, dup));
-        Ok(())
-    }
-
-    fn set_vring_kick(&self, queue: usize, fd: &EventFd) -> vhost::Result<()> {
-        self.log(
-            "set_vring_kick",
-            Request::SetVringKick(queue, fd.as_raw_fd()),
-        )?;
-        let dup = fd.try_clone().unwrap();
-        self.record.lock().unwrap().kick_fds.push((queue, dup));
-        Ok(())
-    }
-
-    fn set_vring_err(&self, _: usize, _: &EventFd) -> vhost::Result<()> {
-        self.log("set_vring_err", Request::Other("set_vring_err"))
-    }
-}
-
-impl VsockOps for Recorder {
-    fn set_guest_cid(&self, cid: u64) -> vhost::Result<()> {
-        self.log("set_guest_cid", Request::SetGuestCid(cid))
-    }
-
-    fn start(&self) -> vhost::Result<()> {
-        self.log("start", Request::Start)
-    }
-
-    fn stop(&self) -> vhost::Result<()> {
-        self.log("stop", Request::Stop)
-    }
-}
 
 /// Two RAM regions: 1 MiB at 0 (the rings and buffers) and 64 KiB at 16 MiB.
 fn memory() -> Arc<GuestMemoryMmap> {
@@ -290,8 +97,8 @@ impl Rig {
         let (call, kick) = {
             let device = self.device.lock();
             (
-                device.calls[index].as_raw_fd(),
-                device.kicks[index].as_raw_fd(),
+                device.notifiers.calls[index].as_raw_fd(),
+                device.notifiers.kicks[index].as_raw_fd(),
             )
         };
         vec![
@@ -643,10 +450,10 @@ fn a_call_while_stopped_is_drained_without_an_interrupt() {
     let r = rig();
     let fds = r.device.lock().event_fds();
     assert_eq!(fds.len(), 2);
-    r.device.lock().calls[0].write(1).unwrap();
+    r.device.lock().notifiers.calls[0].write(1).unwrap();
     r.device.lock().handle_event(0).unwrap();
     assert_eq!(r.interrupt.status(), 0);
-    assert_eq!(read_counter(&r.device.lock().calls[0]), None);
+    assert_eq!(read_counter(&r.device.lock().notifiers.calls[0]), None);
 }
 
 #[test]
