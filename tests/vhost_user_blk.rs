@@ -167,6 +167,12 @@ fn missing_back_end_socket_is_refused_naming_it() {
         "{}",
         out.describe()
     );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        out.describe()
+    );
 }
 
 /// The back end dies while the guest uses the disk: Nimbus says so once, naming the device,

@@ -91,8 +91,9 @@ pub enum VhostUserError {
         /// Its id.
         id: String,
     },
-    /// Nobody listens on the socket.
-    #[error("{device} '{id}': cannot connect to the back end at {path:?}")]
+    /// Nobody listens on the socket. One line, the system's reason included: a runtime reads
+    /// the first line only.
+    #[error("{device} '{id}': no back end at {path:?}: {reason}")]
     Connect {
         /// The device type.
         device: &'static str,
@@ -100,9 +101,8 @@ pub enum VhostUserError {
         id: String,
         /// The socket.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
+        /// What connect(2) said.
+        reason: String,
     },
     /// The back end refused a request or answered nonsense.
     #[error("{device} '{id}': the back end failed {request}")]
@@ -174,7 +174,7 @@ impl VhostUser {
                 device,
                 id: id.clone(),
                 path: options.socket.clone(),
-                source,
+                reason: plain_reason(&source),
             })?;
         let watched = stream.try_clone().map_err(VhostUserError::EventFd)?;
         let queues = queue_count(&options.kind);
@@ -249,6 +249,15 @@ fn fs_config(tag: &str, request_queues: u16) -> Vec<u8> {
     config[..n].copy_from_slice(&bytes[..n]);
     config[FS_TAG_LEN..].copy_from_slice(&u32::from(request_queues).to_le_bytes());
     config
+}
+
+/// An I/O error's reason without the "(os error N)" tail.
+fn plain_reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 fn device_name(kind: &VhostUserKind) -> &'static str {
