@@ -603,6 +603,7 @@ static void __attribute__((noreturn)) action_hang(void)
 u64 vdev_base; /* the virtio-mmio device being driven */
 static u16 blk_avail_idx;
 static u32 blk_isr;
+static u32 blk_polls = BLK_POLLS; /* polls of the used index before a request times out */
 
 u32 vr(u32 off)
 {
@@ -677,7 +678,7 @@ static u32 blk_request(u32 type, u64 sector, u32 len, int device_writes)
 	__asm__ volatile("" ::: "memory");
 	vw(0x50, 0);
 	while (*used_idx == before)
-		if (++polls == BLK_POLLS)
+		if (++polls == blk_polls)
 			return BLK_TIMEOUT;
 	blk_isr = vr(0x60);
 	vw(0x64, blk_isr);
@@ -966,6 +967,50 @@ static void action_blkwatch(void)
 		memset((u8 *)BLK_DATA, 0, 512);
 		blk_print_text("marker", blk_request(BLK_T_IN, 0, 512, 1), 32);
 	}
+}
+
+/* `nimbus.test=blkloop`: `nimbus.blkwrites=N` (default 40) writes, one at a time, to the block
+   device of virtio-mmio slot `nimbus.blkslot=N` (default 0): write i fills sector 8 + i with the
+   byte i + 1 and prints `blkloop: write <i> status=<S>` (256: no answer within
+   `nimbus.blkpolls=` polls, default 20 times blk's), then pauses (`nimbus.blkpause=` pause
+   instructions, default 20000) so that the host can act between writes. Ends with
+   `blkloop: done writes=N errors=E status=0x..` (the device status register). */
+static void action_blkloop(void)
+{
+	u64 writes = cmdline_number(info.cmdline, "nimbus.blkwrites=", 40);
+	u64 slot = cmdline_number(info.cmdline, "nimbus.blkslot=", 0);
+	u64 pause = cmdline_number(info.cmdline, "nimbus.blkpause=", 20000);
+	u64 i, j, errors = 0;
+	u32 status;
+
+	blk_polls = (u32)cmdline_number(info.cmdline, "nimbus.blkpolls=", 20 * BLK_POLLS);
+	vdev_base = find_virtio_mmio_nth(info.cmdline, slot);
+	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
+		puts("blkloop: no device\n");
+		return;
+	}
+	if (blk_probe())
+		return;
+	for (i = 0; i < writes; i++) {
+		memset((u8 *)BLK_DATA, (int)(u8)(i + 1), 512);
+		status = blk_request(BLK_T_OUT, 8 + i, 512, 0);
+		if (status)
+			errors++;
+		puts("blkloop: write ");
+		put_dec(i);
+		puts(" status=");
+		put_dec(status);
+		putc('\n');
+		for (j = 0; j < pause; j++)
+			__asm__ volatile("pause");
+	}
+	puts("blkloop: done writes=");
+	put_dec(writes);
+	puts(" errors=");
+	put_dec(errors);
+	puts(" status=");
+	put_hex(vr(0x70));
+	putc('\n');
 }
 
 /* ---- virtio-net, polled ------------------------------------------------------------------- */
@@ -1471,6 +1516,8 @@ static void run_action(const char *name, u64 len)
 		action_blkbench();
 	else if (str_eq_n(name, len, "blkwatch"))
 		action_blkwatch();
+	else if (str_eq_n(name, len, "blkloop"))
+		action_blkloop();
 	else if (str_eq_n(name, len, "net"))
 		action_net();
 	else if (str_eq_n(name, len, "rng"))

@@ -7,6 +7,7 @@ use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
 use machine::{VhostUserKind, VhostUserOptions};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The vhost-user disk.
 pub const VHOST_USER_BLK: &str = "vhost-user-blk-device";
@@ -92,7 +93,7 @@ pub fn parse_vhost_user(parsed: &Parsed) -> Result<Vec<VhostUserOptions>, Settin
         let chardev_id = opts
             .get("chardev")
             .ok_or_else(|| invalid("device", &value, "chardev=<id> is required"))?;
-        let socket = chardev_socket(&chardevs, chardev_id)
+        let (socket, reconnect) = chardev_socket(&chardevs, chardev_id)
             .map_err(|reason| invalid("device", &value, reason))?;
         let id = opts
             .get("id")
@@ -100,15 +101,21 @@ pub fn parse_vhost_user(parsed: &Parsed) -> Result<Vec<VhostUserOptions>, Settin
         if out.iter().any(|o| o.id == id) {
             return Err(invalid("device", &value, format!("duplicate id '{id}'")));
         }
-        out.push(VhostUserOptions { id, socket, kind });
+        out.push(VhostUserOptions {
+            id,
+            socket,
+            kind,
+            reconnect,
+        });
     }
     Ok(out)
 }
 
-/// The socket path of `-chardev socket,id=<id>,path=<path>`. `server,nowait` is accepted (Kata
-/// writes it) but Nimbus always connects to the back end, which listens: virtiofsd and
-/// qemu-storage-daemon serve their socket. `reconnect=` is not implemented yet.
-fn chardev_socket(chardevs: &[String], id: &str) -> Result<PathBuf, String> {
+/// The socket path of `-chardev socket,id=<id>,path=<path>[,reconnect=N]`, and the reconnect
+/// period (`reconnect=0`, QEMU's default, is none). `server,nowait` is accepted (Kata writes
+/// it) but Nimbus always connects to the back end, which listens: virtiofsd and
+/// qemu-storage-daemon serve their socket.
+fn chardev_socket(chardevs: &[String], id: &str) -> Result<(PathBuf, Option<Duration>), String> {
     let chardev = chardevs
         .iter()
         .map(|c| OptList::parse(c, Some("backend")))
@@ -117,17 +124,29 @@ fn chardev_socket(chardevs: &[String], id: &str) -> Result<PathBuf, String> {
     if chardev.get("backend") != Some("socket") {
         return Err(format!("-chardev '{id}' must be a socket"));
     }
-    if chardev.get("reconnect").is_some() {
-        return Err(format!(
-            "-chardev '{id}': reconnect= is not supported yet for vhost-user back ends"
-        ));
-    }
-    chardev
+    let reconnect = match chardev.get("reconnect") {
+        None => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(0) => None,
+            Ok(secs) if secs <= MAX_RECONNECT_SECS => Some(Duration::from_secs(secs)),
+            _ => {
+                return Err(format!(
+                    "-chardev '{id}': reconnect= must be seconds from 0 to {MAX_RECONNECT_SECS}, \
+                     not '{text}'"
+                ))
+            }
+        },
+    };
+    let path = chardev
         .get("path")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .ok_or_else(|| format!("-chardev '{id}' needs path=<socket>"))
+        .ok_or_else(|| format!("-chardev '{id}' needs path=<socket>"))?;
+    Ok((path, reconnect))
 }
+
+/// Longest reconnect period (a day).
+const MAX_RECONNECT_SECS: u64 = 86_400;
 
 #[cfg(test)]
 mod tests {
@@ -156,6 +175,7 @@ mod tests {
                     request_queues: 1,
                     queue_size: 128
                 },
+                reconnect: None,
             }]
         );
     }
@@ -168,6 +188,19 @@ mod tests {
         .expect("parse");
         let devices = parse_vhost_user(&parsed).expect("ok");
         assert_eq!(devices[0].kind, VhostUserKind::Blk { num_queues: 2 });
+        assert_eq!(devices[0].reconnect, None);
+    }
+
+    #[test]
+    fn reconnect_takes_seconds_and_zero_is_none() {
+        for (value, period) in [("1", Some(Duration::from_secs(1))), ("0", None)] {
+            let parsed = parse(&words(&format!(
+                "-chardev socket,id=c1,path=/run/b.sock,reconnect={value} \
+                 -device vhost-user-blk-device,id=vub0,chardev=c1"
+            )))
+            .expect("parse");
+            assert_eq!(parse_vhost_user(&parsed).expect("ok")[0].reconnect, period);
+        }
     }
 
     #[test]
@@ -178,7 +211,7 @@ mod tests {
             ("-chardev socket,id=c,path=/s -device vhost-user-fs-device,chardev=c", "tag=<mount tag>"),
             ("-chardev socket,id=c,path=/s -device vhost-user-fs-device,chardev=c,tag=t,queue-size=100", "power of 2"),
             ("-chardev socket,id=c,path=/s -device vhost-user-blk-device,chardev=c,num-queues=0", "between 1 and 16"),
-            ("-chardev socket,id=c,path=/s,reconnect=1 -device vhost-user-blk-device,chardev=c", "reconnect="),
+            ("-chardev socket,id=c,path=/s,reconnect=soon -device vhost-user-blk-device,chardev=c", "reconnect= must be seconds"),
             ("-chardev socket,id=c -device vhost-user-blk-device,chardev=c", "path=<socket>"),
             ("-chardev socket,id=c,path=/s -device vhost-user-blk-device,chardev=c,frob=1", "unknown option 'frob'"),
         ] {

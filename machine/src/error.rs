@@ -151,6 +151,9 @@ pub enum MachineError {
     /// socket or the request it refused).
     #[error(transparent)]
     VhostUser(virtio::VhostUserError),
+    /// The vhost-user watchdog thread could not be started.
+    #[error("cannot start the vhost-user watchdog thread")]
+    Watchdog(#[source] std::io::Error),
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),

@@ -52,6 +52,8 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread.
     Vcpu,
+    /// The vhost-user watchdog: shuts down the socket of a back end that does not answer.
+    Watchdog,
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -59,6 +61,7 @@ impl std::fmt::Display for ThreadKind {
         f.write_str(match self {
             ThreadKind::Vmm => "VMM",
             ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Watchdog => "vhost-user watchdog",
         })
     }
 }
@@ -75,9 +78,20 @@ pub enum SeccompError {
     /// The kernel refused the filter.
     #[error("cannot install the {0} thread's seccomp filter")]
     Install(ThreadKind, #[source] seccompiler::Error),
+    /// A thread of a kind whose filter was not compiled.
+    #[error("no seccomp filter was compiled for the {0} thread")]
+    NoFilter(ThreadKind),
     /// The self-test hook names a syscall it does not know.
     #[error("{SELFTEST_ENV}={0:?}: expected [vcpu:]getppid|getpgrp|getuid|getgid")]
     SelfTest(String),
+}
+
+/// The compiled programs of each thread kind.
+struct Filters {
+    vmm: BpfProgram,
+    vcpu: BpfProgram,
+    /// Only with vhost-user devices.
+    watchdog: Option<BpfProgram>,
 }
 
 /// The compiled filters of both thread kinds (none with `-disable-seccomp`) and the self-test
@@ -87,7 +101,7 @@ pub struct Seccomp(Arc<Inner>);
 
 struct Inner {
     /// `None` with `-disable-seccomp`.
-    filters: Option<(BpfProgram, BpfProgram)>,
+    filters: Option<Filters>,
     /// The thread kind and syscall of the self-test hook, if asked for.
     selftest: Option<(ThreadKind, i64)>,
 }
@@ -110,10 +124,16 @@ impl Seccomp {
         let filters = if enabled {
             sigsys::register_handler().map_err(SeccompError::SignalHandler)?;
             let queue_io = !ioeventfd;
-            Some((
-                compile(ThreadKind::Vmm, queue_io, devices)?,
-                compile(ThreadKind::Vcpu, queue_io, devices)?,
-            ))
+            let watchdog = if devices.vhost_user {
+                Some(compile(ThreadKind::Watchdog, queue_io, devices)?)
+            } else {
+                None
+            };
+            Some(Filters {
+                vmm: compile(ThreadKind::Vmm, queue_io, devices)?,
+                vcpu: compile(ThreadKind::Vcpu, queue_io, devices)?,
+                watchdog,
+            })
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
             None
@@ -125,10 +145,15 @@ impl Seccomp {
     /// when a forbidden syscall is reported), then runs the self-test hook if it targets this
     /// thread (vCPU 0 for `vcpu:`).
     pub fn apply(&self, kind: ThreadKind, vcpu: u8) -> Result<(), SeccompError> {
-        if let Some((vmm, vcpu_filter)) = &self.0.filters {
+        if let Some(filters) = &self.0.filters {
             let program = match kind {
-                ThreadKind::Vmm => vmm,
-                ThreadKind::Vcpu => vcpu_filter,
+                ThreadKind::Vmm => &filters.vmm,
+                ThreadKind::Vcpu => &filters.vcpu,
+                // Compiled with the vhost-user devices; refused rather than run unfiltered.
+                ThreadKind::Watchdog => filters
+                    .watchdog
+                    .as_ref()
+                    .ok_or(SeccompError::NoFilter(kind))?,
             };
             sigsys::set_thread(kind, vcpu);
             seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind, e))?;
@@ -169,6 +194,7 @@ pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
     match kind {
         ThreadKind::Vmm => lists::vmm(),
         ThreadKind::Vcpu => lists::vcpu(queue_io),
+        ThreadKind::Watchdog => lists::watchdog(),
     }
 }
 
@@ -204,6 +230,9 @@ pub(crate) fn allow_list_with_devices(
     devices: DeviceSyscalls,
 ) -> Vec<Allowed> {
     let mut list = allow_list(kind, queue_io);
+    if kind == ThreadKind::Watchdog {
+        return list;
+    }
     if devices.vsock == VsockSyscalls::UnixSockets && kind == ThreadKind::Vmm {
         list.extend(lists::vsock());
     }
@@ -248,11 +277,13 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    /// Every list: the VMM thread's, and the vCPU threads' with and without ioeventfds.
-    const ALL: [(ThreadKind, bool); 3] = [
+    /// Every list: the VMM thread's, the vCPU threads' with and without ioeventfds, and the
+    /// vhost-user watchdog's.
+    const ALL: [(ThreadKind, bool); 4] = [
         (ThreadKind::Vmm, false),
         (ThreadKind::Vcpu, false),
         (ThreadKind::Vcpu, true),
+        (ThreadKind::Watchdog, false),
     ];
 
     #[test]
@@ -549,5 +580,19 @@ mod tests {
             allow_list_with_devices(ThreadKind::Vmm, false, devices(VsockSyscalls::UnixSockets))
                 .len();
         println!("Vmm with a virtio-vsock-device: {vsock} syscalls");
+        let vhost_user = DeviceSyscalls {
+            vhost_user: true,
+            ..DeviceSyscalls::NONE
+        };
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            let distinct: HashSet<i64> = allow_list_with_devices(kind, false, vhost_user)
+                .iter()
+                .map(|a| a.nr)
+                .collect();
+            println!(
+                "{kind:?} with vhost-user devices: {} syscalls",
+                distinct.len()
+            );
+        }
     }
 }

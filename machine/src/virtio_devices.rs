@@ -13,6 +13,7 @@ use crate::error::MachineError;
 use crate::event_loop::{input, unwatch, watch, EventLoop};
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use crate::net_slots::{net_devices, NetSlots};
+use crate::seccomp::{Seccomp, ThreadKind};
 use crate::slots::Labelled;
 use crate::vsock_devices::vsock_device;
 use address_space::sync::lock;
@@ -24,8 +25,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use virtio::mmio::reg::QUEUE_NOTIFY;
 use virtio::{
-    FdChange, Interrupt, MmioTransport, Readiness, Rng, RngOptions, VhostUser, VirtioDevice,
-    MMIO_WINDOW_SIZE,
+    FdChange, Interrupt, MmioTransport, Readiness, Rng, RngOptions, VhostUser, VhostUserWatchdog,
+    VirtioDevice, MMIO_WINDOW_SIZE,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -114,7 +115,7 @@ pub fn build_virtio_devices(
     mmio: &AddressSpace,
     config: &MachineConfig,
     slots: SlotCounts,
-    ioeventfd: bool,
+    (ioeventfd, seccomp): (bool, &Seccomp),
     events: &mut EventLoop,
 ) -> Result<VirtioDevices, MachineError> {
     let (drives, nets) = (&config.drives[..], &config.nets[..]);
@@ -122,16 +123,7 @@ pub fn build_virtio_devices(
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
     let (net_slots, nets) = net_devices(nets, slots.net, &mmio.memory(), events)?;
     devices.extend(nets);
-    for options in &config.vhost_user {
-        let device = VhostUser::connect(options, mmio.memory()).map_err(MachineError::VhostUser)?;
-        let label = format!(
-            "{} '{}' on {:?}",
-            device_label(&options.kind),
-            options.id,
-            options.socket
-        );
-        devices.push((label, Box::new(device)));
-    }
+    devices.extend(vhost_user_devices(config, mmio, seccomp)?);
     if let Some(vsock) = &config.vsock {
         let device = vsock_device(vsock, ioeventfd, mmio.memory()).map_err(MachineError::Vsock)?;
         devices.push(device);
@@ -164,6 +156,65 @@ pub fn build_virtio_devices(
         mmio.commit()?;
     }
     Ok(out)
+}
+
+/// The vhost-user devices, connected to their back ends, with the watchdog thread their
+/// requests need (none started without them).
+fn vhost_user_devices(
+    config: &MachineConfig,
+    mmio: &AddressSpace,
+    seccomp: &Seccomp,
+) -> Result<Vec<Labelled>, MachineError> {
+    if config.vhost_user.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dog = start_watchdog(seccomp)?;
+    let mut devices: Vec<Labelled> = Vec::new();
+    for options in &config.vhost_user {
+        let device = VhostUser::connect(options, mmio.memory(), dog.clone())
+            .map_err(MachineError::VhostUser)?;
+        let reconnect = options
+            .reconnect
+            .map(|p| format!(", reconnecting every {} s", p.as_secs()))
+            .unwrap_or_default();
+        let label = format!(
+            "{} '{}' on {:?}{reconnect}",
+            device_label(&options.kind),
+            options.id,
+            options.socket
+        );
+        devices.push((label, Box::new(device)));
+    }
+    Ok(devices)
+}
+
+/// Starts the thread that ends vhost-user requests a back end does not answer in time, under
+/// its own seccomp filter (installed before it does anything else).
+fn start_watchdog(seccomp: &Seccomp) -> Result<Arc<VhostUserWatchdog>, MachineError> {
+    let dog = VhostUserWatchdog::new();
+    let served = dog.clone();
+    let seccomp = seccomp.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("vhost-user-wd".into())
+        .spawn(move || {
+            let applied = seccomp.apply(ThreadKind::Watchdog, 0);
+            let ok = applied.is_ok();
+            let _ = tx.send(applied);
+            if ok {
+                served.serve();
+            }
+        })
+        .map_err(MachineError::Watchdog)?;
+    match rx.recv() {
+        Ok(applied) => applied.map_err(MachineError::Seccomp)?,
+        Err(_) => {
+            return Err(MachineError::Watchdog(std::io::Error::other(
+                "the thread ended before installing its filter",
+            )))
+        }
+    }
+    Ok(dog)
 }
 
 fn device_label(kind: &virtio::VhostUserKind) -> &'static str {

@@ -98,7 +98,14 @@ pub fn run_notifying(
         None => SlotCounts { blk: 0, net: 0 },
     };
     let mut events = EventLoop::new().map_err(MachineError::EventManager)?;
-    let virtio = build_virtio_devices(&vm, &mmio, config, slots, ioeventfd, &mut events)?;
+    let virtio = build_virtio_devices(
+        &vm,
+        &mmio,
+        config,
+        slots,
+        (ioeventfd, &seccomp),
+        &mut events,
+    )?;
     let boot = load_guest(
         &mmio,
         config,

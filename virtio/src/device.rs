@@ -231,6 +231,12 @@ pub trait VirtioDevice: Send {
     /// Processes what the driver made available on queue `index` (the driver notified it).
     /// A queue that is not ready, or a device that is not activated, is ignored.
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
+    /// Whether notifications still reach [`VirtioDevice::process_queue`] once the device
+    /// needs a reset (a vhost-user disk whose back end is gone answers each request with an
+    /// I/O error rather than leaving the guest waiting).
+    fn serves_after_needs_reset(&self) -> bool {
+        false
+    }
     /// File descriptors the device wants watched for input besides its queue notifications
     /// (an I/O completion eventfd, a tap). The set is fixed when the device is created and the
     /// descriptors stay open as long as the device; fd `i` readable leads to `handle_event(i)`.
@@ -321,6 +327,10 @@ impl<D: VirtioDevice> VirtioDevice for Shared<D> {
 
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
         self.lock().process_queue(index)
+    }
+
+    fn serves_after_needs_reset(&self) -> bool {
+        self.lock().serves_after_needs_reset()
     }
 
     fn event_fds(&self) -> Vec<RawFd> {

@@ -33,7 +33,9 @@ pub use net::{
     SharedNet, Tap, TapError, TapIo, VhostNet, DEVICE_TYPE_NET,
 };
 pub use rng::{Rng, RngError, RngOptions, DEVICE_TYPE_RNG};
-pub use vhost_user::{VhostUser, VhostUserError, VhostUserKind, VhostUserOptions};
+pub use vhost_user::{
+    VhostUser, VhostUserError, VhostUserKind, VhostUserOptions, Watchdog as VhostUserWatchdog,
+};
 pub use vhost_vsock::{
     KernelVsock, VhostVsock, VhostVsockBackend, VhostVsockError, VHOST_VSOCK_PATH,
 };

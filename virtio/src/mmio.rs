@@ -417,7 +417,8 @@ impl MmioTransport {
     }
 
     fn notify(&mut self, value: u32) {
-        if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+        let broken = self.status & STATUS_DEVICE_NEEDS_RESET != 0;
+        if !self.activated || (broken && !self.device.serves_after_needs_reset()) {
             return;
         }
         let Ok(index) = u16::try_from(value) else {

@@ -191,21 +191,38 @@ pub(crate) fn vhost(vsock: bool, net: bool) -> Allowed {
 /// What vhost-user devices add (`vhost_user/`): their requests to the back end are socket
 /// messages (`sendmsg`, with descriptors for the memory table and the eventfds; `recvmsg` for
 /// replies), made by the vCPU that starts or resets the device and by the VMM thread that
-/// stops it at exit (which already has `recvmsg` for QMP).
+/// stops it at exit (which already has `recvmsg` for QMP). With `reconnect=` the VMM thread
+/// also opens a new connection to the back end (its reconnect timer is armed with
+/// `timerfd_settime`, which the VMM list already has).
+#[rustfmt::skip]
 pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
-    let mut list = vec![any(
-        libc::SYS_sendmsg,
-        "sendmsg",
-        "vhost-user requests to the back end",
-    )];
-    if kind == super::ThreadKind::Vcpu {
-        list.push(any(
-            libc::SYS_recvmsg,
-            "recvmsg",
-            "vhost-user replies from the back end",
-        ));
+    use libc::*;
+    let mut list = vec![any(SYS_sendmsg, "sendmsg", "vhost-user requests to the back end")];
+    match kind {
+        super::ThreadKind::Vcpu => {
+            list.push(any(SYS_recvmsg, "recvmsg", "vhost-user replies from the back end"));
+        }
+        super::ThreadKind::Vmm => list.extend([
+            only(SYS_socket, "socket", 0, &[AF_UNIX as u64], "vhost-user: reconnect to the back end"),
+            any(SYS_connect, "connect", "vhost-user: reconnect to the back end"),
+            only(SYS_fcntl, "fcntl", 1, &[F_DUPFD_CLOEXEC as u64], "vhost-user: the reconnected socket's watched descriptor"),
+        ]),
+        super::ThreadKind::Watchdog => {}
     }
     list
+}
+
+/// The vhost-user watchdog thread (`virtio::vhost_user::watchdog`): it waits on its condition
+/// variable for deadlines and shuts down the socket of a back end that missed one.
+#[rustfmt::skip]
+pub(crate) fn watchdog() -> Vec<Allowed> {
+    use libc::*;
+    vec![
+        any(SYS_futex, "futex", "its mutex and condition variable"),
+        only(SYS_shutdown, "shutdown", 1, &[SHUT_RDWR as u64], "end a silent back end's socket"),
+        any(SYS_clock_gettime, "clock_gettime", "deadlines (the vDSO falls back to the syscall)"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+    ]
 }
 
 /// The ioctls of a vCPU thread: `KVM_RUN`, `KVM_GET_REGS` for the internal-error report, and

@@ -36,11 +36,15 @@ thread_local! {
     static THREAD: Cell<u16> = const { Cell::new(0) };
 }
 
+/// [`THREAD`]'s value for the vhost-user watchdog.
+const WATCHDOG_THREAD: u16 = u16::MAX;
+
 /// Records who the calling thread is, for the report.
 pub(super) fn set_thread(kind: ThreadKind, vcpu: u8) {
     let value = match kind {
         ThreadKind::Vmm => 1,
         ThreadKind::Vcpu => 2 + u16::from(vcpu),
+        ThreadKind::Watchdog => WATCHDOG_THREAD,
     };
     THREAD.with(|t| t.set(value));
 }
@@ -97,6 +101,7 @@ fn report(nr: i64, thread: u16) -> Line {
     match thread {
         0 => line.push(b"unknown"),
         1 => line.push(b"VMM"),
+        WATCHDOG_THREAD => line.push(b"vhost-user watchdog"),
         n => {
             line.push(b"vCPU ");
             line.push_number(i64::from(n - 2));

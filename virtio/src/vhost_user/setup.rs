@@ -2,11 +2,17 @@
 //! DRIVER_OK and stopping them at reset, over the `vhost` crate's `Frontend` on the back end's
 //! socket (a scripted back end on a socket pair in tests).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
 use address_space::vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 use log::warn;
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -17,6 +23,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::Watchdog;
 use super::VhostUserError;
 use crate::device::feature;
 
@@ -28,7 +35,9 @@ const PASSED_THROUGH: u64 =
 
 /// Protocol features Nimbus uses.
 fn wanted_protocol() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// The features to offer the guest for a back end offering `backend`.
@@ -44,83 +53,173 @@ pub(crate) fn memory_regions(mem: &GuestMemoryMmap) -> Option<Vec<VhostUserMemor
         .collect()
 }
 
+/// The device a setup serves, for messages.
+#[derive(Debug, Clone)]
+pub struct Ident {
+    /// The device type's flag name (`vhost-user-blk-device`).
+    pub device: &'static str,
+    /// Its `id=`.
+    pub id: String,
+}
+
+impl Ident {
+    fn request_error(&self, request: &'static str, source: vhost::Error) -> VhostUserError {
+        VhostUserError::Request {
+            device: self.device,
+            id: self.id.clone(),
+            request,
+            source,
+        }
+    }
+
+    fn unsupported(&self, what: String) -> VhostUserError {
+        VhostUserError::Unsupported {
+            device: self.device,
+            id: self.id.clone(),
+            what,
+        }
+    }
+}
+
+/// The inflight-I/O region the back end keeps (protocol feature INFLIGHT_SHMFD): which
+/// descriptor chains it took and has not answered yet, in shared memory that outlives it.
+pub struct Inflight {
+    info: VhostUserInflight,
+    file: File,
+}
+
+impl Inflight {
+    /// The heads of `queue` the back end took and has not answered, and whether the region
+    /// says its last completion reached the used ring (`used_idx`, the guest's): see
+    /// [`super::rescue`].
+    pub fn region(&self, queue: usize) -> Option<InflightQueue> {
+        let queues = u64::from(self.info.num_queues);
+        let size = usize::from(self.info.queue_size);
+        let stride = self.info.mmap_size.checked_div(queues)?;
+        if queue as u64 >= queues || stride < (INFLIGHT_HEADER + size * INFLIGHT_DESC) as u64 {
+            return None;
+        }
+        let mut bytes = vec![0u8; INFLIGHT_HEADER + size * INFLIGHT_DESC];
+        let offset = self.info.mmap_offset + queue as u64 * stride;
+        self.file.read_exact_at(&mut bytes, offset).ok()?;
+        let word = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        let heads = (0..size)
+            .filter(|&i| bytes[INFLIGHT_HEADER + i * INFLIGHT_DESC] == 1)
+            .map(|i| i as u16)
+            .collect();
+        Some(InflightQueue {
+            last_batch_head: word(12),
+            used_idx: word(14),
+            heads,
+        })
+    }
+}
+
+/// Bytes before the descriptor states of a queue's inflight region (features, version,
+/// desc_num, last_batch_head, used_idx).
+const INFLIGHT_HEADER: usize = 16;
+/// Bytes of one descriptor's state (inflight, padding, next, counter).
+const INFLIGHT_DESC: usize = 16;
+
+/// One queue's part of the inflight region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InflightQueue {
+    /// The head the back end answered last (its flag may still be set, see `used_idx`).
+    pub last_batch_head: u16,
+    /// The used index the back end reached when it last cleared a flag.
+    pub used_idx: u16,
+    /// Heads marked in flight.
+    pub heads: Vec<u16>,
+}
+
 /// One back end's connection and what it offered.
 pub struct VhostUserSetup {
     frontend: Frontend,
-    device: &'static str,
-    id: String,
+    ident: Ident,
     device_type: u32,
     backend_features: u64,
     protocol: Option<VhostUserProtocolFeatures>,
+    watchdog: Arc<Watchdog>,
+    limit: Duration,
 }
 
 impl VhostUserSetup {
     /// Takes ownership of the back end and negotiates the protocol: its virtio features, the
-    /// protocol features both know, and (with MQ) that it serves `queues` queues.
+    /// protocol features both know, and (with MQ) that it serves `queues` queues. Each request
+    /// is given `limit` to be answered (see [`Watchdog`]).
     pub fn handshake(
-        mut frontend: Frontend,
-        device: &'static str,
-        id: &str,
+        frontend: Frontend,
+        ident: Ident,
         device_type: u32,
         queues: usize,
+        watchdog: Arc<Watchdog>,
+        limit: Duration,
     ) -> Result<VhostUserSetup, VhostUserError> {
-        let err = |request| {
-            let id = id.to_string();
-            move |source| VhostUserError::Request {
-                device,
-                id,
-                request,
-                source,
-            }
-        };
-        let unsupported = |what: String| VhostUserError::Unsupported {
-            device,
-            id: id.to_string(),
-            what,
-        };
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        if backend_features & feature(VIRTIO_F_VERSION_1) == 0 {
-            return Err(unsupported(
-                "the back end does not offer VIRTIO_F_VERSION_1".into(),
-            ));
-        }
-        let protocol = if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
-        {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(err("GET_PROTOCOL_FEATURES"))?;
-            let agreed = offered & wanted_protocol();
-            frontend
-                .set_protocol_features(agreed)
-                .map_err(err("SET_PROTOCOL_FEATURES"))?;
-            Some(agreed)
-        } else {
-            None
-        };
-        if let Some(protocol) = protocol {
-            if protocol.contains(VhostUserProtocolFeatures::MQ) {
-                let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
-                if (queues as u64) > max {
-                    return Err(unsupported(format!(
-                        "{queues} queues asked, the back end serves at most {max}"
-                    )));
-                }
-            }
-        }
-        Ok(VhostUserSetup {
+        let mut setup = VhostUserSetup {
             frontend,
-            device,
-            id: id.to_string(),
+            ident,
             device_type,
-            backend_features,
-            protocol,
+            backend_features: 0,
+            protocol: None,
+            watchdog,
+            limit,
+        };
+        setup.ask("SET_OWNER", |f| f.set_owner())?;
+        let features = setup.ask("GET_FEATURES", |f| f.get_features())?;
+        if features & feature(VIRTIO_F_VERSION_1) == 0 {
+            return Err(setup
+                .ident
+                .unsupported("the back end does not offer VIRTIO_F_VERSION_1".into()));
+        }
+        setup.backend_features = features;
+        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let offered = setup.ask("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
+            let agreed = offered & wanted_protocol();
+            setup.ask("SET_PROTOCOL_FEATURES", |f| f.set_protocol_features(agreed))?;
+            setup.protocol = Some(agreed);
+        }
+        if setup.agreed(VhostUserProtocolFeatures::MQ) {
+            let max = setup.ask("GET_QUEUE_NUM", |f| f.get_queue_num())?;
+            if (queues as u64) > max {
+                return Err(setup.ident.unsupported(format!(
+                    "{queues} queues asked, the back end serves at most {max}"
+                )));
+            }
+        }
+        Ok(setup)
+    }
+
+    /// Makes one request with its deadline armed; a request the watchdog ended is a timeout.
+    fn ask<T, E: Into<vhost::Error>>(
+        &mut self,
+        request: &'static str,
+        call: impl FnOnce(&mut Frontend) -> Result<T, E>,
+    ) -> Result<T, VhostUserError> {
+        let guard = self.watchdog.arm(self.frontend.as_raw_fd(), self.limit);
+        let result = call(&mut self.frontend);
+        let fired = guard.fired();
+        drop(guard);
+        result.map_err(|source| {
+            if fired {
+                VhostUserError::Timeout {
+                    device: self.ident.device,
+                    id: self.ident.id.clone(),
+                    request,
+                    limit: self.limit,
+                }
+            } else {
+                self.ident.request_error(request, source.into())
+            }
         })
+    }
+
+    fn agreed(&self, wanted: VhostUserProtocolFeatures) -> bool {
+        self.protocol.is_some_and(|p| p.contains(wanted))
     }
 
     /// "<device> '<id>'", for messages.
     pub fn name(&self) -> String {
-        format!("{} '{}'", self.device, self.id)
+        format!("{} '{}'", self.ident.device, self.ident.id)
     }
 
     /// The virtio device type.
@@ -133,88 +232,86 @@ impl VhostUserSetup {
         self.backend_features
     }
 
-    fn request_error(&self, request: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
-        let (device, id) = (self.device, self.id.clone());
-        move |source| VhostUserError::Request {
-            device,
-            id,
-            request,
-            source,
-        }
-    }
-
     /// The back end's configuration space, `size` bytes (GET_CONFIG).
     pub fn read_config(&mut self, size: usize) -> Result<Vec<u8>, VhostUserError> {
-        if !self
-            .protocol
-            .is_some_and(|p| p.contains(VhostUserProtocolFeatures::CONFIG))
-        {
-            return Err(VhostUserError::Unsupported {
-                device: self.device,
-                id: self.id.clone(),
-                what: "the back end does not serve its configuration (no CONFIG protocol \
-                       feature)"
-                    .into(),
-            });
+        if !self.agreed(VhostUserProtocolFeatures::CONFIG) {
+            return Err(self.ident.unsupported(
+                "the back end does not serve its configuration (no CONFIG protocol feature)".into(),
+            ));
         }
         let buf = vec![0u8; size];
-        let err = self.request_error("GET_CONFIG");
-        let (_, config) = self
-            .frontend
-            .get_config(0, size as u32, VhostUserConfigFlags::empty(), &buf)
-            .map_err(err)?;
+        let (_, config) = self.ask("GET_CONFIG", |f| {
+            f.get_config(0, size as u32, VhostUserConfigFlags::empty(), &buf)
+        })?;
         Ok(config)
     }
 
-    /// Starts the back end on the guest's rings: the accepted features, the memory table, and
-    /// every ready queue. Returns the queues started.
+    /// A new inflight region for `queues` queues of `queue_size` entries (GET_INFLIGHT_FD), or
+    /// `None` when the back end does not keep one.
+    pub fn new_inflight(
+        &mut self,
+        queues: u16,
+        queue_size: u16,
+    ) -> Result<Option<Inflight>, VhostUserError> {
+        if !self.agreed(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+            return Ok(None);
+        }
+        let asked = VhostUserInflight {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues: queues,
+            queue_size,
+        };
+        let (info, file) = self.ask("GET_INFLIGHT_FD", |f| f.get_inflight_fd(&asked))?;
+        if info.mmap_size == 0 || info.num_queues != queues || info.queue_size != queue_size {
+            return Err(self.ident.unsupported(format!(
+                "the back end's inflight region does not fit {queues} queues of {queue_size}"
+            )));
+        }
+        Ok(Some(Inflight { info, file }))
+    }
+
+    /// Starts the back end on the guest's rings: the accepted features, the memory table, the
+    /// inflight region (if the back end keeps one), and every ready queue from its
+    /// `next_avail`. Returns the queues started.
     pub fn start(
         &mut self,
         acked: u64,
         mem: &GuestMemoryMmap,
         queues: &[Queue],
-        kicks: &[EventFd],
-        calls: &[EventFd],
+        eventfds: (&[EventFd], &[EventFd]),
+        inflight: Option<&Inflight>,
     ) -> Result<Vec<usize>, VhostUserError> {
+        let (kicks, calls) = eventfds;
         let protocol_bit =
             self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let err = |s: &Self, r| s.request_error(r);
-        self.frontend
-            .set_features(acked | protocol_bit)
-            .map_err(err(self, "SET_FEATURES"))?;
+        self.ask("SET_FEATURES", |f| f.set_features(acked | protocol_bit))?;
         let regions = memory_regions(mem).ok_or_else(|| VhostUserError::NotShared {
-            device: self.device,
-            id: self.id.clone(),
+            device: self.ident.device,
+            id: self.ident.id.clone(),
         })?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(err(self, "SET_MEM_TABLE"))?;
+        self.ask("SET_MEM_TABLE", |f| f.set_mem_table(&regions))?;
+        if let Some(region) =
+            inflight.filter(|_| self.agreed(VhostUserProtocolFeatures::INFLIGHT_SHMFD))
+        {
+            let fd = region.file.as_raw_fd();
+            self.ask("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&region.info, fd))?;
+        }
         let mut started = Vec::new();
         for (index, queue) in queues.iter().enumerate().filter(|(_, q)| q.ready()) {
-            let rings = ring_addresses(mem, queue).ok_or_else(|| VhostUserError::Unsupported {
-                device: self.device,
-                id: self.id.clone(),
-                what: format!("queue {index}'s rings are not in guest RAM"),
+            let rings = ring_addresses(mem, queue).ok_or_else(|| {
+                self.ident
+                    .unsupported(format!("queue {index}'s rings are not in guest RAM"))
             })?;
-            let f = &mut self.frontend;
-            f.set_vring_num(index, queue.size())
-                .map_err(err(self, "SET_VRING_NUM"))?;
-            let f = &mut self.frontend;
-            f.set_vring_addr(index, &rings)
-                .map_err(err(self, "SET_VRING_ADDR"))?;
-            let f = &mut self.frontend;
-            f.set_vring_base(index, queue.next_avail())
-                .map_err(err(self, "SET_VRING_BASE"))?;
-            let f = &mut self.frontend;
-            f.set_vring_call(index, &calls[index])
-                .map_err(err(self, "SET_VRING_CALL"))?;
-            let f = &mut self.frontend;
-            f.set_vring_kick(index, &kicks[index])
-                .map_err(err(self, "SET_VRING_KICK"))?;
+            self.ask("SET_VRING_NUM", |f| f.set_vring_num(index, queue.size()))?;
+            self.ask("SET_VRING_ADDR", |f| f.set_vring_addr(index, &rings))?;
+            self.ask("SET_VRING_BASE", |f| {
+                f.set_vring_base(index, queue.next_avail())
+            })?;
+            self.ask("SET_VRING_CALL", |f| f.set_vring_call(index, &calls[index]))?;
+            self.ask("SET_VRING_KICK", |f| f.set_vring_kick(index, &kicks[index]))?;
             if protocol_bit != 0 {
-                let f = &mut self.frontend;
-                f.set_vring_enable(index, true)
-                    .map_err(err(self, "SET_VRING_ENABLE"))?;
+                self.ask("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
             started.push(index);
         }
@@ -224,7 +321,7 @@ impl VhostUserSetup {
     /// Stops the `started` queues (GET_VRING_BASE): the back end leaves the rings alone.
     pub fn stop(&mut self, started: &[usize]) {
         for &index in started {
-            if let Err(e) = self.frontend.get_vring_base(index) {
+            if let Err(e) = self.ask("GET_VRING_BASE", |f| f.get_vring_base(index)) {
                 warn!("{}: stopping queue {index}: {e}", self.name());
             }
         }
@@ -248,4 +345,64 @@ fn ring_addresses(mem: &GuestMemoryMmap, queue: &Queue) -> Option<VringConfigDat
         avail_ring_addr: host(queue.avail_ring())?,
         log_addr: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A region of 2 queues of 4 entries laid out as libvhost-user does (64-byte aligned).
+    fn region_file() -> File {
+        let path = std::env::temp_dir().join(format!("inflight-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut bytes = vec![0u8; 2 * 128];
+        // Queue 1: last_batch_head 3, used_idx 7, heads 1 and 3 in flight.
+        bytes[128 + 12..128 + 14].copy_from_slice(&3u16.to_le_bytes());
+        bytes[128 + 14..128 + 16].copy_from_slice(&7u16.to_le_bytes());
+        bytes[128 + INFLIGHT_HEADER + INFLIGHT_DESC] = 1;
+        bytes[128 + INFLIGHT_HEADER + 3 * INFLIGHT_DESC] = 1;
+        file.write_all_at(&bytes, 0).unwrap();
+        file
+    }
+
+    fn inflight(mmap_size: u64) -> Inflight {
+        Inflight {
+            info: VhostUserInflight {
+                mmap_size,
+                mmap_offset: 0,
+                num_queues: 2,
+                queue_size: 4,
+            },
+            file: region_file(),
+        }
+    }
+
+    #[test]
+    fn each_queue_of_the_region_names_its_heads_in_flight() {
+        let region = inflight(256);
+        assert_eq!(region.region(0).unwrap().heads, Vec::<u16>::new());
+        assert_eq!(
+            region.region(1),
+            Some(InflightQueue {
+                last_batch_head: 3,
+                used_idx: 7,
+                heads: vec![1, 3],
+            })
+        );
+        assert_eq!(region.region(2), None, "no third queue");
+    }
+
+    #[test]
+    fn a_region_too_small_for_its_queues_is_not_read() {
+        assert_eq!(inflight(120).region(0), None);
+    }
 }

@@ -1,8 +1,8 @@
 //! The handshake against a scripted back end on a socket pair: each request the frontend sends
 //! is answered as the script says, so that hostile replies (a reply to another request,
 //! features never offered, a configuration longer than asked, descriptors where none belong)
-//! can be shown to fail cleanly. A reply shorter than its header says, or none at all, still
-//! blocks the asking thread: the vhost crate retries a timed-out read forever (see mod.rs).
+//! can be shown to fail cleanly. A reply shorter than its header says, or none at all, is
+//! ended by the watchdog at the request's deadline.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -31,11 +31,13 @@ const PROTOCOLS: u64 = 0x1 | 0x200;
 /// What the scripted back end answers to one request (by its number and payload).
 type Script = Box<dyn FnMut(u32, &[u8]) -> Option<Answer> + Send>;
 
-/// A reply: its payload, an optional descriptor to attach, and the request code to claim.
+/// A reply: its payload, an optional descriptor to attach, the request code to claim, and
+/// the payload size to claim in the header.
 struct Answer {
     body: Vec<u8>,
     with_fd: bool,
     code: Option<u32>,
+    claimed_len: Option<u32>,
 }
 
 fn answer(body: Vec<u8>) -> Option<Answer> {
@@ -43,6 +45,7 @@ fn answer(body: Vec<u8>) -> Option<Answer> {
         body,
         with_fd: false,
         code: None,
+        claimed_len: None,
     })
 }
 
@@ -89,7 +92,8 @@ fn back_end(mut script: Script) -> (UnixStream, JoinHandle<()>) {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&code.to_le_bytes());
         bytes.extend_from_slice(&REPLY.to_le_bytes());
-        bytes.extend_from_slice(&(reply.body.len() as u32).to_le_bytes());
+        let len = reply.claimed_len.unwrap_or(reply.body.len() as u32);
+        bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(&reply.body);
         if reply.with_fd {
             let evt = EventFd::new(0).unwrap();
@@ -106,19 +110,31 @@ fn disk_options() -> VhostUserOptions {
         id: "vub0".into(),
         socket: PathBuf::from("/scripted"),
         kind: VhostUserKind::Blk { num_queues: 1 },
+        reconnect: None,
     }
+}
+
+/// One watchdog thread for every test of the process.
+fn watchdog() -> Arc<Watchdog> {
+    static DOG: std::sync::OnceLock<Arc<Watchdog>> = std::sync::OnceLock::new();
+    DOG.get_or_init(|| {
+        let dog = Watchdog::new();
+        let served = dog.clone();
+        std::thread::spawn(move || served.serve());
+        dog
+    })
+    .clone()
 }
 
 fn memory() -> Arc<GuestMemoryMmap> {
     Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap())
 }
 
-/// The device over the scripted back end, replies awaited at most `timeout`.
-fn connect(script: Script, timeout: Duration) -> Result<VhostUser, VhostUserError> {
+/// The device over the scripted back end, each reply awaited at most `limit`.
+fn connect(script: Script, limit: Duration) -> Result<VhostUser, VhostUserError> {
     let (stream, _thread) = back_end(script);
-    stream.set_read_timeout(Some(timeout)).unwrap();
     let frontend = Frontend::from_stream(stream, 1);
-    VhostUser::with_frontend(&disk_options(), frontend, memory())
+    VhostUser::with_frontend(&disk_options(), frontend, memory(), watchdog(), limit)
 }
 
 fn failure(script: Script) -> String {
@@ -225,8 +241,14 @@ fn too_few_queues_at_the_back_end_is_refused_naming_both_counts() {
         kind: VhostUserKind::Blk { num_queues: 2 },
         ..disk_options()
     };
-    let Err(err) = VhostUser::with_frontend(&options, Frontend::from_stream(stream, 2), memory())
-    else {
+    let frontend = Frontend::from_stream(stream, 2);
+    let Err(err) = VhostUser::with_frontend(
+        &options,
+        frontend,
+        memory(),
+        watchdog(),
+        Duration::from_secs(5),
+    ) else {
         panic!("2 queues on a back end serving 1");
     };
     assert!(err.to_string().contains("2 queues asked"), "{err}");
@@ -238,4 +260,132 @@ fn the_fs_configuration_space_holds_the_tag_and_the_queue_count() {
     assert_eq!(&config[..4], b"myfs");
     assert!(config[4..36].iter().all(|&b| b == 0));
     assert_eq!(&config[36..40], &1u32.to_le_bytes());
+}
+
+#[test]
+fn a_back_end_that_never_answers_is_ended_at_the_deadline() {
+    let started = std::time::Instant::now();
+    let Err(err) = connect(
+        Box::new(|request, payload| {
+            if request == GET_FEATURES {
+                return None;
+            }
+            good_disk(request, payload)
+        }),
+        Duration::from_millis(300),
+    ) else {
+        panic!("a silent back end was accepted");
+    };
+    assert!(
+        err.to_string()
+            .contains("did not answer GET_FEATURES within"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_reply_shorter_than_its_header_says_is_ended_at_the_deadline() {
+    let Err(err) = connect(
+        Box::new(|request, payload| {
+            let mut reply = good_disk(request, payload)?;
+            if request == GET_FEATURES {
+                reply.claimed_len = Some(8);
+                reply.body.truncate(4);
+            }
+            Some(reply)
+        }),
+        Duration::from_millis(300),
+    ) else {
+        panic!("a short reply was accepted");
+    };
+    assert!(err.to_string().contains("GET_FEATURES"), "{err}");
+}
+
+/// Guest RAM in a shared file mapping, as `mem-share=on` gives it.
+fn shared_memory() -> Arc<GuestMemoryMmap> {
+    use address_space::vm_memory::mmap::MmapRegionBuilder;
+    use address_space::vm_memory::{FileOffset, GuestRegionMmap};
+    let path = std::env::temp_dir().join(format!("vhost-user-ram-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file.set_len(0x10_0000).unwrap();
+    let region = MmapRegionBuilder::new(0x10_0000)
+        .with_file_offset(FileOffset::new(file, 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .build()
+        .unwrap();
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+    Arc::new(GuestMemoryMmap::from_regions(vec![region]).unwrap())
+}
+
+const GET_INFLIGHT_FD: u32 = 31;
+const SET_INFLIGHT_FD: u32 = 32;
+const INFLIGHT_SHMFD: u64 = 1 << 12;
+
+/// A disk back end that keeps an inflight region: the requests it saw, in order.
+fn inflight_disk(seen: Arc<std::sync::Mutex<Vec<u32>>>) -> Script {
+    Box::new(move |request, payload| {
+        seen.lock().unwrap().push(request);
+        match request {
+            GET_PROTOCOL_FEATURES => answer((PROTOCOLS | INFLIGHT_SHMFD).to_le_bytes().to_vec()),
+            GET_INFLIGHT_FD => {
+                let mut body = payload.to_vec();
+                body[0..8].copy_from_slice(&4160u64.to_le_bytes());
+                Some(Answer {
+                    with_fd: true,
+                    ..answer(body)?
+                })
+            }
+            _ => good_disk(request, payload),
+        }
+    })
+}
+
+#[test]
+fn the_inflight_region_is_asked_for_and_given_back_before_the_rings() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stream, _thread) = back_end(inflight_disk(seen.clone()));
+    let mem = shared_memory();
+    let frontend = Frontend::from_stream(stream, 1);
+    let mut device = VhostUser::with_frontend(
+        &disk_options(),
+        frontend,
+        mem.clone(),
+        watchdog(),
+        Duration::from_secs(5),
+    )
+    .expect("handshake");
+    let mut queue = Queue::new(256).unwrap();
+    queue.set_size(8);
+    queue.set_desc_table_address(Some(0x1000), Some(0));
+    queue.set_avail_ring_address(Some(0x2000), Some(0));
+    queue.set_used_ring_address(Some(0x3000), Some(0));
+    queue.set_ready(true);
+    let irq = Interrupt::new(EventFd::new(0).unwrap());
+    device
+        .activate(VERSION_1, mem, vec![queue], irq)
+        .expect("started");
+    // Requests without replies reach the scripted back end after `activate` returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !seen.lock().unwrap().contains(&18 /* SET_VRING_ENABLE */) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen.lock().unwrap().clone();
+    let at = |code| seen.iter().position(|&r| r == code).unwrap();
+    assert!(at(GET_INFLIGHT_FD) < at(SET_INFLIGHT_FD), "{seen:?}");
+    assert!(at(5 /* SET_MEM_TABLE */) < at(SET_INFLIGHT_FD), "{seen:?}");
+    assert!(at(SET_INFLIGHT_FD) < at(8 /* SET_VRING_NUM */), "{seen:?}");
 }
