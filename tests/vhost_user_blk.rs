@@ -365,3 +365,38 @@ fn back_end_that_never_answers_is_one_line_after_the_deadline() {
     let _ = std::fs::remove_file(&socket);
     drop(holder);
 }
+
+/// A socket file nobody listens on any more (a back end that died and left it): one line
+/// with the system's reason, exit 1, and nothing left behind (no QMP socket).
+#[test]
+fn back_end_socket_that_refuses_is_one_line_and_leaves_nothing_behind() {
+    let dir = common::scratch_dir().join(format!("refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let socket = dir.join("back-end.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
+    config.extra_args = vhost_user_args(&socket, "microvm,mem-share=on");
+    config.extra_args.extend(qmp_args(&dir.join("qmp.sock")));
+    let out = run(&config.args());
+    out.assert_exit_code(1);
+    let first = out.first_stderr_line();
+    assert!(
+        first.contains("vub0") && first.contains("Connection refused"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        out.describe()
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read the scratch dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["back-end.sock"], "{}", out.describe());
+    let _ = std::fs::remove_dir_all(&dir);
+}
