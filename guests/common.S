@@ -120,6 +120,15 @@ ap_trampoline_start:
 	mov $'\n', %al
 	call ap_putc
 	movl $1, (ap_trampoline_flag - ap_trampoline_start)
+	/* With the mode word (flag + 8) set, count at flag + 4 for ever, a pause loop apart. */
+	cmpl $0, (ap_trampoline_flag - ap_trampoline_start + 8)
+	je 4f
+8:	incl (ap_trampoline_flag - ap_trampoline_start + 4)
+	mov $2000, %ecx
+9:	pause
+	dec %ecx
+	jnz 9b
+	jmp 8b
 4:	cli
 	hlt
 	jmp 4b
@@ -166,6 +175,8 @@ ap_msg:
 	.asciz "SMP: AP "
 	.balign 4
 ap_trampoline_flag:
-	.long 0
+	.long 0		/* set by the AP when it runs */
+	.long 0		/* its count (mode 1) */
+	.long 0		/* mode: 0 halt, 1 count */
 ap_trampoline_end:
 	.code64

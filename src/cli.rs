@@ -41,6 +41,7 @@ const FLAGS: &[(&str, Takes, bool)] = &[
     ("disable-seccomp", Takes::Nothing, false),
     ("name", Takes::Value, false),
     ("uuid", Takes::Value, false),
+    ("incoming", Takes::Value, false),
     ("version", Takes::Nothing, false),
     ("help", Takes::Nothing, false),
     ("h", Takes::Nothing, false),

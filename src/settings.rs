@@ -85,13 +85,36 @@ pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>
     }
 }
 
+/// The snapshot directory of `-incoming file:<dir>`.
+fn parse_incoming(uri: &str) -> Result<PathBuf, SettingsError> {
+    match uri.strip_prefix("file:") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Err(invalid(
+            "incoming",
+            uri,
+            "expected file:<snapshot directory> (what QMP migrate wrote)",
+        )),
+    }
+}
+
 /// Builds the settings from `parsed`.
 pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     refuse_unsupported(parsed)?;
     let machine_opts = machine_opts(parsed)?;
     let ram_options = ram_options(parsed, &machine_opts);
-    let kernel = PathBuf::from(parsed.last("kernel").ok_or(SettingsError::MissingKernel)?);
-    check_readable(&kernel, "kernel image")?;
+    let incoming = parsed
+        .last("incoming")
+        .map(|uri| parse_incoming(&uri))
+        .transpose()?;
+    // A restored guest is already running its kernel: -kernel is optional then, and unused.
+    let kernel = match (parsed.last("kernel"), &incoming) {
+        (Some(kernel), _) => PathBuf::from(kernel),
+        (None, Some(_)) => PathBuf::new(),
+        (None, None) => return Err(SettingsError::MissingKernel),
+    };
+    if incoming.is_none() {
+        check_readable(&kernel, "kernel image")?;
+    }
     let initrd = parsed.last("initrd").map(PathBuf::from);
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
@@ -119,6 +142,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
         seccomp: !parsed.has("disable-seccomp"),
+        incoming,
     };
     let mut inherited_fds = inherited_fds(&machine.nets);
     inherited_fds.extend(inherited_vsock_fd(machine.vsock.as_ref()));

@@ -29,6 +29,9 @@ pub enum RamBacking {
     SharedMemfd,
     /// An unlinked file in this hugetlbfs directory, mapped shared.
     Hugetlbfs(PathBuf),
+    /// A snapshot's memory file, mapped private: nothing is read up front, pages come in on
+    /// first touch, writes stay in this process, and VMs mapping one file share its clean pages.
+    SnapshotFile(PathBuf),
 }
 
 /// How a RAM region's host memory is set up.
@@ -70,6 +73,25 @@ pub enum RamBackingError {
         #[source]
         source: io::Error,
     },
+    /// The snapshot's memory file could not be opened.
+    #[error("cannot open the memory file {path:?}")]
+    SnapshotOpen {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The snapshot's memory file is not the size of guest RAM.
+    #[error("the memory file {path:?} has {found} bytes, guest RAM is {expected}: it is truncated or from another machine")]
+    SnapshotSize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// Guest RAM.
+        expected: u64,
+    },
     /// mmap failed (for hugetlbfs, usually not enough free huge pages).
     #[error("cannot map guest RAM")]
     Map(#[source] MmapRegionError),
@@ -87,6 +109,7 @@ pub(crate) fn map(size: usize, options: &RamOptions) -> Result<MmapRegion, RamBa
         RamBacking::Anonymous => MmapRegion::new(size).map_err(RamBackingError::Map)?,
         RamBacking::SharedMemfd => map_shared(memfd(size)?, size)?,
         RamBacking::Hugetlbfs(dir) => map_shared(hugetlbfs_file(dir, size)?, size)?,
+        RamBacking::SnapshotFile(path) => map_private_file(path, size)?,
     };
     if !options.dump {
         advise(&region, libc::MADV_DONTDUMP).map_err(RamBackingError::DontDump)?;
@@ -95,6 +118,28 @@ pub(crate) fn map(size: usize, options: &RamOptions) -> Result<MmapRegion, RamBa
         advise(&region, MADV_POPULATE_WRITE).map_err(RamBackingError::Prealloc)?;
     }
     Ok(region)
+}
+
+fn map_private_file(path: &Path, size: usize) -> Result<MmapRegion, RamBackingError> {
+    let open_err = |source| RamBackingError::SnapshotOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    let found = file.metadata().map_err(open_err)?.len();
+    if found != size as u64 {
+        return Err(RamBackingError::SnapshotSize {
+            path: path.to_owned(),
+            found,
+            expected: size as u64,
+        });
+    }
+    MmapRegionBuilder::new(size)
+        .with_file_offset(FileOffset::new(file, 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(RamBackingError::Map)
 }
 
 fn map_shared(file: File, size: usize) -> Result<MmapRegion, RamBackingError> {

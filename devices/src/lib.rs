@@ -13,5 +13,5 @@ mod sink;
 
 pub use cmos::Cmos;
 pub use i8042::I8042;
-pub use serial::{Serial, SerialError};
+pub use serial::{Serial, SerialError, UartState, UartStateError};
 pub use sink::Sink;

@@ -38,6 +38,23 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// The UART's registers and FIFO as a snapshot keeps them (console input not yet in the FIFO
+/// is not kept: a restored console starts with none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
+    /// Divisor latch, low and high byte.
+    pub divisor: [u8; 2],
+    /// IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 7],
+    /// Bytes in the receive FIFO.
+    pub fifo: Vec<u8>,
+}
+
+/// A [`UartState`] that does not fit the UART.
+#[derive(Debug, thiserror::Error)]
+#[error("the serial port's saved FIFO holds {0} bytes, more than it can")]
+pub struct UartStateError(usize);
+
 /// The UART together with its pending console input.
 pub struct Serial {
     uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
@@ -50,6 +67,51 @@ impl Serial {
         Self {
             uart: vm_superio::Serial::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
+        }
+    }
+
+    /// A UART as [`Serial::new`], with the registers and FIFO of `state` (a snapshot).
+    pub fn with_state(
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+        state: &UartState,
+    ) -> Result<Self, UartStateError> {
+        let [ier, iir, lcr, lsr, mcr, msr, scr] = state.registers;
+        let saved = vm_superio::serial::SerialState {
+            baud_divisor_low: state.divisor[0],
+            baud_divisor_high: state.divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: state.fifo.clone(),
+        };
+        let uart = vm_superio::Serial::from_state(&saved, IrqTrigger(irq), NoEvents, out)
+            .map_err(|_| UartStateError(state.fifo.len()))?;
+        Ok(Self {
+            uart,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// The registers and FIFO, for a snapshot.
+    pub fn save_state(&self) -> UartState {
+        let s = self.uart.state();
+        UartState {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            fifo: s.in_buffer,
         }
     }
 
@@ -134,6 +196,30 @@ mod tests {
         let out = SharedBuf::default();
         let dev = Serial::new(irq.try_clone().expect("clone"), Box::new(out.clone()));
         (dev, out, irq)
+    }
+
+    #[test]
+    fn saved_registers_and_fifo_come_back() {
+        let (mut dev, _, _) = serial();
+        dev.write(3, &[0x83]); // LCR: DLAB, 8 bits
+        dev.write(0, &[0x01]); // divisor low
+        dev.write(3, &[0x03]);
+        dev.write(7, &[0x5a]); // scratch
+        dev.queue_input(b"hi").expect("input");
+        let saved = dev.save_state();
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let mut back =
+            Serial::with_state(irq, Box::new(std::io::sink()), &saved).expect("restores");
+        assert_eq!(back.save_state(), saved);
+        let mut byte = [0u8];
+        back.read(0, &mut byte);
+        assert_eq!(byte[0], b'h');
+        let too_big = UartState {
+            fifo: vec![0; 1000],
+            ..saved
+        };
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        assert!(Serial::with_state(irq, Box::new(std::io::sink()), &too_big).is_err());
     }
 
     #[test]

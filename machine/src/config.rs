@@ -128,6 +128,8 @@ pub struct MachineConfig {
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
     pub seccomp: bool,
+    /// `-incoming file:<dir>`: start from the snapshot in this directory instead of booting.
+    pub incoming: Option<std::path::PathBuf>,
 }
 
 impl Default for MachineConfig {
@@ -151,6 +153,7 @@ impl Default for MachineConfig {
             vhost_user: Vec::new(),
             qmp: None,
             seccomp: true,
+            incoming: None,
         }
     }
 }

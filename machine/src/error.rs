@@ -151,6 +151,15 @@ pub enum MachineError {
     /// socket or the request it refused).
     #[error(transparent)]
     VhostUser(virtio::VhostUserError),
+    /// The snapshot of `-incoming` cannot be used. One line with the reason and its causes
+    /// (what differs, what is damaged): a runtime reads the first line only.
+    #[error("cannot restore the snapshot in {dir:?}: {reason}")]
+    Restore {
+        /// The snapshot directory.
+        dir: std::path::PathBuf,
+        /// Why, with its causes.
+        reason: String,
+    },
     /// The vhost-user watchdog thread could not be started.
     #[error("cannot start the vhost-user watchdog thread")]
     Watchdog(#[source] std::io::Error),
@@ -177,5 +186,27 @@ pub enum MachineError {
 impl From<address_space::AddressSpaceError> for MachineError {
     fn from(err: address_space::AddressSpaceError) -> Self {
         MachineError::AddressSpace(err)
+    }
+}
+
+/// `err` and its causes on one line.
+pub(crate) fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl MachineError {
+    /// The error for a snapshot in `dir` that cannot be restored.
+    pub(crate) fn restore(dir: &std::path::Path, source: &crate::snapshot::SnapshotError) -> Self {
+        MachineError::Restore {
+            dir: dir.to_owned(),
+            reason: one_line(source),
+        }
     }
 }

@@ -4,7 +4,7 @@ use crate::config::SerialConfig;
 use crate::error::MachineError;
 use crate::layout::*;
 use address_space::{AddressSpace, Region, SharedIo, SpaceKind};
-use devices::{Cmos, Serial, Sink, I8042};
+use devices::{Cmos, Serial, Sink, UartState, I8042};
 use kvm_ioctls::VmFd;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -23,12 +23,19 @@ pub fn build_pio_space(
     vm: &VmFd,
     serial: &SerialConfig,
     ram: (u64, u64),
+    uart: Option<&UartState>,
 ) -> Result<(Arc<AddressSpace>, LegacyDevices), MachineError> {
     let root = Region::container("pio", PIO_SPACE_SIZE);
-    let serial = Arc::new(Mutex::new(Serial::new(
-        serial_irq(vm)?,
-        serial_output(serial)?,
-    )));
+    let (irq, out) = (serial_irq(vm)?, serial_output(serial)?);
+    let serial = Arc::new(Mutex::new(match uart {
+        Some(state) => Serial::with_state(irq, out, state).map_err(|e| {
+            MachineError::restore(
+                std::path::Path::new("-incoming"),
+                &crate::snapshot::SnapshotError::Uart(e),
+            )
+        })?,
+        None => Serial::new(irq, out),
+    }));
     let reset_evt =
         EventFd::new(EFD_NONBLOCK).map_err(|source| MachineError::Irq { irq: 0, source })?;
     let i8042 = I8042::new(

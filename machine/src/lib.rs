@@ -25,6 +25,7 @@ mod running;
 mod seccomp;
 mod signals;
 mod slots;
+pub mod snapshot;
 mod terminal;
 mod vcpu;
 mod virtio_devices;

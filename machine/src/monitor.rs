@@ -22,6 +22,8 @@ pub struct MonitorState {
     pub serial_backend: String,
     /// Descriptors stored by `getfd`.
     pub fds: HashMap<String, File>,
+    /// `migrate` to a file and `query-migrate`.
+    pub snapshot: crate::snapshot::Snapshotter,
 }
 
 /// The replaceable devices and the backends that can go in them.
@@ -196,6 +198,17 @@ impl Monitor<'_> {
     }
 }
 
+fn snapshot_error(err: crate::snapshot::SnapshotError) -> QmpError {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    QmpError::generic(&text)
+}
+
 fn qom_path(id: u8) -> String {
     format!("/machine/unattached/device[{id}]")
 }
@@ -217,6 +230,16 @@ impl QmpHandler for Monitor<'_> {
         match command {
             Command::QueryStatus => json(&StatusInfo::new(!self.machine.vcpus.is_paused())),
             Command::Stop => self.stop(),
+            Command::Migrate(args) => {
+                let dir = crate::snapshot::parse_uri(&args.uri).map_err(snapshot_error)?;
+                let state = &mut *self.machine.state;
+                state
+                    .snapshot
+                    .take(self.machine.vcpus, &dir)
+                    .map_err(snapshot_error)?;
+                Ok(Response::empty())
+            }
+            Command::QueryMigrate => json(&self.machine.state.snapshot.last),
             Command::Cont => {
                 if self.machine.vcpus.is_paused() {
                     self.machine.events.thaw_devices();

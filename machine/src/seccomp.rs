@@ -221,6 +221,8 @@ pub struct DeviceSyscalls {
     /// vhost-user devices: the threads that start, reset and stop them send their back ends
     /// socket messages.
     pub vhost_user: bool,
+    /// A QMP monitor: `migrate` writes a snapshot.
+    pub snapshot: bool,
 }
 
 /// The allow-list of `kind` with what the configured devices need.
@@ -242,6 +244,9 @@ pub(crate) fn allow_list_with_devices(
     }
     if devices.vhost_user {
         list.extend(lists::vhost_user(kind));
+    }
+    if devices.snapshot {
+        list.extend(lists::snapshot(kind));
     }
     list
 }
@@ -295,6 +300,7 @@ mod tests {
                         vsock,
                         vhost_net,
                         vhost_user: vhost_net,
+                        snapshot: vhost_net,
                     };
                     compile(kind, queue_io, devices).expect("compiles");
                 }
@@ -506,6 +512,7 @@ mod tests {
             vsock: VsockSyscalls::None,
             vhost_net: false,
             vhost_user: false,
+            snapshot: false,
         };
     }
 
@@ -514,6 +521,7 @@ mod tests {
             vsock,
             vhost_net: false,
             vhost_user: false,
+            snapshot: false,
         }
     }
 
@@ -537,6 +545,7 @@ mod tests {
                 vsock: VsockSyscalls::None,
                 vhost_net: true,
                 vhost_user: false,
+                snapshot: false,
             };
             let requests = vhost_requests(kind, net);
             for needed in [

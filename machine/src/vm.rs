@@ -12,6 +12,7 @@ use crate::qmp_server::QmpServer;
 use crate::running::{QmpOnLoop, RunningVm};
 use crate::seccomp::{DeviceSyscalls, Seccomp, VsockSyscalls};
 use crate::signals::StopSignals;
+use crate::snapshot::{restore, Snapshotter};
 use crate::vcpu::{self, Vcpu, VcpuControl, VcpuSet};
 use crate::virtio_devices::{build_virtio_devices, check_device_count, other_devices, SlotCounts};
 use address_space::AddressSpace;
@@ -63,16 +64,25 @@ pub fn run_notifying(
         config.nets.len(),
         other_devices(config),
     )?;
+    let restore = match &config.incoming {
+        Some(dir) => Some(restore::read_snapshot(dir, config)?),
+        None => None,
+    };
     let stop_signals = StopSignals::new().map_err(MachineError::EventLoop)?;
     let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
     check_capabilities(&kvm)?;
     let vm = Arc::new(kvm.create_vm().map_err(MachineError::CreateVm)?);
     // Guest RAM becomes a KVM memory slot before the irqchip exists: on this kvm-pvm host the
     // same KVM_SET_USER_MEMORY_REGION takes about 0.2 ms then and 5-7 ms after it.
-    let mmio = build_memory_space(config.ram_size, &config.ram_options, vm.clone())?;
+    let ram_options = match &restore {
+        Some(snapshot) => snapshot.ram_options(&config.ram_options),
+        None => config.ram_options.clone(),
+    };
+    let mmio = build_memory_space(config.ram_size, &ram_options, vm.clone())?;
     setup_vm(&vm)?;
     let ram_split = split_ram(config.ram_size);
-    let (pio, legacy) = build_pio_space(&vm, &config.serial, ram_split)?;
+    let uart = restore.as_ref().map(|r| &r.state.uart);
+    let (pio, legacy) = build_pio_space(&vm, &config.serial, ram_split, uart)?;
     let ioeventfd = kvm.check_extension(Cap::Ioeventfd);
     if !ioeventfd {
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
@@ -86,6 +96,7 @@ pub fn run_notifying(
         vsock,
         vhost_net: config.nets.iter().any(|n| n.vhost || n.vhostfd.is_some()),
         vhost_user: !config.vhost_user.is_empty(),
+        snapshot: config.qmp.is_some(),
     };
     let seccomp =
         Seccomp::new(config.seccomp, ioeventfd, devices).map_err(MachineError::Seccomp)?;
@@ -106,16 +117,22 @@ pub fn run_notifying(
         (ioeventfd, &seccomp),
         &mut events,
     )?;
-    let boot = load_guest(
-        &mmio,
-        config,
-        &guest_cmdline(&config.cmdline, &virtio.cmdline),
-    )?;
-    log::info!(
-        "loaded {:?} kernel, entry {:#x}",
-        boot.format,
-        boot.entry.rip
-    );
+    let boot = match &restore {
+        Some(_) => None,
+        None => {
+            let boot = load_guest(
+                &mmio,
+                config,
+                &guest_cmdline(&config.cmdline, &virtio.cmdline),
+            )?;
+            log::info!(
+                "loaded {:?} kernel, entry {:#x}",
+                boot.format,
+                boot.entry.rip
+            );
+            Some(boot)
+        }
+    };
     let (stopped_tx, stopped_rx) = channel();
     let stopped_evt = EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventLoop)?;
     let vcpu_control = Arc::new(VcpuControl::default());
@@ -136,9 +153,20 @@ pub fn run_notifying(
             stopped_tx.clone(),
             stopped_evt,
         );
-        configure_vcpu(&kvm, &vcpu, id, config.cpus, &boot)
-            .map_err(|source| MachineError::SetupVcpu { id, source })?;
+        match (&boot, &restore) {
+            (Some(boot), _) => configure_vcpu(&kvm, &vcpu, id, config.cpus, boot)
+                .map_err(|source| MachineError::SetupVcpu { id, source })?,
+            (None, Some(snapshot)) => {
+                vcpu::configure_cpuid(&kvm, vcpu.fd(), id, config.cpus)
+                    .map_err(|source| MachineError::SetupVcpu { id, source })?;
+                snapshot.restore_vcpu(&kvm, &vcpu)?;
+            }
+            (None, None) => {}
+        }
         vcpus.push(vcpu);
+    }
+    if let Some(snapshot) = &restore {
+        snapshot.restore_machine(&vm, &virtio.transports)?;
     }
     let qmp = match &config.qmp {
         Some(endpoint) => {
@@ -177,6 +205,22 @@ pub fn run_notifying(
             version: qmp_version(),
             serial_backend: serial_backend(&config.serial),
             fds: HashMap::new(),
+            snapshot: Snapshotter {
+                ram_size: config.ram_size,
+                msr_list: match config.qmp {
+                    Some(_) => kvm
+                        .get_msr_index_list()
+                        .map(|l| l.as_slice().to_vec())
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                },
+                memory: mmio.clone(),
+                serial: legacy.serial.clone(),
+                transports: virtio.transports.clone(),
+                refusal: (!config.vhost_user.is_empty())
+                    .then(|| "vhost-user devices (no restore is defined for them yet)".into()),
+                last: Default::default(),
+            },
         },
         console,
         virtio: virtio.transports,

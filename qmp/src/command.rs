@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::error::QmpError;
 use crate::schema::{
     BalloonArgs, BlockdevDelArgs, BlockdevOptions, CommandInfo, DeviceAddArgs, EventInfo, FdArgs,
-    IdArgs, NetdevAddArgs, EVENT_NAMES,
+    IdArgs, MigrateArgs, NetdevAddArgs, EVENT_NAMES,
 };
 use crate::visit::Args;
 
@@ -67,6 +67,10 @@ pub enum Command {
     QueryBlock,
     /// `query-chardev`
     QueryChardev,
+    /// `migrate`: write a snapshot of the stopped VM (`file:<dir>`).
+    Migrate(MigrateArgs),
+    /// `query-migrate`
+    QueryMigrate,
 }
 
 /// Every command Nimbus accepts, as `query-commands` lists them.
@@ -99,6 +103,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "query-target",
     "query-block",
     "query-chardev",
+    "migrate",
+    "query-migrate",
 ];
 
 impl Command {
@@ -138,6 +144,8 @@ impl Command {
             "query-target" => Command::QueryTarget,
             "query-block" => Command::QueryBlock,
             "query-chardev" => Command::QueryChardev,
+            "migrate" => Command::Migrate(MigrateArgs::read(&mut args)?),
+            "query-migrate" => Command::QueryMigrate,
             _ => return Err(QmpError::command_not_found(name)),
         };
         args.finish()?;
@@ -174,6 +182,8 @@ impl Command {
             Command::QueryTarget => "query-target",
             Command::QueryBlock => "query-block",
             Command::QueryChardev => "query-chardev",
+            Command::Migrate(_) => "migrate",
+            Command::QueryMigrate => "query-migrate",
         }
     }
 }
@@ -231,6 +241,7 @@ mod tests {
             ),
             ("device_del", json!({"id": "n"})),
             ("balloon", json!({"value": 1024})),
+            ("migrate", json!({"uri": "file:/tmp/snap"})),
         ];
         for name in COMMAND_NAMES.iter().filter(|n| **n != "qmp_capabilities") {
             let args = needs_args

@@ -130,6 +130,13 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets InterruptStatus and ConfigGeneration as a snapshot had them.
+    pub fn restore(&self, status: u32, config_generation: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+    }
+
     /// Clears every status bit (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
@@ -228,6 +235,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Drops all in-flight state and the queues; the device can be activated again.
     fn reset(&mut self);
+    /// The device was activated again from a snapshot (its transport's registers restored):
+    /// what it kept outside guest memory is gone (vsock tells the guest its connections are).
+    fn restored(&mut self) {}
     /// Processes what the driver made available on queue `index` (the driver notified it).
     /// A queue that is not ready, or a device that is not activated, is ignored.
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError>;
@@ -323,6 +333,10 @@ impl<D: VirtioDevice> VirtioDevice for Shared<D> {
 
     fn reset(&mut self) {
         self.lock().reset();
+    }
+
+    fn restored(&mut self) {
+        self.lock().restored();
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {

@@ -27,7 +27,10 @@ pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
     INT_CONFIG_CHANGE, INT_USED_BUFFER,
 };
-pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+pub use mmio::{
+    MmioTransport, QueueRegsState, RestoreError as TransportRestoreError, TransportState,
+    MMIO_WINDOW_SIZE,
+};
 pub use net::{
     MacAddr, MacError, Net, NetCounters, NetError, NetOptions, NetSlotError, NoTap, RxOutcome,
     SharedNet, Tap, TapError, TapIo, VhostNet, DEVICE_TYPE_NET,

@@ -7,14 +7,15 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use address_space::vm_memory::{GuestAddress, GuestMemoryMmap};
+use address_space::vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use address_space::IoHandler;
 use log::{debug, warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use crate::device::{
-    feature, FdChange, Interrupt, QueueError, Readiness, VirtioDevice, INT_CONFIG_CHANGE,
+    feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, VirtioDevice,
+    INT_CONFIG_CHANGE,
 };
 
 /// "virt" in little-endian.
@@ -108,6 +109,76 @@ impl QueueRegs {
     }
 }
 
+/// A transport's registers as a snapshot keeps them (`machine`'s snapshots): what the driver
+/// negotiated and set up, and the interrupt state. Queue positions are not kept: at restore
+/// each activated queue resumes at the used index the guest's ring holds, which is where a
+/// device with nothing in flight (requests are drained at `stop`) left it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    /// The virtio device type, to check that the restore machine has the same device here.
+    pub device_type: u32,
+    /// Status register.
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// What the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Whether DRIVER_OK activated the device.
+    pub activated: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Each queue: size, descriptor, driver and device area addresses, ready.
+    pub queues: Vec<QueueRegsState>,
+}
+
+/// One queue's registers in a [`TransportState`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegsState {
+    /// QueueNum.
+    pub size: u32,
+    /// QueueDesc.
+    pub desc: u64,
+    /// QueueDriver.
+    pub driver: u64,
+    /// QueueDevice.
+    pub device: u64,
+    /// QueueReady (accepted).
+    pub ready: bool,
+}
+
+/// Why a [`TransportState`] does not fit this transport.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Another kind of device.
+    #[error("device type {found} in the snapshot, {expected} on the command line")]
+    DeviceType {
+        /// On the command line.
+        expected: u32,
+        /// In the snapshot.
+        found: u32,
+    },
+    /// Another number of queues.
+    #[error("{found} queues in the snapshot, {expected} here")]
+    QueueCount {
+        /// Here.
+        expected: usize,
+        /// In the snapshot.
+        found: usize,
+    },
+    /// A ready queue the registers no longer describe validly (rings outside RAM).
+    #[error("queue {0} is not valid in this guest memory")]
+    Queue(usize),
+    /// The device refused to start again.
+    #[error("the device could not be started again")]
+    Activate(#[source] ActivateError),
+}
+
 /// A virtio device behind the virtio-mmio register window.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -147,6 +218,95 @@ impl MmioTransport {
             queues,
             activated: false,
         }
+    }
+
+    /// The registers a snapshot keeps.
+    pub fn save_state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.interrupt.config_generation(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueRegsState {
+                    size: q.size,
+                    desc: q.desc,
+                    driver: q.driver,
+                    device: q.device,
+                    ready: q.ready.is_some(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts the registers of `state` back (the machine restoring a snapshot, before any vCPU
+    /// runs) and, if the device was running, activates it again with each ready queue resuming
+    /// at the used index in guest memory.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let expected = self.device.device_type();
+        if state.device_type != expected {
+            return Err(RestoreError::DeviceType {
+                expected,
+                found: state.device_type,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                expected: self.queues.len(),
+                found: state.queues.len(),
+            });
+        }
+        for (index, (regs, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            regs.size = saved.size;
+            regs.desc = saved.desc;
+            regs.driver = saved.driver;
+            regs.device = saved.device;
+            regs.ready = None;
+            if saved.ready {
+                let mut queue = regs.build(&self.mem).ok_or(RestoreError::Queue(index))?;
+                let used = resume_index(&self.mem, &queue);
+                queue.next_avail = used;
+                queue.next_used = used;
+                regs.ready = Some(queue);
+            }
+        }
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.interrupt
+            .restore(state.interrupt_status, state.config_generation);
+        self.activated = false;
+        if state.activated {
+            let queues = self
+                .queues
+                .iter()
+                .map(|q| match q.ready {
+                    Some(state) => Queue::try_from(state).ok(),
+                    None => Queue::new(q.max_size).ok(),
+                })
+                .collect::<Option<Vec<Queue>>>()
+                .ok_or(RestoreError::Queue(0))?;
+            self.device
+                .activate(
+                    self.driver_features,
+                    Arc::clone(&self.mem),
+                    queues,
+                    self.interrupt.clone(),
+                )
+                .map_err(RestoreError::Activate)?;
+            self.activated = true;
+            self.device.restored();
+        }
+        Ok(())
     }
 
     /// The device's interrupt (its eventfd is the one to register as an irqfd).
@@ -455,6 +615,13 @@ impl MmioTransport {
         }
         self.interrupt.clear();
     }
+}
+
+/// The used index the guest's ring holds for `queue` (0 if it cannot be read).
+fn resume_index(mem: &GuestMemoryMmap, queue: &QueueState) -> u16 {
+    let at = GuestAddress(queue.used_ring).checked_add(2);
+    at.and_then(|a| mem.read_obj::<u16>(a).ok())
+        .map_or(0, u16::from_le)
 }
 
 fn set_low(field: Option<&mut u64>, value: u32) {

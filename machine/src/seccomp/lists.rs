@@ -212,6 +212,54 @@ pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
     list
 }
 
+const fn kvm_ior<T>(nr: u64) -> u64 {
+    ioc(IOC_READ, nr, std::mem::size_of::<T>() as u64)
+}
+
+/// What a machine with a QMP monitor adds for `migrate` to a file (`snapshot/`): each parked
+/// vCPU reads its own state (the vCPU list), the VMM thread reads the irqchip and PIT and
+/// writes the snapshot directory (the VMM list).
+#[rustfmt::skip]
+pub(crate) fn snapshot(kind: super::ThreadKind) -> Vec<Allowed> {
+    use kvm_bindings::*;
+    use libc::*;
+    match kind {
+        super::ThreadKind::Vcpu => {
+            let requests = [
+                kvm_ior::<kvm_mp_state>(0x98),
+                kvm_ior::<kvm_sregs>(0x83),
+                kvm_ior::<kvm_xsave>(0xa4),
+                kvm_ior::<kvm_xcrs>(0xa6),
+                kvm_ior::<kvm_debugregs>(0xa1),
+                kvm_ior::<kvm_lapic_state>(0x8e),
+                ioc(IOC_READ | IOC_WRITE, 0x88, std::mem::size_of::<kvm_msrs>() as u64),
+                kvm_ior::<kvm_vcpu_events>(0x9f),
+                ioc(0, 0xa3, 0), // KVM_GET_TSC_KHZ
+            ];
+            vec![only(SYS_ioctl, "ioctl", 1, &requests, "snapshot: the parked vCPU reads its state")]
+        }
+        super::ThreadKind::Vmm => {
+            let requests = [
+                ioc(IOC_READ | IOC_WRITE, 0x62, std::mem::size_of::<kvm_irqchip>() as u64),
+                kvm_ior::<kvm_pit_state2>(0x9f),
+            ];
+            let create = (O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC) as u64;
+            vec![
+                only(SYS_ioctl, "ioctl", 1, &requests, "snapshot: irqchip and PIT state"),
+                only(SYS_openat, "openat", 2, &[create], "snapshot: create the state and memory files"),
+                any(SYS_mkdir, "mkdir", "snapshot: create the directory"),
+                any(SYS_pwrite64, "pwrite64", "snapshot: the memory file's pages"),
+                any(SYS_ftruncate, "ftruncate", "snapshot: the memory file's size"),
+                any(SYS_fsync, "fsync", "snapshot: the memory file reaches the disk"),
+                any(SYS_rename, "rename", "snapshot: the state file appears whole"),
+                any(SYS_statx, "statx", "snapshot: the directory exists"),
+                any(SYS_unlink, "unlink", "snapshot: the previous state file goes first"),
+            ]
+        }
+        super::ThreadKind::Watchdog => Vec::new(),
+    }
+}
+
 /// The vhost-user watchdog thread (`virtio::vhost_user::watchdog`): it waits on its condition
 /// variable for deadlines and shuts down the socket of a back end that missed one.
 #[rustfmt::skip]

@@ -1,6 +1,11 @@
 //! The run/pause/exit state a vCPU thread obeys, shared with the machine.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::snapshot::{VcpuState, VcpuStateError};
+
+/// What a parked vCPU thread reports for a snapshot.
+pub type SavedVcpu = Result<VcpuState, (u8, VcpuStateError)>;
 
 /// What the machine wants the vCPUs to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,14 +18,18 @@ pub enum Request {
     Exit,
 }
 
-#[derive(Debug)]
 struct State {
     request: Request,
     paused: usize,
+    /// Bumped for each snapshot; a parked thread that has not saved this round does.
+    save_round: u64,
+    /// The MSRs to read for the current round.
+    msr_list: Arc<Vec<u32>>,
+    /// What the threads saved this round.
+    saved: Vec<SavedVcpu>,
 }
 
 /// Shared by the machine and every vCPU thread.
-#[derive(Debug)]
 pub struct VcpuControl {
     state: Mutex<State>,
     changed: Condvar,
@@ -32,6 +41,9 @@ impl Default for VcpuControl {
             state: Mutex::new(State {
                 request: Request::Run,
                 paused: 0,
+                save_round: 0,
+                msr_list: Arc::new(Vec::new()),
+                saved: Vec::new(),
             }),
             changed: Condvar::new(),
         }
@@ -59,18 +71,58 @@ impl VcpuControl {
 
     /// Called by a vCPU thread before `KVM_RUN`: blocks while paused, returns `Run` or `Exit`.
     pub fn wait_until_runnable(&self) -> Request {
+        self.wait_until_runnable_saving(&mut |_| None)
+    }
+
+    /// As [`VcpuControl::wait_until_runnable`]; while parked, each snapshot round calls `save`
+    /// with the MSRs to read and keeps what it returns for [`VcpuControl::save_parked`].
+    pub fn wait_until_runnable_saving(
+        &self,
+        save: &mut dyn FnMut(&[u32]) -> Option<SavedVcpu>,
+    ) -> Request {
         let mut state = self.lock();
         if state.request != Request::Pause {
             return state.request;
         }
         state.paused += 1;
         self.changed.notify_all();
+        let mut seen = state.save_round;
         while state.request == Request::Pause {
+            if state.save_round != seen {
+                seen = state.save_round;
+                let msr_list = Arc::clone(&state.msr_list);
+                drop(state);
+                let saved = save(&msr_list);
+                state = self.lock();
+                state.saved.extend(saved);
+                self.changed.notify_all();
+                continue;
+            }
             state = address_space::sync::wait(&self.changed, state);
         }
         state.paused -= 1;
         self.changed.notify_all();
         state.request
+    }
+
+    /// Has each of the `count` parked vCPU threads save its state (reading `msr_list`) and
+    /// returns what they saved, or `None` if not all answered within `timeout`.
+    pub fn save_parked(
+        &self,
+        count: usize,
+        msr_list: Vec<u32>,
+        timeout: std::time::Duration,
+    ) -> Option<Vec<SavedVcpu>> {
+        let mut state = self.lock();
+        state.saved.clear();
+        state.msr_list = Arc::new(msr_list);
+        state.save_round += 1;
+        self.changed.notify_all();
+        let mut state =
+            address_space::sync::wait_timeout_while(&self.changed, state, timeout, |s| {
+                s.request == Request::Pause && s.saved.len() < count
+            });
+        (state.saved.len() >= count).then(|| std::mem::take(&mut state.saved))
     }
 
     /// Waits until `count` vCPU threads are parked (or the request changed), up to `timeout`.

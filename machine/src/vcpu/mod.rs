@@ -8,7 +8,7 @@ mod kick;
 mod set;
 mod setup;
 
-pub use control::{Request, VcpuControl};
+pub use control::{Request, SavedVcpu, VcpuControl};
 pub use dispatch::{handle_exit, ExitOutcome};
 pub(crate) use kick::kick_signal;
 pub use set::VcpuSet;
@@ -214,7 +214,11 @@ impl Vcpu {
 
     fn run_until_stopped(&mut self) -> Option<StopReason> {
         loop {
-            if self.control.wait_until_runnable() == Request::Exit {
+            let (id, fd, control) = (self.id, &mut self.fd, &self.control);
+            let mut save = |msrs: &[u32]| {
+                Some(crate::snapshot::VcpuState::save(fd, id, msrs).map_err(|e| (id, e)))
+            };
+            if control.wait_until_runnable_saving(&mut save) == Request::Exit {
                 return None;
             }
             let outcome = match self.fd.run() {

@@ -1,7 +1,7 @@
 //! The machine's vCPU threads as one set: pause and resume them (with the guest clock frozen
 //! in between, so guest time does not jump), and ask them to leave at the end.
 
-use super::{Request, VcpuControl, VcpuHandle};
+use super::{Request, SavedVcpu, VcpuControl, VcpuHandle};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use std::sync::Arc;
@@ -77,6 +77,25 @@ impl VcpuSet {
         };
         self.paused = true;
         true
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The guest clock read when the vCPUs were parked.
+    pub fn frozen_clock(&self) -> Option<kvm_clock_data> {
+        self.frozen_clock
+    }
+
+    /// Has each parked vCPU save its state (see [`VcpuControl::save_parked`]).
+    pub fn save_states(&self, msr_list: Vec<u32>, timeout: Duration) -> Option<Vec<SavedVcpu>> {
+        if !self.paused {
+            return None;
+        }
+        let running = self.handles.iter().filter(|v| !v.is_finished()).count();
+        self.control.save_parked(running, msr_list, timeout)
     }
 
     /// Restores the guest clock and lets the vCPUs run again.

@@ -552,3 +552,20 @@ mod tests {
         assert_eq!(serde_json::to_value(&device).expect("serialises"), value);
     }
 }
+
+/// `migrate` arguments: where to write the snapshot (`file:<directory>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateArgs {
+    /// The destination URI.
+    pub uri: String,
+}
+
+impl MigrateArgs {
+    pub(crate) fn read(args: &mut Args) -> Result<Self, QmpError> {
+        let uri = args.req_str("uri")?;
+        // QEMU's optional members that change nothing for a file destination.
+        let _ = args.opt_bool("detach")?;
+        let _ = args.opt_bool("resume")?;
+        Ok(MigrateArgs { uri })
+    }
+}

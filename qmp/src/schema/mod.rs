@@ -8,8 +8,8 @@ mod returns;
 pub use args::{
     BalloonArgs, BlockdevAio, BlockdevCacheOptions, BlockdevDelArgs, BlockdevDetectZeroes,
     BlockdevDiscard, BlockdevDriverOptions, BlockdevOptions, BlockdevOptionsFile,
-    BlockdevOptionsRaw, BlockdevRef, DeviceAddArgs, FdArgs, IdArgs, NetdevAddArgs, OnOffAuto,
-    QmpCapabilitiesArgs, QmpCapability,
+    BlockdevOptionsRaw, BlockdevRef, DeviceAddArgs, FdArgs, IdArgs, MigrateArgs, NetdevAddArgs,
+    OnOffAuto, QmpCapabilitiesArgs, QmpCapability,
 };
 pub use events::{
     BalloonChangedInfo, DeviceDeletedInfo, Event, ShutdownCause, ShutdownInfo, Timestamp,
@@ -18,5 +18,5 @@ pub use events::{
 pub use returns::{
     BalloonInfo, BlockDeviceInfo, BlockInfo, BlockdevCacheInfo, ChardevInfo, CommandInfo, CpuInfo,
     CpuInfoFast, CpuInstanceProperties, EventInfo, HotpluggableCpu, ImageInfo, KvmInfo,
-    MachineInfo, RunState, StatusInfo, TargetInfo, VersionInfo, VersionTriple,
+    MachineInfo, MigrationInfo, RunState, StatusInfo, TargetInfo, VersionInfo, VersionTriple,
 };

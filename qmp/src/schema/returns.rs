@@ -403,3 +403,17 @@ mod tests {
         );
     }
 }
+
+/// `query-migrate`: the state of the last `migrate` (snapshot), as QEMU's `MigrationInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MigrationInfo {
+    /// `completed` or `failed`; absent when no snapshot was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why it failed.
+    #[serde(rename = "error-desc", skip_serializing_if = "Option::is_none")]
+    pub error_desc: Option<String>,
+    /// Milliseconds the snapshot took.
+    #[serde(rename = "total-time", skip_serializing_if = "Option::is_none")]
+    pub total_time: Option<u64>,
+}

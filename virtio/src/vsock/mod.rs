@@ -371,6 +371,10 @@ impl VirtioDevice for Vsock {
         DEVICE_TYPE_VSOCK
     }
 
+    fn restored(&mut self) {
+        self.transport_reset();
+    }
+
     fn queue_max_sizes(&self) -> &'static [u16] {
         &[QUEUE_SIZE; 3]
     }
