@@ -19,6 +19,9 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux):
             (with --linux also with the kit Linux's agent), and the device model alone beside a
             Unix socket pair (benches/vsock.py; Nimbus only: QEMU has no in-process vsock and
             vhost-vsock needs /dev/vhost-vsock)
+  snapshot  QMP migrate of the counting test guest, its size, exec -> the restored guest's next
+            output beside its cold boot, private memory of 10 clones of one template (Nimbus
+            only)
   parallel  VMs started and stopped per second, 8 at a time
   linux     the guest kit's Linux boot milestones (benches/linux_boot.py; slow, only with --linux)
 
@@ -46,7 +49,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QEMU = "qemu-system-x86_64"
 RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
-ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "parallel"]
+ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "snapshot",
+       "parallel"]
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
 
@@ -573,6 +577,133 @@ def bench_vsock(res, args):
                      "emulated, so these are per-packet costs of the whole path, not line rate.")
 
 
+def qmp_call(path, commands, timeout=30):
+    """Runs `commands` ((name, arguments) pairs) on the QMP socket `path`; returns the replies."""
+    import socket as sk
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = sk.socket(sk.AF_UNIX)
+            s.connect(path)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    f = s.makefile("rw")
+    f.readline()
+    replies = []
+    for name, arguments in [("qmp_capabilities", None)] + list(commands):
+        msg = {"execute": name}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        f.write(json.dumps(msg) + "\n")
+        f.flush()
+        while True:
+            reply = json.loads(f.readline())
+            if "event" not in reply:
+                replies.append(reply)
+                break
+    s.close()
+    return replies[1:]
+
+
+def private_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f
+                   if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+def bench_snapshot(res, args):
+    """Nimbus only (QEMU has no file snapshot of this kind): the test guest counting, stopped,
+    written with QMP migrate, then restored; beside the same guest's cold boot in this run."""
+    work = tempfile.mkdtemp(prefix="nimbus-snap-")
+    snap = os.path.join(work, "snap")
+    qmp = os.path.join(work, "template.qmp")
+    # Counting without pause: the restored guest's next output is due at once, so the time to
+    # it is the restore's.
+    append = BASE_APPEND + " nimbus.test=count nimbus.countpause=1"
+    template = nimbus_cmd(append, ["-qmp", f"unix:{qmp},server,nowait"])
+    p = subprocess.Popen(template, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        replies = qmp_call(qmp, [("stop", None), ("migrate", {"uri": f"file:{snap}"}),
+                                 ("query-migrate", None)])
+    finally:
+        p.kill()
+        p.wait()
+    info = replies[-1].get("return", {})
+    if info.get("status") != "completed":
+        log(f"snapshot: migrate failed: {replies}")
+        return
+    res.nimbus_only("snapshot", "snapshot of the stopped 128 MiB test guest (QMP migrate)", "ms",
+                    "lower", [info["total-time"]], 0)
+    st = os.stat(os.path.join(snap, "memory"))
+    disk = st.st_blocks * 512 + os.path.getsize(os.path.join(snap, "state"))
+    res.nimbus_only("snapshot", "snapshot size on disk (memory file is 128 MiB sparse + state)",
+                    "KiB", "lower", [disk / 1024], 0)
+
+    def restore_cmd(tag):
+        return [Ctx.nimbus, "-machine", "microvm", "-m", str(RAM_MIB), "-serial", "stdio",
+                "-qmp", f"unix:{os.path.join(work, tag)}.qmp,server,nowait",
+                "-incoming", f"file:{snap}"]
+
+    def first_count(vm):
+        return vm.at("count:") is not None
+
+    restored, cold = [], []
+    for i in range(args.runs):
+        vm = VmRun(restore_cmd(f"r{i}"), timeout=30, until=first_count)
+        if vm.at("count:") is not None:
+            restored.append(vm.first * 1e3)
+        else:
+            log(f"snapshot: restore failed\n{vm.stderr[-800:]}")
+        vm = VmRun(nimbus_cmd(append, ["-qmp", f"unix:{work}/c{i}.qmp,server,nowait"]),
+                   timeout=30, until=first_count)
+        t = vm.at("count: 1")
+        if t is not None:
+            cold.append(t * 1e3)
+    res.nimbus_only("snapshot", "exec -> restored guest's next console output", "ms", "lower",
+                    restored, 2)
+    res.nimbus_only("snapshot", "exec -> the same guest's first count, cold boot", "ms", "lower",
+                    cold, 2)
+
+    clones = [subprocess.Popen(restore_cmd(f"t{i}"), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+              for i in range(10)]
+    private = []
+    try:
+        for c in clones:
+            c.stdout.readline()
+            private.append(private_kib(c.pid) / 1024)
+    finally:
+        for c in clones:
+            c.kill()
+            c.wait()
+    res.nimbus_only("snapshot", "private memory of each of 10 clones of one template", "MiB",
+                    "lower", private, 2)
+    boots = []
+    for i in range(2):
+        c = subprocess.Popen(nimbus_cmd(append, ["-qmp", f"unix:{work}/b{i}.qmp,server,nowait"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL)
+        c.stdout.readline()
+        boots.append(c)
+    try:
+        cold_private = [private_kib(c.pid) / 1024 for c in boots]
+    finally:
+        for c in boots:
+            c.kill()
+            c.wait()
+    res.nimbus_only("snapshot", "private memory of a cold-booted VM of the same guest", "MiB",
+                    "lower", cold_private, 2)
+    res.notes.append(f"snapshot: 10 clones together keep {sum(private):.1f} MiB private, two "
+                     f"cold-booted VMs {sum(cold_private):.1f} MiB. QEMU's microvm has no "
+                     "file snapshot of this kind on this host: Nimbus only.")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def bench_parallel(res, args):
     total, conc = args.vms, 8
     vals = {"nimbus": [], "qemu": []}
@@ -700,7 +831,7 @@ def main():
     header = machine_header(args)
     funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
              "exits": bench_exits, "blk": bench_blk, "vhostuser": bench_vhostuser,
-             "net": bench_net, "vsock": bench_vsock,
+             "net": bench_net, "vsock": bench_vsock, "snapshot": bench_snapshot,
              "parallel": bench_parallel, "linux": bench_linux}
     load0 = loadavg()
     t0 = time.monotonic()

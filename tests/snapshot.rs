@@ -296,3 +296,43 @@ fn four_vms_from_one_template_each_count_on_with_little_private_memory() {
         );
     }
 }
+
+#[test]
+fn migrate_of_a_running_vm_or_after_hot_plug_is_refused_naming_why() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = SnapshotDir::new("refused");
+    let qmp = dir.qmp("first.qmp");
+    let vm = Vm::spawn(&counting(1, false, &qmp).args());
+    wait_counts(&vm, 1, Duration::from_secs(30));
+    let mut client = QmpClient::connect(&qmp);
+    let uri = serde_json::json!({ "uri": dir.uri() });
+    let err = client.error("migrate", uri.clone(), "GenericError");
+    assert!(err.contains("must be stopped first"), "{err}");
+    let err = client.error(
+        "migrate",
+        serde_json::json!({"uri": "tcp:127.0.0.1:4444"}),
+        "GenericError",
+    );
+    assert!(err.contains("file:<directory>"), "{err}");
+    let image = common::disk_image("snapshot-hotplug.img", 64);
+    client.ok(
+        "blockdev-add",
+        serde_json::json!({"node-name": "d1", "driver": "raw",
+                           "file": {"driver": "file", "filename": image}}),
+    );
+    client.ok(
+        "device_add",
+        serde_json::json!({"driver": "virtio-blk-mmio", "id": "hp", "drive": "d1"}),
+    );
+    client.ok("stop", serde_json::json!({}));
+    let err = client.error("migrate", uri, "GenericError");
+    assert!(err.contains("hot-plugged"), "{err}");
+    let info = client.execute("query-migrate", serde_json::json!({}));
+    assert_eq!(info["return"]["status"], "failed", "{info}");
+    assert!(!dir.file("state").exists(), "no state file after a refusal");
+    client.ok("quit", serde_json::json!({}));
+    vm.wait(Duration::from_secs(10)).assert_exit_code(0);
+    let _ = std::fs::remove_file(&image);
+}

@@ -281,7 +281,11 @@ impl QmpHandler for Monitor<'_> {
                 self.machine.hotplug.net.netdev_del(&args.id)?;
                 Ok(Response::empty())
             }
-            Command::DeviceAdd(args) => self.device_add(&args),
+            Command::DeviceAdd(args) => {
+                let added = self.device_add(&args);
+                self.machine.state.snapshot.hotplugged |= added.is_ok();
+                added
+            }
             Command::DeviceDel(args) => {
                 let hotplug = &mut *self.machine.hotplug;
                 let deleted = match hotplug.block.device_del(&args.id) {
@@ -291,6 +295,7 @@ impl QmpHandler for Monitor<'_> {
                 match deleted {
                     Some(deleted) => {
                         self.events.push(deleted?);
+                        self.machine.state.snapshot.hotplugged = true;
                         Ok(Response::empty())
                     }
                     None => Err(QmpError::device_not_found(&args.id)),

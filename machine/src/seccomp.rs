@@ -603,5 +603,19 @@ mod tests {
                 distinct.len()
             );
         }
+        let snapshot = DeviceSyscalls {
+            snapshot: true,
+            ..DeviceSyscalls::NONE
+        };
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            let distinct: HashSet<i64> = allow_list_with_devices(kind, false, snapshot)
+                .iter()
+                .map(|a| a.nr)
+                .collect();
+            println!(
+                "{kind:?} with a monitor (snapshots): {} syscalls",
+                distinct.len()
+            );
+        }
     }
 }

@@ -219,6 +219,7 @@ pub fn run_notifying(
                 transports: virtio.transports.clone(),
                 refusal: (!config.vhost_user.is_empty())
                     .then(|| "vhost-user devices (no restore is defined for them yet)".into()),
+                hotplugged: false,
                 last: Default::default(),
             },
         },

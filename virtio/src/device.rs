@@ -235,6 +235,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Drops all in-flight state and the queues; the device can be activated again.
     fn reset(&mut self);
+    /// Makes what the guest wrote durable (a disk's fdatasync) without ending anything: a
+    /// snapshot is being taken.
+    fn flush(&mut self) {}
     /// The device was activated again from a snapshot (its transport's registers restored):
     /// what it kept outside guest memory is gone (vsock tells the guest its connections are).
     fn restored(&mut self) {}
@@ -337,6 +340,10 @@ impl<D: VirtioDevice> VirtioDevice for Shared<D> {
 
     fn restored(&mut self) {
         self.lock().restored();
+    }
+
+    fn flush(&mut self) {
+        self.lock().flush();
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {

@@ -220,6 +220,11 @@ impl MmioTransport {
         }
     }
 
+    /// Makes what the device wrote durable (a snapshot is being taken).
+    pub fn flush(&mut self) {
+        self.device.flush();
+    }
+
     /// The registers a snapshot keeps.
     pub fn save_state(&self) -> TransportState {
         TransportState {

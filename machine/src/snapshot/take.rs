@@ -40,6 +40,9 @@ pub struct Snapshotter {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Why this machine cannot be snapshotted, if it cannot (a vhost-user device).
     pub refusal: Option<String>,
+    /// A QMP `device_add` or `device_del` changed a slot since boot: no restore is defined
+    /// for that yet.
+    pub hotplugged: bool,
     /// What `query-migrate` reports.
     pub last: MigrationInfo,
 }
@@ -79,6 +82,13 @@ impl Snapshotter {
         if let Some(why) = &self.refusal {
             return Err(SnapshotError::Unsupported(why.clone()));
         }
+        if self.hotplugged {
+            return Err(SnapshotError::Unsupported(
+                "hot-plugged devices (device_add or device_del since boot; no restore is \
+                 defined for them yet)"
+                    .into(),
+            ));
+        }
         let saved = vcpus
             .save_states(self.msr_list.clone(), VCPU_SAVE_TIMEOUT)
             .ok_or_else(|| SnapshotError::Unsupported("a vCPU that did not answer".into()))?;
@@ -87,6 +97,10 @@ impl Snapshotter {
             states.push(result.map_err(|(id, source)| SnapshotError::Vcpu { id, source })?);
         }
         states.sort_by_key(|s| s.id);
+        // Disks are flushed before `migrate` answers: the restored VM reads the same images.
+        for transport in &self.transports {
+            lock(transport).flush();
+        }
         let vm = vcpus.vm();
         let irqchip = IRQCHIPS
             .iter()

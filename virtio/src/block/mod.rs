@@ -296,6 +296,14 @@ impl VirtioDevice for BlockState {
         }
     }
 
+    fn flush(&mut self) {
+        if !self.readonly && self.attached {
+            if let Err(e) = self.disk.flush() {
+                warn!("virtio-blk: cannot flush the image: {e}");
+            }
+        }
+    }
+
     fn reset(&mut self) {
         // Requests still in the engine belong to the old queue: their completions are dropped.
         self.active = None;
