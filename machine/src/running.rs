@@ -83,6 +83,7 @@ impl RunningVm {
 
     fn event_loop(&mut self) -> Ending {
         crate::memory::release_free_heap();
+        crate::memory::release_startup_code();
         // Last step of setup: from here on the VMM thread may only make the syscalls of
         // seccomp/lists.rs.
         self.seccomp

@@ -184,11 +184,21 @@ pub fn write(
 pub fn read(dir: &Path) -> Result<MachineState, SnapshotError> {
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(file_err("cannot read", &path))?;
-    let payload = envelope::open(&bytes).map_err(|source| SnapshotError::Envelope {
-        path: path.clone(),
+    decode(&bytes, &path)
+}
+
+/// The state in `bytes` (a state file's content; `path` names it in errors): the envelope is
+/// checked, then the payload decoded. Any input gives an error or a state, never a panic (the
+/// fuzz target `snapshot_state` and the tests below feed it damaged files).
+pub fn decode(bytes: &[u8], path: &Path) -> Result<MachineState, SnapshotError> {
+    let payload = envelope::open(bytes).map_err(|source| SnapshotError::Envelope {
+        path: path.to_owned(),
         source,
     })?;
-    serde_json::from_slice(payload).map_err(|source| SnapshotError::Decode { path, source })
+    serde_json::from_slice(payload).map_err(|source| SnapshotError::Decode {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl MachineState {
@@ -238,4 +248,67 @@ fn type_names(types: &[u32]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> MachineState {
+        MachineState {
+            ram_size: 128 << 20,
+            cpus: 0,
+            tsc_khz: 2_000_000,
+            vcpus: Vec::new(),
+            irqchip: vec![kvm_irqchip::default(); 3],
+            pit: kvm_pit_state2::default(),
+            clock: kvm_clock_data::default(),
+            uart: devices::UartState::default(),
+            transports: vec![virtio::TransportState::default()],
+        }
+    }
+
+    #[test]
+    fn a_state_written_decodes_to_the_same_machine() {
+        let payload = serde_json::to_vec(&sample()).expect("encodes");
+        let state = decode(&envelope::seal(&payload), Path::new("state")).expect("decodes");
+        assert_eq!(state.ram_size, 128 << 20);
+        assert_eq!(state.transports.len(), 1);
+        assert!(state.check_matches(128 << 20, 0, &[0]).is_ok());
+        let err = state
+            .check_matches(256 << 20, 0, &[0])
+            .expect_err("-m differs");
+        assert!(err.to_string().contains("-m is 256 MiB"), "{err}");
+        let err = state
+            .check_matches(128 << 20, 0, &[2])
+            .expect_err("devices differ");
+        assert!(err.to_string().contains("[blk]"), "{err}");
+    }
+
+    /// A cheap stand-in for the fuzz target: every byte of a state file flipped, every
+    /// truncation, and payloads that pass the checksum but are damaged JSON, never panic.
+    #[test]
+    fn damaged_state_files_are_errors_never_panics() {
+        let payload = serde_json::to_vec(&sample()).expect("encodes");
+        let sealed = envelope::seal(&payload);
+        let path = Path::new("state");
+        for at in (0..sealed.len()).step_by(7) {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x41;
+            assert!(decode(&bad, path).is_err(), "flip at {at}");
+            assert!(decode(&sealed[..at], path).is_err(), "cut at {at}");
+        }
+        let mut seed = 0x1234_5678_u64;
+        for _ in 0..500 {
+            let mut body = payload.clone();
+            for _ in 0..4 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (seed >> 33) as usize % body.len();
+                body[at] = (seed >> 20) as u8;
+            }
+            let _ = decode(&envelope::seal(&body), path);
+        }
+    }
 }
