@@ -22,6 +22,9 @@
  *   kit.mode=fs: mounts virtio-fs (tag from kit.fstag=, default myfs) on /mnt (see
  *     fs_mode() below): prints `KIT fs read: <hello.txt>`, writes from-guest.txt,
  *     prints `KIT fs many: <entries in many/>` and `KIT fs done`, then restarts
+ *   kit.mode=fsbench: mounts virtio-fs like fs, reads /mnt/big in 1 MiB reads and
+ *     stats every entry of /mnt/many, each between two console lines (see
+ *     fsbench_mode() below), then restarts
  *   anything else: print `KIT unknown kit.mode=<mode>` and restart
  */
 
@@ -768,6 +771,144 @@ static void fs_mode(void)
 	put("KIT fs done\n");
 }
 
+/* ---- kit.mode=fsbench -------------------------------------------------------------------
+ *
+ * Measures a virtio-fs share, mounted as kit.mode=fs does, each phase between two console
+ * lines that the host timestamps:
+ *
+ *   KIT fsbench read start
+ *   KIT fsbench read done bytes=<n> guest_ms=<ms>   read(2) of /mnt/big, 1 MiB at a time
+ *                                                   (as `dd if=/mnt/big of=/dev/null bs=1M`)
+ *   KIT fsbench stat start
+ *   KIT fsbench stat done files=<n> guest_ms=<ms>   lstat of every entry of /mnt/many (as the
+ *                                                   stat calls of `ls -l`), names by getdents64
+ *   KIT fsbench done
+ *
+ * guest_ms is the guest's CLOCK_MONOTONIC (10 ms steps with clocksource=jiffies). A failed step
+ * prints `KIT fs error <step> errno=<n>` (mount, open-big, read-big, open-many, getdents,
+ * stat) and the machine restarts.
+ */
+
+#define FSBENCH_CHUNK (1 << 20)
+#define KIT_CLOCK_MONOTONIC 1
+#define KIT_AT_SYMLINK_NOFOLLOW 0x100
+
+/* The guest's CLOCK_MONOTONIC in milliseconds. */
+static unsigned long monotonic_ms(void)
+{
+	struct { long sec; long nsec; } ts = { 0, 0 };
+
+	my_syscall2(__NR_clock_gettime, KIT_CLOCK_MONOTONIC, &ts);
+	return (unsigned long)ts.sec * 1000 + (unsigned long)ts.nsec / 1000000;
+}
+
+/* Prints `KIT fsbench <phase> done <what>=<count> guest_ms=<ms>` in one write. */
+static void fsbench_done(const char *phase, const char *what, unsigned long count,
+			 unsigned long since_ms)
+{
+	char line[LINE_MAX_LEN] = "KIT fsbench ";
+
+	append(line, phase);
+	append(line, " done ");
+	append(line, what);
+	append(line, "=");
+	append_num(line, count);
+	append(line, " guest_ms=");
+	append_num(line, monotonic_ms() - since_ms);
+	append(line, "\n");
+	put(line);
+}
+
+/* Reads /mnt/big to its end, 1 MiB at a time; -1 (reported) on an error. */
+static int fsbench_read(void)
+{
+	static char chunk[FSBENCH_CHUNK];
+	unsigned long bytes = 0, t0;
+	ssize_t n;
+	int fd;
+
+	put("KIT fsbench read start\n");
+	t0 = monotonic_ms();
+	fd = open("/mnt/big", O_RDONLY, 0);
+	if (fd < 0) {
+		fs_error("open-big");
+		return -1;
+	}
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		bytes += (unsigned long)n;
+	if (n < 0) {
+		fs_error("read-big");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	fsbench_done("read", "bytes", bytes, t0);
+	return 0;
+}
+
+/* lstat()s each name in one getdents64 buffer of /mnt/many; the count, or -1 (reported). */
+static long fsbench_stat_batch(int dir, const char *dents, int n)
+{
+	static char st[256]; /* struct stat is 144 bytes on x86-64 */
+	long count = 0;
+	int off = 0;
+
+	while (off < n) {
+		const struct linux_dirent64 *d = (const struct linux_dirent64 *)(dents + off);
+
+		off += d->d_reclen;
+		if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+			continue;
+		if (checked(my_syscall4(__NR_newfstatat, dir, d->d_name, st,
+					KIT_AT_SYMLINK_NOFOLLOW)) < 0) {
+			fs_error("stat");
+			return -1;
+		}
+		count++;
+	}
+	return count;
+}
+
+/* lstat()s every entry of /mnt/many; -1 (reported) on an error. */
+static int fsbench_stat(void)
+{
+	static char dents[4096];
+	unsigned long files = 0, t0;
+	long batch;
+	int fd, n;
+
+	put("KIT fsbench stat start\n");
+	t0 = monotonic_ms();
+	fd = open("/mnt/many", O_RDONLY | O_DIRECTORY, 0);
+	if (fd < 0) {
+		fs_error("open-many");
+		return -1;
+	}
+	while ((n = getdents64(fd, (struct linux_dirent64 *)dents, sizeof(dents))) > 0) {
+		batch = fsbench_stat_batch(fd, dents, n);
+		if (batch < 0) {
+			close(fd);
+			return -1;
+		}
+		files += (unsigned long)batch;
+	}
+	if (n < 0) {
+		fs_error("getdents");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	fsbench_done("stat", "files", files, t0);
+	return 0;
+}
+
+static void fsbench_mode(void)
+{
+	if (fs_mount() < 0 || fsbench_read() < 0 || fsbench_stat() < 0)
+		return;
+	put("KIT fsbench done\n");
+}
+
 int main(int argc, char **argv, char **envp)
 {
 	char mode[64] = "boot";
@@ -791,6 +932,8 @@ int main(int argc, char **argv, char **envp)
 		agent();
 	} else if (!strcmp(mode, "fs")) {
 		fs_mode();
+	} else if (!strcmp(mode, "fsbench")) {
+		fsbench_mode();
 	} else {
 		put("KIT unknown kit.mode=");
 		put(mode);
