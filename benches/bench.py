@@ -4,7 +4,7 @@
 Usage (as root: /dev/kvm, a tap): benches/run.sh [--quick] [--only LIST] [--runs N] [--linux]
                                                    [--no-build] [--out DIR]
 
-Sub-benchmarks (--only takes a comma-separated subset; default all but linux):
+Sub-benchmarks (--only takes a comma-separated subset; default all but linux and virtiofs):
   size      binary sizes on disk (nimbus is stripped by the release profile)
   startup   exec -> first guest console byte; exec -> process exit after the guest's reset
   memory    idle VMM RSS minus the guest-RAM mapping (/proc/PID/smaps), thread count
@@ -24,6 +24,11 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux):
             only)
   parallel  VMs started and stopped per second, 8 at a time
   linux     the guest kit's Linux boot milestones (benches/linux_boot.py; slow, only with --linux)
+  virtiofs  virtio-fs with Debian's virtiofsd (cache=none), a fresh one per VM: the kit Linux
+            (kit.mode=fsbench) reads a 64 MiB file in 1 MiB reads and lstats 1,000 files,
+            timed by console timestamps; Nimbus's vhost-user-fs-device beside QEMU's
+            (slow, ~2 minutes per VM under kvm-pvm: only with --only virtiofs; 1 run per VMM
+            unless --runs is given; --quick: 16 MiB and 250 files)
 
 Every VM sub-benchmark alternates the two VMMs run by run and reports median (min-max). Both
 VMMs boot the same test guest (guests/hello.c, hello-pvh.elf, 1 vCPU, 128 MiB) with the same
@@ -51,6 +56,7 @@ RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
 ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "snapshot",
        "parallel"]
+EXTRA = ["linux", "virtiofs"]  # slow: only when asked for (--linux, --only virtiofs)
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
 
@@ -727,6 +733,148 @@ def bench_parallel(res, args):
            "VMs/s", "higher", vals["nimbus"], vals["qemu"], 1)
 
 
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+FS_TAG = "benchfs"
+
+
+def kit_dir():
+    return os.path.join(ROOT, "target", "guest-kit")
+
+
+def kit_fsbench_append(reboot):
+    """The kit's command line for this host, root read-only on vda, /init in kit.mode=fsbench."""
+    name = "cmdline.txt" if os.path.exists("/sys/module/kvm_pvm") else "cmdline-kvm.txt"
+    with open(os.path.join(ROOT, "guest-kit", name)) as f:
+        words = f.read().split()
+    swap = {"rw": "ro", "kit.mode=boot": "kit.mode=fsbench", "reboot=k": f"reboot={reboot}"}
+    return " ".join([swap.get(w, w) for w in words] + [f"kit.fstag={FS_TAG}"])
+
+
+def virtiofs_share(path, mib, files):
+    """The share: `big` (mib MiB of random data) and `many/` with `files` small files."""
+    os.makedirs(os.path.join(path, "many"))
+    with open("/dev/urandom", "rb") as src, open(os.path.join(path, "big"), "wb") as dst:
+        for _ in range(mib):
+            dst.write(src.read(1 << 20))
+    for i in range(files):
+        with open(os.path.join(path, "many", f"file-{i:04d}"), "w") as f:
+            f.write(f"{i}\n")
+
+
+class Virtiofsd:
+    """A fresh virtiofsd serving `source` on `sock` (same options for every VM); stopped, with
+    the sandbox child it forks (its own process group), when the block ends."""
+
+    def __init__(self, source, sock):
+        self.sock, self.source = sock, source
+        self.log = tempfile.TemporaryFile()
+
+    def __enter__(self):
+        if os.path.exists(self.sock):
+            os.remove(self.sock)
+        self.proc = subprocess.Popen([VIRTIOFSD, f"--socket-path={self.sock}", "-o",
+                                      f"source={self.source}", "-o", "cache=none"],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 20
+        while b"Waiting for vhost-user socket connection" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"virtiofsd did not listen: {self.output()[-400:]!r}")
+            time.sleep(0.02)
+        return self
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def __exit__(self, *exc):
+        try:
+            self.proc.wait(timeout=5)  # it exits when the VM's connection closes
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.log.close()
+        if os.path.exists(self.sock):
+            os.remove(self.sock)
+
+
+def virtiofs_cmds(sock):
+    """Nimbus's and QEMU's command lines: the kit vmlinux, 1 vCPU, 256 MiB of shared RAM, the
+    kit's root file system read-only on virtio-blk, virtio-fs on `sock`."""
+    kit = kit_dir()
+    vmlinux, rootfs = os.path.join(kit, "vmlinux"), os.path.join(kit, "rootfs.ext4")
+    nimbus = [Ctx.nimbus, "-machine", "microvm,mem-share=on", "-smp", "1", "-m", "256",
+              "-kernel", vmlinux, "-append", kit_fsbench_append("k"), "-serial", "stdio",
+              "-drive", f"id=rootfs,file={rootfs},readonly=on",
+              "-device", "virtio-blk-device,drive=rootfs,id=rootfs",
+              "-chardev", f"socket,id=c,path={sock}",
+              "-device", f"vhost-user-fs-device,id=fs0,chardev=c,tag={FS_TAG}"]
+    # QEMU's microvm has no i8042: the kit resets by triple fault, which -no-reboot ends.
+    qemu = [QEMU, "-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off",
+            "-enable-kvm", "-cpu", "host,-arch-capabilities", "-smp", "1", "-m", "256M",
+            "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+            "-machine", "memory-backend=mem",
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-no-reboot", "-kernel", vmlinux, "-append", kit_fsbench_append("t"),
+            "-drive", f"id=rootfs,file={rootfs},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=rootfs",
+            "-chardev", f"socket,id=c,path={sock}",
+            "-device", f"vhost-user-fs-device,chardev=c,tag={FS_TAG}",
+            "-global", "virtio-mmio.force-legacy=false"]
+    return {"nimbus": nimbus, "qemu": qemu}
+
+
+def fsbench_run(cmd, mib, files):
+    """(read seconds, stat seconds) from the console timestamps of one kit.mode=fsbench boot,
+    or None."""
+    vm = VmRun(cmd, timeout=900)
+    t = {k: vm.at(f"KIT fsbench {k}") for k in ("read start", "read done", "stat start",
+                                                 "stat done")}
+    read_ok = vm.line(f"KIT fsbench read done bytes={mib << 20} ")
+    stat_ok = vm.line(f"KIT fsbench stat done files={files} ")
+    if None in t.values() or not read_ok or not stat_ok or vm.line("KIT fsbench done") is None:
+        log(f"virtiofs: run failed\n{vm.describe()}")
+        return None
+    return t["read done"] - t["read start"], t["stat done"] - t["stat start"]
+
+
+def bench_virtiofs(res, args):
+    if not os.path.exists(VIRTIOFSD):
+        res.notes.append(f"virtio-fs: {VIRTIOFSD} missing (qemu-system-common)")
+        return
+    subprocess.run([os.path.join(ROOT, "guest-kit", "build.sh")], check=True,
+                   stdout=sys.stderr)
+    mib, files = (16, 250) if args.quick else (64, 1000)
+    runs = args.runs_given or 1
+    tmp = tempfile.mkdtemp(prefix="nimbus-fs-bench-", dir="/var/tmp")
+    try:
+        share, sock = os.path.join(tmp, "share"), os.path.join(tmp, "virtiofsd.sock")
+        virtiofs_share(share, mib, files)
+        cmds = virtiofs_cmds(sock)
+        read = {"nimbus": [], "qemu": []}
+        stat = {"nimbus": [], "qemu": []}
+        for _, name, _make in alternate(runs):
+            with Virtiofsd(share, sock):
+                got = fsbench_run(cmds[name], mib, files)
+            if got:
+                log(f"virtiofs: {name}: read {got[0]:.1f} s, stat {got[1]:.1f} s")
+                read[name].append(got[0])
+                stat[name].append(got[1])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res.vm("virtiofs", f"virtio-fs sequential read, {mib} MiB file, 1 MiB reads (kit Linux)",
+           "MiB/s", "higher", [mib / t for t in read["nimbus"]], [mib / t for t in read["qemu"]], 2)
+    res.vm("virtiofs", f"virtio-fs lstat of {files:,} files (kit Linux)", "s", "lower",
+           stat["nimbus"], stat["qemu"], 1)
+    res.notes.append(f"virtio-fs: {runs} run(s) per VMM, alternating; a fresh virtiofsd (Debian's C one, -o cache=none) per VM on the "
+                     "same share; the kit Linux (1 vCPU, 256 MiB shared RAM: -machine "
+                     "mem-share=on / memory-backend-memfd,share=on) times each phase by the "
+                     "host's timestamps of its console lines; under kvm-pvm the guest kernel's "
+                     "FUSE and virtqueue work is emulated, so this is per-request cost, not "
+                     "disk speed.")
+
+
 def bench_linux(res, args):
     cmd = [sys.executable, os.path.join(ROOT, "benches", "linux_boot.py"), "--runs", "1",
            "--nimbus", Ctx.nimbus]
@@ -794,7 +942,7 @@ def machine_header(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads")
-    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(ALL + ["linux"]))
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(ALL + EXTRA))
     ap.add_argument("--linux", action="store_true", help="add the Linux kit boot (slow)")
     ap.add_argument("--runs", type=int, help="runs per VMM (default 5, quick 1)")
     ap.add_argument("--no-build", action="store_true", help="use the existing binaries")
@@ -808,6 +956,7 @@ def main():
         Ctx.nimbus = os.path.abspath(args.nimbus)
         args.no_build = True
     q = args.quick
+    args.runs_given = args.runs
     args.runs = args.runs or (1 if q else 5)
     args.runs_startup = max(args.runs, 3 if q else 10)
     args.runs_memory = max(1, min(args.runs, 3))
@@ -821,7 +970,7 @@ def main():
     if args.linux and "linux" not in only:
         only.append("linux")
     args.only = only
-    unknown = [o for o in only if o not in ALL + ["linux"]]
+    unknown = [o for o in only if o not in ALL + EXTRA]
     if unknown:
         sys.exit(f"unknown sub-benchmark(s): {','.join(unknown)}")
 
@@ -832,10 +981,10 @@ def main():
     funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
              "exits": bench_exits, "blk": bench_blk, "vhostuser": bench_vhostuser,
              "net": bench_net, "vsock": bench_vsock, "snapshot": bench_snapshot,
-             "parallel": bench_parallel, "linux": bench_linux}
+             "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs}
     load0 = loadavg()
     t0 = time.monotonic()
-    for name in ALL + ["linux"]:
+    for name in ALL + EXTRA:
         if name in only:
             t = time.monotonic()
             log(f"== {name}")

@@ -3,6 +3,7 @@
 #   sudo ./benches/run.sh                 default set (a few minutes)
 #   sudo ./benches/run.sh --quick         fewer runs, smaller workloads
 #   sudo ./benches/run.sh --only startup,memory [--runs N] [--linux] [--no-build]
+#   sudo ./benches/run.sh --only virtiofs    virtio-fs with virtiofsd and the kit Linux (~4 min)
 # Builds nimbus (release) and the test guests, installs qemu-system-x86 and fio if missing,
 # prints a markdown table and writes target/bench/results.md and results.json.
 # See benches/bench.py for what each sub-benchmark does and docs/performance.md for the numbers.

@@ -17,10 +17,14 @@
  *   kit.mode=agent: a Kata-style agent on virtio-vsock (see agent() below): listens
  *     on vsock port 1024, prints `KIT agent listening on vsock port 1024`, sends
  *     `agent log: started` to the host's port 1025 and answers requests line by
- *     line, one connection after another
+ *     line, one connection after another; with kit.fstag= it first mounts that
+ *     virtio-fs share on /mnt, as Kata's agent mounts kataShared, and reports it
  *   kit.mode=fs: mounts virtio-fs (tag from kit.fstag=, default myfs) on /mnt (see
  *     fs_mode() below): prints `KIT fs read: <hello.txt>`, writes from-guest.txt,
  *     prints `KIT fs many: <entries in many/>` and `KIT fs done`, then restarts
+ *   kit.mode=fsbench: mounts virtio-fs like fs, reads /mnt/big in 1 MiB reads and
+ *     stats every entry of /mnt/many, each between two console lines (see
+ *     fsbench_mode() below), then restarts
  *   anything else: print `KIT unknown kit.mode=<mode>` and restart
  */
 
@@ -231,6 +235,51 @@ static void run_shell(void)
 		;
 }
 
+/* ---- a file's content on one line ------------------------------------------------------ */
+
+#define FS_CONTENT_MAX 400
+
+/*
+ * Appends the first FS_CONTENT_MAX bytes of `path` to the line in `out` (of `size` bytes,
+ * truncating), its last newline dropped and any other newline or carriage return shown as
+ * `\n`/`\r`. Returns 0, or -1 with errno set and `*step` naming what failed ("open", "read").
+ */
+static int append_escaped_file(char *out, size_t size, const char *path, const char **step)
+{
+	static char content[FS_CONTENT_MAX];
+	size_t len = strlen(out);
+	int fd, n = 0, total = 0, i;
+
+	fd = open(path, O_RDONLY, 0);
+	if (fd < 0) {
+		*step = "open";
+		return -1;
+	}
+	while (total < FS_CONTENT_MAX && (n = read(fd, content + total, FS_CONTENT_MAX - total)) > 0)
+		total += n;
+	if (n < 0) {
+		int saved = errno;
+
+		*step = "read";
+		close(fd);
+		SET_ERRNO(saved);
+		return -1;
+	}
+	close(fd);
+	if (total > 0 && content[total - 1] == '\n')
+		total--;
+	for (i = 0; i < total && len + 3 <= size; i++) {
+		if (content[i] == '\n' || content[i] == '\r') {
+			out[len++] = '\\';
+			out[len++] = content[i] == '\n' ? 'n' : 'r';
+		} else {
+			out[len++] = content[i];
+		}
+	}
+	out[len] = 0;
+	return 0;
+}
+
 /* ---- kit.mode=agent ---------------------------------------------------------------------
  *
  * A stand-in for Kata Containers' agent, to drive a VMM's virtio-vsock device the way Kata's
@@ -244,11 +293,19 @@ static void run_shell(void)
  *        ping          -> pong
  *        echo <text>   -> <text>
  *        uname         -> the kernel release (uname -r)
+ *        cat <path>    -> the file's first 400 bytes, escaped as `KIT fs read:` does
+ *                         (last newline dropped, other newlines and CRs as \n/\r), or
+ *                         `error cat <path> errno=<n>`
  *        quit          -> bye, then the agent closes the connection
  *        reboot        -> bye, then the machine restarts (the VMM exits 0)
  *        anything else -> error unknown command: <line>
  *      a line longer than 511 bytes is answered `error line too long` and dropped;
  *      at EOF or an error, print `KIT agent connection <n> closed` and accept the next
+ *
+ * With `kit.fstag=<tag>` on the command line it mounts that virtio-fs share on /mnt before it
+ * listens (as Kata's agent mounts the `kataShared` share) and says how it went on the console,
+ * `KIT agent fs mounted <tag> on /mnt` or `KIT agent fs mount <tag> failed errno=<n>`, and in
+ * the same words after `agent log: ` on the log channel (Kata's VMM has no console).
  *
  * PID 1 ignores SIGPIPE by default (the kernel does not deliver default-action signals to
  * init), so writing to a connection the peer closed just fails with EPIPE.
@@ -365,6 +422,23 @@ static void kernel_release(char *out, int size)
 		out[strlen(out) - 1] = 0;
 }
 
+/* Replies with the escaped content of `path`, or `error cat <path> errno=<n>`; -1 on an error. */
+static int reply_cat(int fd, const char *path)
+{
+	/* the reply plus its newline fits reply()'s buffer */
+	static char content[2 * LINE_MAX_LEN - 1];
+	char line[LINE_MAX_LEN] = "error cat ";
+	const char *step;
+
+	content[0] = 0;
+	if (append_escaped_file(content, sizeof(content), path, &step) == 0)
+		return reply(fd, "", content);
+	append(line, path);
+	append(line, " errno=");
+	append_num(line, errno);
+	return reply(fd, "", line);
+}
+
 enum { KEEP, CLOSE, RESTART };
 
 /* Answers one request line; returns KEEP, CLOSE or RESTART (or CLOSE when the reply failed). */
@@ -385,6 +459,8 @@ static int answer(int fd, char *line)
 	} else if (!strcmp(line, "uname")) {
 		kernel_release(release, sizeof(release));
 		rc = reply(fd, "", release);
+	} else if (!strncmp(line, "cat ", 4)) {
+		rc = reply_cat(fd, line + 4);
 	} else if (!strcmp(line, "quit")) {
 		reply(fd, "", "bye");
 		return CLOSE;
@@ -437,13 +513,67 @@ static int serve(int fd)
 	}
 }
 
+/*
+ * With `kit.fstag=<tag>` on the command line: mounts that virtio-fs share on /mnt, writes
+ * `fs mounted <tag> on /mnt` or `fs mount <tag> failed errno=<n>` into `status` (of
+ * LINE_MAX_LEN bytes) and prints it after `KIT agent `. Without kit.fstag `status` is empty.
+ */
+static void agent_mount_share(char *status)
+{
+	char tag[64];
+	char line[LINE_MAX_LEN] = "KIT agent ";
+
+	status[0] = 0;
+	if (!cmdline_value("kit.fstag", tag, sizeof(tag)))
+		return;
+	if (mount(tag, "/mnt", "virtiofs", 0, 0) < 0) {
+		append(status, "fs mount ");
+		append(status, tag);
+		append(status, " failed errno=");
+		append_num(status, errno);
+	} else {
+		append(status, "fs mounted ");
+		append(status, tag);
+		append(status, " on /mnt");
+	}
+	append(line, status);
+	append(line, "\n");
+	put(line);
+}
+
+/* Connects to the host's port 1025 and sends the log lines; the descriptor, or -1. */
+static int agent_log_connect(const char *fs_status)
+{
+	struct kit_sockaddr_vm addr = vsock_addr(KIT_VMADDR_CID_HOST, AGENT_LOG_PORT);
+	char line[LINE_MAX_LEN] = "agent log: started\n";
+	int log_fd = vsock_socket();
+
+	if (fs_status[0]) {
+		append(line, "agent log: ");
+		append(line, fs_status);
+		append(line, "\n");
+	}
+	if (log_fd < 0 || checked(my_syscall3(__NR_connect, log_fd, &addr, sizeof(addr))) < 0) {
+		agent_error("log failed");
+		return -1;
+	}
+	if (write_all(log_fd, line, strlen(line)) < 0) {
+		agent_error("log write failed");
+		return -1;
+	}
+	put("KIT agent log connected to cid 2 port 1025\n");
+	return log_fd;
+}
+
 static void agent(void)
 {
 	struct kit_sockaddr_vm addr = vsock_addr(KIT_VMADDR_CID_ANY, AGENT_PORT);
+	char fs_status[LINE_MAX_LEN];
 	unsigned long served = 0;
-	int listener, log_fd, failures = 0;
+	int listener, failures = 0;
 
 	mount_tmpfs();
+	agent_mount_share(fs_status);
 	listener = vsock_socket();
 	if (listener < 0) {
 		agent_error("socket(AF_VSOCK) failed");
@@ -459,17 +589,11 @@ static void agent(void)
 	}
 	put("KIT agent listening on vsock port 1024\n");
 
-	/* The log channel, as Kata's agent sends its logs to the host's port 1025. */
-	addr = vsock_addr(KIT_VMADDR_CID_HOST, AGENT_LOG_PORT);
-	log_fd = vsock_socket();
-	if (log_fd < 0 || checked(my_syscall3(__NR_connect, log_fd, &addr, sizeof(addr))) < 0) {
-		agent_error("log failed");
-	} else if (write_all(log_fd, "agent log: started\n", 19) < 0) {
-		agent_error("log write failed");
-	} else {
-		put("KIT agent log connected to cid 2 port 1025\n");
-	}
-	/* log_fd stays open for the agent's lifetime */
+	/*
+	 * The log channel, as Kata's agent sends its logs to the host's port 1025; its
+	 * descriptor stays open for the agent's lifetime.
+	 */
+	agent_log_connect(fs_status);
 
 	for (;;) {
 		struct kit_sockaddr_vm peer;
@@ -525,7 +649,6 @@ static void agent(void)
  */
 
 #define FS_GUEST_LINE "written by the guest through virtio-fs\n"
-#define FS_CONTENT_MAX 400
 
 /* Prints `KIT fs error <step> errno=<errno>` in one write. */
 static void fs_error(const char *step)
@@ -542,34 +665,16 @@ static void fs_error(const char *step)
 /* Prints `KIT fs read: <content>` from /mnt/hello.txt; -1 on an error. */
 static int fs_read_hello(void)
 {
-	static char content[FS_CONTENT_MAX + 1];
 	char line[LINE_MAX_LEN * 2] = "KIT fs read: ";
-	size_t len = strlen(line);
-	int fd, n, total = 0, i;
+	const char *step;
+	size_t len;
 
-	fd = open("/mnt/hello.txt", O_RDONLY, 0);
-	if (fd < 0) {
-		fs_error("open-hello");
+	/* room for the newline */
+	if (append_escaped_file(line, sizeof(line) - 1, "/mnt/hello.txt", &step) < 0) {
+		fs_error(!strcmp(step, "open") ? "open-hello" : "read-hello");
 		return -1;
 	}
-	while (total < FS_CONTENT_MAX && (n = read(fd, content + total, FS_CONTENT_MAX - total)) > 0)
-		total += n;
-	if (n < 0) {
-		fs_error("read-hello");
-		close(fd);
-		return -1;
-	}
-	close(fd);
-	if (total > 0 && content[total - 1] == '\n')
-		total--;
-	for (i = 0; i < total; i++) {
-		if (content[i] == '\n' || content[i] == '\r') {
-			line[len++] = '\\';
-			line[len++] = content[i] == '\n' ? 'n' : 'r';
-		} else {
-			line[len++] = content[i];
-		}
-	}
+	len = strlen(line);
 	line[len++] = '\n';
 	/* one write, so that no kernel message lands inside the line */
 	write(1, line, len);
@@ -639,20 +744,169 @@ static int fs_count_many(void)
 	return 0;
 }
 
-static void fs_mode(void)
+/*
+ * Sets the console log level to 4 (kernel errors show, informational messages do not) and
+ * mounts the virtio-fs share tagged `kit.fstag=` (default myfs) on /mnt; -1 (reported) on an
+ * error.
+ */
+static int fs_mount(void)
 {
 	char tag[64] = "myfs";
 
-	/* console loglevel 4: kernel errors show, informational messages do not */
 	my_syscall3(__NR_syslog, 8, 0, 4);
 	cmdline_value("kit.fstag", tag, sizeof(tag));
 	if (mount(tag, "/mnt", "virtiofs", 0, 0) < 0) {
 		fs_error("mount");
-		return;
+		return -1;
 	}
+	return 0;
+}
+
+static void fs_mode(void)
+{
+	if (fs_mount() < 0)
+		return;
 	if (fs_read_hello() < 0 || fs_write_file() < 0 || fs_count_many() < 0)
 		return;
 	put("KIT fs done\n");
+}
+
+/* ---- kit.mode=fsbench -------------------------------------------------------------------
+ *
+ * Measures a virtio-fs share, mounted as kit.mode=fs does, each phase between two console
+ * lines that the host timestamps:
+ *
+ *   KIT fsbench read start
+ *   KIT fsbench read done bytes=<n> guest_ms=<ms>   read(2) of /mnt/big, 1 MiB at a time
+ *                                                   (as `dd if=/mnt/big of=/dev/null bs=1M`)
+ *   KIT fsbench stat start
+ *   KIT fsbench stat done files=<n> guest_ms=<ms>   lstat of every entry of /mnt/many (as the
+ *                                                   stat calls of `ls -l`), names by getdents64
+ *   KIT fsbench done
+ *
+ * guest_ms is the guest's CLOCK_MONOTONIC (10 ms steps with clocksource=jiffies). A failed step
+ * prints `KIT fs error <step> errno=<n>` (mount, open-big, read-big, open-many, getdents,
+ * stat) and the machine restarts.
+ */
+
+#define FSBENCH_CHUNK (1 << 20)
+#define KIT_CLOCK_MONOTONIC 1
+#define KIT_AT_SYMLINK_NOFOLLOW 0x100
+
+/* The guest's CLOCK_MONOTONIC in milliseconds. */
+static unsigned long monotonic_ms(void)
+{
+	struct { long sec; long nsec; } ts = { 0, 0 };
+
+	my_syscall2(__NR_clock_gettime, KIT_CLOCK_MONOTONIC, &ts);
+	return (unsigned long)ts.sec * 1000 + (unsigned long)ts.nsec / 1000000;
+}
+
+/* Prints `KIT fsbench <phase> done <what>=<count> guest_ms=<ms>` in one write. */
+static void fsbench_done(const char *phase, const char *what, unsigned long count,
+			 unsigned long since_ms)
+{
+	char line[LINE_MAX_LEN] = "KIT fsbench ";
+
+	append(line, phase);
+	append(line, " done ");
+	append(line, what);
+	append(line, "=");
+	append_num(line, count);
+	append(line, " guest_ms=");
+	append_num(line, monotonic_ms() - since_ms);
+	append(line, "\n");
+	put(line);
+}
+
+/* Reads /mnt/big to its end, 1 MiB at a time; -1 (reported) on an error. */
+static int fsbench_read(void)
+{
+	static char chunk[FSBENCH_CHUNK];
+	unsigned long bytes = 0, t0;
+	ssize_t n;
+	int fd;
+
+	put("KIT fsbench read start\n");
+	t0 = monotonic_ms();
+	fd = open("/mnt/big", O_RDONLY, 0);
+	if (fd < 0) {
+		fs_error("open-big");
+		return -1;
+	}
+	while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+		bytes += (unsigned long)n;
+	if (n < 0) {
+		fs_error("read-big");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	fsbench_done("read", "bytes", bytes, t0);
+	return 0;
+}
+
+/* lstat()s each name in one getdents64 buffer of /mnt/many; the count, or -1 (reported). */
+static long fsbench_stat_batch(int dir, const char *dents, int n)
+{
+	static char st[256]; /* struct stat is 144 bytes on x86-64 */
+	long count = 0;
+	int off = 0;
+
+	while (off < n) {
+		const struct linux_dirent64 *d = (const struct linux_dirent64 *)(dents + off);
+
+		off += d->d_reclen;
+		if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, ".."))
+			continue;
+		if (checked(my_syscall4(__NR_newfstatat, dir, d->d_name, st,
+					KIT_AT_SYMLINK_NOFOLLOW)) < 0) {
+			fs_error("stat");
+			return -1;
+		}
+		count++;
+	}
+	return count;
+}
+
+/* lstat()s every entry of /mnt/many; -1 (reported) on an error. */
+static int fsbench_stat(void)
+{
+	static char dents[4096];
+	unsigned long files = 0, t0;
+	long batch;
+	int fd, n;
+
+	put("KIT fsbench stat start\n");
+	t0 = monotonic_ms();
+	fd = open("/mnt/many", O_RDONLY | O_DIRECTORY, 0);
+	if (fd < 0) {
+		fs_error("open-many");
+		return -1;
+	}
+	while ((n = getdents64(fd, (struct linux_dirent64 *)dents, sizeof(dents))) > 0) {
+		batch = fsbench_stat_batch(fd, dents, n);
+		if (batch < 0) {
+			close(fd);
+			return -1;
+		}
+		files += (unsigned long)batch;
+	}
+	if (n < 0) {
+		fs_error("getdents");
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	fsbench_done("stat", "files", files, t0);
+	return 0;
+}
+
+static void fsbench_mode(void)
+{
+	if (fs_mount() < 0 || fsbench_read() < 0 || fsbench_stat() < 0)
+		return;
+	put("KIT fsbench done\n");
 }
 
 int main(int argc, char **argv, char **envp)
@@ -678,6 +932,8 @@ int main(int argc, char **argv, char **envp)
 		agent();
 	} else if (!strcmp(mode, "fs")) {
 		fs_mode();
+	} else if (!strcmp(mode, "fsbench")) {
+		fsbench_mode();
 	} else {
 		put("KIT unknown kit.mode=");
 		put(mode);

@@ -11,9 +11,11 @@
 //!   Nimbus closes the socket, and the dialer tries again every 500 ms.
 //!
 //! One test boots with the kit's usual command line (console on stdio, three connections in a
-//! row, the last one restarts the guest: nimbus exits 0); the other with Kata's own argument
-//! list, its vhost-vsock device replaced by the hybrid one and its tap handed over as fd 3.
-//! Each boot takes ~25-50 s under kvm-pvm; the two never run at once.
+//! row, the last one restarts the guest: nimbus exits 0); two with Kata's own argument list,
+//! its vhost-vsock device replaced by the hybrid one and its tap handed over as fd 3: one
+//! without virtio-fs, one with Kata's virtio-fs flags and a real virtiofsd behind them, whose
+//! share the agent mounts (`kit.fstag=kataShared`) and reads from (`cat`).
+//! Each boot takes ~40-50 s under kvm-pvm; they never run at once.
 
 mod common;
 mod kit;
@@ -27,8 +29,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::kata::KataSandbox;
+use common::kata::{KataSandbox, KATA_FS_TAG};
 use common::tap::{inherit_as_fd3, open_tap, root, TapGuard};
+use common::virtiofsd::{require_virtiofsd, Virtiofsd};
 use common::{kvm_usable, scratch_dir, VmConfig};
 use kit::{disk_args, kit, kit_cmdline, KitVm};
 
@@ -147,12 +150,23 @@ impl LogListener {
 
     /// Waits up to `timeout` for the line `wanted`; returns every line received so far.
     fn wait_for(&self, wanted: &str, timeout: Duration) -> Result<Vec<String>, Vec<String>> {
+        self.wait_for_line(|l| l == wanted, timeout)
+            .map(|(_, all)| all)
+    }
+
+    /// Waits up to `timeout` for a line for which `matches` holds; returns that line and every
+    /// line received so far, or (on timeout) every line.
+    fn wait_for_line(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<(String, Vec<String>), Vec<String>> {
         let deadline = Instant::now() + timeout;
         let (lines, grew) = &*self.lines;
         let mut got = lines.lock().expect("log lock");
         loop {
-            if got.iter().any(|l| l == wanted) {
-                return Ok(got.clone());
+            if let Some(line) = got.iter().find(|l| matches(l)) {
+                return Ok((line.clone(), got.clone()));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -518,6 +532,53 @@ fn kit_agent_answers_kata_style_hybrid_vsock_connections_one_after_another() {
     );
 }
 
+/// Starts nimbus with `args` (a Kata argument list whose tap is `fds=3`) and a fresh tap
+/// handed over as fd 3, as Kata does; the tap is deleted when its guard drops.
+fn spawn_kata(args: &[String]) -> (KitVm, TapGuard) {
+    let tap = TapGuard::create();
+    let tap_fd = open_tap(&tap.name);
+    let fd = tap_fd.as_raw_fd();
+    let vm = KitVm::spawn_with(args, |command| inherit_as_fd3(command, fd));
+    drop(tap_fd);
+    (vm, tap)
+}
+
+/// Kata's `-device` value for the hybrid vsock that stands in for its vhost-vsock.
+fn kata_hybrid_vsock(uds: &Path) -> String {
+    format!(
+        "virtio-vsock-device,id=vsock-id,guest-cid={GUEST_CID},uds-path={}",
+        uds.display()
+    )
+}
+
+/// Kata connection 1 (the requests, the log line) and connection 2 (a ping), as the runtime
+/// connects to its agent; `more` then runs on connection 2.
+fn drive_kata_agent(
+    vm: &mut KitVm,
+    uds: &Path,
+    log: &LogListener,
+    spawned: Instant,
+    more: impl FnOnce(&mut AgentConn) -> Result<Vec<String>, String>,
+) -> Result<Vec<String>, String> {
+    let first = dial(uds, vm, spawned, spawned + BOOT_TIMEOUT)?;
+    let mut notes = vec![dial_note("Kata connection 1", &first)];
+    let mut conn = first.conn;
+    conn.exercise()?;
+    log.wait_for(LOG_LINE, REPLY_TIMEOUT)
+        .map_err(|got| format!("no {LOG_LINE:?} on the {LOG_PORT} listener; it got {got:?}"))?;
+    conn.expect("quit", "bye")?;
+    conn.expect_eof("quit")?;
+    let second = dial(uds, vm, spawned, Instant::now() + REPLY_TIMEOUT)?;
+    notes.push(dial_note("Kata connection 2", &second));
+    let mut conn2 = second.conn;
+    conn2.expect("ping", "pong")?;
+    notes.extend(more(&mut conn2)?);
+    if !vm.running() {
+        return Err("nimbus exited".into());
+    }
+    Ok(notes)
+}
+
 /// Kata Containers' argument list as its StratoVirt driver sends it (see
 /// docs/container-runtimes.md), with two changes: its `vhost-vsock-device,...,vhostfd=` is
 /// replaced by the hybrid `virtio-vsock-device,id=vsock-id,guest-cid=3,uds-path=...`, and
@@ -535,8 +596,6 @@ fn kata_argument_list_with_hybrid_vsock_reaches_the_kit_agent() {
     let dir = TempDir::new("kata");
     let uds = dir.uds();
     let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
-    let tap = TapGuard::create();
-    let tap_fd = open_tap(&tap.name);
     let qmp = dir.0.join("qmp.socket");
     let args = KataSandbox {
         kernel: &kit.vmlinux(),
@@ -545,40 +604,146 @@ fn kata_argument_list_with_hybrid_vsock_reaches_the_kit_agent() {
         qmp: &qmp,
         rootfs: &kit.rootfs(),
         mem_share: false,
-        vsock: Some(format!(
-            "virtio-vsock-device,id=vsock-id,guest-cid={GUEST_CID},uds-path={}",
-            uds.display()
-        )),
+        vsock: Some(kata_hybrid_vsock(&uds)),
+        virtio_fs: None,
     }
     .args();
 
     let spawned = Instant::now();
-    let fd = tap_fd.as_raw_fd();
-    let mut vm = KitVm::spawn_with(&args, |command| inherit_as_fd3(command, fd));
-    drop(tap_fd);
-    let result = (|| -> Result<Vec<String>, String> {
-        let first = dial(&uds, &mut vm, spawned, spawned + BOOT_TIMEOUT)?;
-        let mut notes = vec![dial_note("Kata connection 1", &first)];
-        let mut conn = first.conn;
-        conn.exercise()?;
-        log.wait_for(LOG_LINE, REPLY_TIMEOUT)
-            .map_err(|got| format!("no {LOG_LINE:?} on the {LOG_PORT} listener; it got {got:?}"))?;
-        conn.expect("quit", "bye")?;
-        conn.expect_eof("quit")?;
-        let second = dial(&uds, &mut vm, spawned, Instant::now() + REPLY_TIMEOUT)?;
-        notes.push(dial_note("Kata connection 2", &second));
-        let mut conn2 = second.conn;
-        conn2.expect("ping", "pong")?;
-        if !vm.running() {
-            return Err("nimbus exited".into());
-        }
-        Ok(notes)
-    })();
+    let (mut vm, tap) = spawn_kata(&args);
+    let result = drive_kata_agent(&mut vm, &uds, &log, spawned, |_| Ok(Vec::new()));
     // Kata ends the VM with SIGKILL.
     let transcript = vm.kill();
     let describe = transcript.describe();
     let notes = result.unwrap_or_else(|e| panic!("{e}\n{describe}"));
     eprintln!("Kata argument list: {}", notes.join("; "));
+    assert!(
+        transcript.status.is_none(),
+        "nimbus ran until the test killed it\n{describe}"
+    );
+    drop(tap);
+}
+
+/// What the Kata virtio-fs test writes on the host: `hello.txt` before the boot (two lines,
+/// so that the agent's escaping is checked too), `late.txt` once the agent answers.
+struct KataShare {
+    dir: PathBuf,
+    hello: String,
+}
+
+impl KataShare {
+    fn create(dir: PathBuf) -> KataShare {
+        std::fs::create_dir_all(&dir).expect("create the share");
+        let hello = format!(
+            "hello from the host through Kata's virtio-fs, test pid {}\nsecond line\n",
+            std::process::id()
+        );
+        std::fs::write(dir.join("hello.txt"), &hello).expect("write hello.txt");
+        KataShare { dir, hello }
+    }
+
+    /// The agent's `cat` reply for `content`: the last newline dropped, others as `\n`.
+    fn escaped(content: &str) -> String {
+        content
+            .strip_suffix('\n')
+            .unwrap_or(content)
+            .replace('\n', "\\n")
+    }
+
+    /// Reads `hello.txt`, then `late.txt` written now (the share is live, not a copy made at
+    /// boot), then a missing file (ENOENT, errno 2), all through the agent.
+    fn check(&self, conn: &mut AgentConn) -> Result<Vec<String>, String> {
+        conn.expect("cat /mnt/hello.txt", &Self::escaped(&self.hello))?;
+        let late = format!("written on the host at {:?}", std::time::SystemTime::now());
+        std::fs::write(self.dir.join("late.txt"), &late)
+            .map_err(|e| format!("write late.txt: {e}"))?;
+        conn.expect("cat /mnt/late.txt", &late)?;
+        conn.expect(
+            "cat /mnt/no-such-file",
+            "error cat /mnt/no-such-file errno=2",
+        )?;
+        Ok(vec![format!(
+            "the agent read hello.txt ({} bytes) and late.txt from the share",
+            self.hello.len()
+        )])
+    }
+}
+
+/// Waits for the agent's line about the share on the log channel and checks that it says
+/// `fs mounted kataShared on /mnt`.
+fn wait_fs_mounted(log: &LogListener) -> Result<String, String> {
+    let wanted = format!("agent log: fs mounted {KATA_FS_TAG} on /mnt");
+    let (line, _) = log
+        .wait_for_line(|l| l.starts_with("agent log: fs "), REPLY_TIMEOUT)
+        .map_err(|got| format!("no `agent log: fs ...` line on the log channel; got {got:?}"))?;
+    if line == wanted {
+        Ok(line)
+    } else {
+        Err(format!("the agent logged {line:?}, not {wanted:?}"))
+    }
+}
+
+/// Kata's whole argument list in one boot, virtio-fs included exactly as Kata sends it
+/// (`-machine ...,mem-share=on`, `-chardev socket,id=virtio_fs,path=<dir>/virtiofs_kata.socket,
+/// server,nowait -device vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0`)
+/// with Debian's virtiofsd behind it, the tap as fd 3, the read-only root disk and virtio-rng;
+/// only the vsock device is swapped for the hybrid one (this host has no /dev/vhost-vsock).
+/// The kit's agent (`kit.fstag=kataShared`) mounts the share on /mnt before it listens and
+/// says so on its log channel; over hybrid vsock the test dials it as Kata does and has it
+/// read a file written before the boot and one written while it runs, content checked.
+#[test]
+fn kata_argument_list_with_virtiofsd_serves_the_share_to_the_agent() {
+    if !kvm_usable() || !root() {
+        return;
+    }
+    require_virtiofsd();
+    let _one = one_boot_at_a_time();
+    let kit = kit();
+    let dir = TempDir::new("kata-fs");
+    let share = KataShare::create(dir.0.join("share"));
+    let socket = dir.0.join("virtiofs_kata.socket");
+    let mut daemon = Virtiofsd::start(&share.dir, &socket, &dir.0.join("virtiofsd.log"));
+    let uds = dir.uds();
+    let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
+    let qmp = dir.0.join("qmp.socket");
+    let append = format!("{} kit.fstag={KATA_FS_TAG}", agent_cmdline());
+    let args = KataSandbox {
+        kernel: &kit.vmlinux(),
+        mem_mib: 256,
+        append: &append,
+        qmp: &qmp,
+        rootfs: &kit.rootfs(),
+        mem_share: true,
+        vsock: Some(kata_hybrid_vsock(&uds)),
+        virtio_fs: Some(&socket),
+    }
+    .args();
+
+    let spawned = Instant::now();
+    let (mut vm, tap) = spawn_kata(&args);
+    let result = drive_kata_agent(&mut vm, &uds, &log, spawned, |conn| {
+        let mounted = wait_fs_mounted(&log)?;
+        let mut notes = vec![format!("log channel: {mounted:?}")];
+        notes.extend(share.check(conn)?);
+        Ok(notes)
+    });
+    // Kata ends the VM with SIGKILL; virtiofsd then sees its connection close.
+    let transcript = vm.kill();
+    let daemon_exit = match daemon.wait_exit(Duration::from_secs(5)) {
+        Some(status) => status.to_string(),
+        None => "still running (killed by the test)".to_string(),
+    };
+    let describe = format!(
+        "{}\n{}\nvirtiofsd exit: {daemon_exit}",
+        transcript.describe(),
+        daemon.describe()
+    );
+    let notes = result.unwrap_or_else(|e| panic!("{e}\n{describe}"));
+    eprintln!(
+        "Kata argument list with virtiofsd: {} (test {:.1} s)",
+        notes.join("; "),
+        spawned.elapsed().as_secs_f64()
+    );
     assert!(
         transcript.status.is_none(),
         "nimbus ran until the test killed it\n{describe}"

@@ -403,6 +403,7 @@ fn kata_argument_list_with_its_tap_as_fd_3_boots_the_guest() {
         rootfs: &image,
         mem_share: true,
         vsock: None,
+        virtio_fs: None,
     }
     .args();
     let mut vm = spawn_with_fd3(&args, tap_fd.as_raw_fd());

@@ -11,6 +11,9 @@ pub const KATA_PARAMS: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedite
     nr_cpus=1 scsi_mod.scan=none agent.log=debug reboot=k panic=1 net.ifnames=0 pci=off \
     iommu=off acpi=off quiet 8250.nr_uarts=0";
 
+/// The tag Kata gives its virtio-fs share, which its agent mounts.
+pub const KATA_FS_TAG: &str = "kataShared";
+
 /// What changes from one Kata sandbox to the next.
 pub struct KataSandbox<'a> {
     /// `-kernel`.
@@ -27,10 +30,14 @@ pub struct KataSandbox<'a> {
     pub mem_share: bool,
     /// The vsock `-device` value, if any (Kata's is `vhost-vsock-device,...,vhostfd=`).
     pub vsock: Option<String>,
+    /// The socket virtiofsd listens on (Kata's `<dir>/virtiofs_kata.socket`), if any: Kata's
+    /// `-chardev socket,id=virtio_fs,...` and `-device vhost-user-fs-device,...` with tag
+    /// [`KATA_FS_TAG`], last, as Kata sends them. virtiofsd needs `mem_share`.
+    pub virtio_fs: Option<&'a Path>,
 }
 
 impl KataSandbox<'_> {
-    /// The arguments in Kata's order; the tap is `fds=3`, virtio-fs is left out.
+    /// The arguments in Kata's order; the tap is `fds=3`.
     pub fn args(&self) -> Vec<String> {
         let machine = if self.mem_share {
             "type=microvm,dump-guest-core=off,mem-share=on"
@@ -83,6 +90,23 @@ impl KataSandbox<'_> {
             ]
             .map(String::from),
         );
+        if let Some(socket) = self.virtio_fs {
+            args.extend(virtio_fs_args(socket));
+        }
         args
     }
+}
+
+/// Kata's virtio-fs flags for the virtiofsd socket `socket`, exactly as it writes them
+/// (`server,nowait` included, although the VMM connects to virtiofsd).
+pub fn virtio_fs_args(socket: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!(
+            "socket,id=virtio_fs,path={},server,nowait",
+            socket.display()
+        ),
+        "-device".into(),
+        format!("vhost-user-fs-device,chardev=virtio_fs,tag={KATA_FS_TAG},id=virtio-fs0"),
+    ]
 }

@@ -7,6 +7,7 @@
 
 pub mod kata;
 pub mod tap;
+pub mod virtiofsd;
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
