@@ -4,7 +4,7 @@
 //! lines Linux must print about what Nimbus handed it (command line, E820 map, initrd).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -169,6 +169,21 @@ impl KitVm {
             started,
             command: format!("nimbus {}", shell_words(args)),
         }
+    }
+
+    /// Types `text` on the console (nimbus's stdin, `-serial stdio`).
+    pub fn type_text(&mut self, text: &str) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("nimbus's stdin is closed"))?;
+        stdin.write_all(text.as_bytes())?;
+        stdin.flush()
+    }
+
+    /// Nimbus's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether nimbus still runs.
