@@ -12,6 +12,12 @@
 //! device sends the guest TRANSPORT_RESET, the guest drops that connection, and the agent
 //! accepts a new `CONNECT 1024` on the device's Unix socket.
 //!
+//! A third boots the shell with its disk on io_uring (`aio=io_uring,direct=on`) and takes
+//! snapshots while the guest reads the disk in a loop: QMP `stop` must finish the disk's
+//! requests in flight, so that every snapshot holds each virtio-blk queue with its used index
+//! equal to its available index (read from the state and memory files), and the restored
+//! guest's reads go on.
+//!
 //! On a kvm-pvm host the guest's clock is jiffies (guest-kit/cmdline.txt), and kvm-pvm neither
 //! takes guest TSC writes nor scales the TSC, so guest time may jump forward by the time the
 //! VM was down; it must never go back. One boot takes ~25-50 s under kvm-pvm.
@@ -591,5 +597,196 @@ fn kit_agent_accepts_a_new_vsock_connection_after_restore() {
         second.status.and_then(|s| s.code()),
         Some(0),
         "the restored agent restarts the guest and nimbus exits 0\n{describe}"
+    );
+}
+
+// ---- snapshots under disk load ------------------------------------------------------------
+
+/// Snapshots taken one after another while the guest reads its disk.
+const SNAPSHOTS_UNDER_LOAD: usize = 30;
+
+/// The virtio-blk queues of the snapshot in `snap` whose available index is not their used
+/// index (requests left outside the rings), as `slot S queue Q: avail A used U`. Reads the
+/// state file's JSON (after its 24-byte envelope header) for each activated transport's ready
+/// queues and the two indices from the memory file (guest RAM below 3 GiB is at its own
+/// address there).
+fn blk_requests_outside_the_rings(snap: &Path) -> Vec<String> {
+    let state = std::fs::read(snap.join("state")).expect("read the state file");
+    let state: serde_json::Value =
+        serde_json::from_slice(&state[24..]).expect("the state file's JSON");
+    let memory = std::fs::File::open(snap.join("memory")).expect("open the memory file");
+    let index_at = |address: u64| {
+        let mut bytes = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(&memory, &mut bytes, address + 2)
+            .expect("read a ring index");
+        u16::from_le_bytes(bytes)
+    };
+    let transports = state["transports"].as_array().expect("transports");
+    let mut outside = Vec::new();
+    for (slot, transport) in transports.iter().enumerate() {
+        if transport["device_type"] != 2 || transport["activated"] != true {
+            continue;
+        }
+        let queues = transport["queues"].as_array().expect("queues");
+        for (q, queue) in queues.iter().enumerate() {
+            if queue["ready"] != true {
+                continue;
+            }
+            let avail = index_at(queue["driver"].as_u64().expect("driver area"));
+            let used = index_at(queue["device"].as_u64().expect("device area"));
+            if avail != used {
+                outside.push(format!("slot {slot} queue {q}: avail {avail} used {used}"));
+            }
+        }
+    }
+    outside
+}
+
+/// (reads completed, requests in flight) from the guest's `/sys/block/vda/stat`.
+fn disk_stat(shell: &mut Shell) -> Result<(u64, u64), String> {
+    let out = shell.run("cat /sys/block/vda/stat", COMMAND_TIMEOUT)?;
+    let fields: Vec<u64> = out
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match (fields.first(), fields.get(8)) {
+        (Some(&reads), Some(&in_flight)) => Ok((reads, in_flight)),
+        _ => Err(format!("no disk statistics in {out:?}")),
+    }
+}
+
+/// The kit's shell reading its io_uring disk in a loop is snapshotted again and again (QMP
+/// `stop`, `migrate`, `cont`): no snapshot holds a disk request outside the rings, and the
+/// guest restored from the last one goes on reading.
+#[test]
+fn kit_snapshots_under_disk_load_hold_no_request_in_flight() {
+    if !kvm_usable() {
+        return;
+    }
+    let _one = one_boot_at_a_time();
+    let kit = kit();
+    let dir = TempDir::new("load");
+    let disk = dir.path("rootfs.ext4");
+    std::fs::copy(kit.rootfs(), &disk).expect("copy the kit's root file system");
+    let snap = dir.path("snap");
+    let machine = |qmp: &Path| {
+        let mut extra_args = vec![
+            "-drive".to_string(),
+            format!(
+                "id=rootfs,file={},readonly=off,aio=io_uring,direct=on",
+                disk.display()
+            ),
+            "-device".to_string(),
+            "virtio-blk-device,drive=rootfs,id=rootfs".to_string(),
+        ];
+        extra_args.extend(qmp_args(qmp));
+        VmConfig {
+            kernel: kit.vmlinux(),
+            mem_mib: 256,
+            cpus: 2,
+            append: shell_cmdline(),
+            initrd: None,
+            extra_args,
+        }
+        .args()
+    };
+
+    let qmp = dir.path("first.qmp");
+    let mut shell = Shell {
+        vm: KitVm::spawn_with(&machine(&qmp), |_| {}),
+        next: 0,
+    };
+    let result = (|| -> Result<(), String> {
+        if !shell.vm.wait_until(BOOT_TIMEOUT, |lines| {
+            lines.iter().any(|l| l.text.contains(SHELL_BANNER))
+        }) {
+            return Err(format!("no {SHELL_BANNER:?} within {BOOT_TIMEOUT:?}"));
+        }
+        shell.expect_line(
+            "(while :; do dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null; done) & \
+             echo loading",
+            "loading",
+        )?;
+        let mut client = QmpClient::connect(&qmp);
+        for n in 0..SNAPSHOTS_UNDER_LOAD {
+            // 100-600 ms apart, so that the stops fall at different points of the loop.
+            std::thread::sleep(Duration::from_millis(100 + (n as u64 * 137) % 500));
+            for (command, arguments) in [
+                ("stop", serde_json::json!({})),
+                (
+                    "migrate",
+                    serde_json::json!({ "uri": format!("file:{}", snap.display()) }),
+                ),
+            ] {
+                let reply = client.execute(command, arguments);
+                if reply.get("return").is_none() {
+                    return Err(format!("snapshot {n}: {command}: {reply}"));
+                }
+            }
+            let outside = blk_requests_outside_the_rings(&snap);
+            if !outside.is_empty() {
+                return Err(format!(
+                    "snapshot {n} holds disk requests outside the rings: {outside:?}"
+                ));
+            }
+            if n + 1 < SNAPSHOTS_UNDER_LOAD {
+                let reply = client.execute("cont", serde_json::json!({}));
+                if reply.get("return").is_none() {
+                    return Err(format!("snapshot {n}: cont: {reply}"));
+                }
+            }
+        }
+        Ok(())
+    })();
+    let first = shell.vm.kill();
+    result.unwrap_or_else(|e| panic!("{e}\n{}", first.describe()));
+
+    let qmp = dir.path("second.qmp");
+    let mut args = machine(&qmp);
+    args.extend(["-incoming".to_string(), format!("file:{}", snap.display())]);
+    let mut shell = Shell {
+        vm: KitVm::spawn_with(&args, |_| {}),
+        next: 1000,
+    };
+    let result = (|| -> Result<String, String> {
+        let before = disk_stat(&mut shell)?;
+        shell.run("sleep 2", COMMAND_TIMEOUT)?;
+        let after = disk_stat(&mut shell)?;
+        if after.0 <= before.0 {
+            return Err(format!(
+                "the restored guest's reads do not go on: {} reads completed, then {} \
+                 ({} in flight)",
+                before.0, after.0, after.1
+            ));
+        }
+        shell
+            .vm
+            .type_text("reboot -f\n")
+            .map_err(|e| format!("type reboot -f: {e}"))?;
+        Ok(format!("{} -> {} reads", before.0, after.0))
+    })();
+    let second = match result {
+        Ok(_) => shell.vm.wait_exit(COMMAND_TIMEOUT),
+        Err(_) => shell.vm.kill(),
+    };
+    let describe = format!(
+        "--- first run ---\n{}\n--- restored run ---\n{}",
+        first.describe(),
+        second.describe()
+    );
+    let notes = result.unwrap_or_else(|e| panic!("{e}\n{describe}"));
+    eprintln!("{SNAPSHOTS_UNDER_LOAD} snapshots under disk load; restored guest: {notes}");
+    let texts = second.texts();
+    assert!(
+        !texts
+            .iter()
+            .any(|l| l.contains("I/O error") || l.contains("not a head")),
+        "the restored guest reports disk errors\n{describe}"
+    );
+    assert_eq!(
+        second.status.and_then(|s| s.code()),
+        Some(0),
+        "the restored guest restarts itself and nimbus exits 0\n{describe}"
     );
 }

@@ -163,13 +163,18 @@ impl<'a> Monitor<'a> {
 
 impl Monitor<'_> {
     /// `stop`: parks the vCPUs, then freezes every device source, so devices process nothing
-    /// until `cont`.
+    /// until `cont`, and lets each device finish what the guest had asked of it (a disk's
+    /// requests in flight), so that guest memory holds the whole state of every queue: a
+    /// snapshot taken now leaves no request outside the rings.
     fn stop(&mut self) -> Result<Response, QmpError> {
         if !self.machine.vcpus.is_paused() {
             if !self.machine.vcpus.pause() {
                 return Err(QmpError::generic("the vCPUs did not stop in time"));
             }
             self.machine.events.freeze_devices();
+            for transport in &self.machine.state.snapshot.transports {
+                address_space::sync::lock(transport).quiesce();
+            }
             self.events.push(Event::Stop);
         }
         Ok(Response::empty())

@@ -259,6 +259,12 @@ pub trait VirtioDevice: Send {
     /// The VM is ending: finish in-flight work and make written data durable (a disk flushes
     /// its image). Called once, after the vCPUs stopped.
     fn shutdown(&mut self) {}
+    /// The VM stopped (QMP `stop`, before a snapshot): finish every request the driver made
+    /// available and every one still in flight, so that guest memory holds the whole state
+    /// of the queues (a disk waits for its io_uring requests). Called with the vCPUs parked.
+    fn quiesce(&mut self) -> Result<(), QueueError> {
+        Ok(())
+    }
     /// Event source `index` of [`VirtioDevice::event_fds`] is readable; the device reads it.
     /// Called whether or not the device is activated.
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
@@ -360,6 +366,10 @@ impl<D: VirtioDevice> VirtioDevice for Shared<D> {
 
     fn shutdown(&mut self) {
         self.lock().shutdown();
+    }
+
+    fn quiesce(&mut self) -> Result<(), QueueError> {
+        self.lock().quiesce()
     }
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {

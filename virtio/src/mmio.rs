@@ -350,6 +350,15 @@ impl MmioTransport {
         self.device.shutdown();
     }
 
+    /// The VM stopped: an activated device finishes what the driver made available and what
+    /// it has in flight ([`VirtioDevice::quiesce`]); an error marks it as needing a reset.
+    pub fn quiesce(&mut self) {
+        if self.activated {
+            let result = self.device.quiesce();
+            self.device_result(result);
+        }
+    }
+
     /// Device event source `index` is readable: the device handles it; an error it reports
     /// while activated marks the device as needing a reset.
     pub fn device_event(&mut self, index: usize) {

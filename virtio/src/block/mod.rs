@@ -304,6 +304,34 @@ impl VirtioDevice for BlockState {
         }
     }
 
+    fn quiesce(&mut self) -> Result<(), QueueError> {
+        // Requests whose notification still waits on the frozen event loop start now.
+        self.process_queue(0)?;
+        let (generation, async_io) = (self.generation, self.async_io);
+        let (disk, active, engine) = self.parts();
+        let (Some(active), Some(engine)) = (active, engine) else {
+            return Ok(());
+        };
+        let mut completed = 0usize;
+        let mut result = Ok(());
+        while result.is_ok() && engine.in_flight() > 0 {
+            let done = match engine.drain() {
+                Ok(done) => done,
+                Err(e) => {
+                    warn!("virtio-blk: cannot wait for the requests in flight: {e}");
+                    break;
+                }
+            };
+            result = finish_all(&disk, active, done, generation, &mut completed);
+            // Requests that waited for room in the engine.
+            if result.is_ok() && async_io && active.queue.ready() {
+                result = drain_async(&disk, active, (engine, generation), &mut completed);
+            }
+        }
+        notify(active, completed);
+        result
+    }
+
     fn reset(&mut self) {
         // Requests still in the engine belong to the old queue: their completions are dropped.
         self.active = None;
