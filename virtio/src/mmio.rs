@@ -253,7 +253,8 @@ impl MmioTransport {
 
     /// Puts the registers of `state` back (the machine restoring a snapshot, before any vCPU
     /// runs) and, if the device was running, activates it again with each ready queue resuming
-    /// at the used index in guest memory.
+    /// at the used index in guest memory, then processes each ready queue once (as if the
+    /// driver notified it: a notification still unhandled when the VM stopped is not lost).
     pub fn restore_state(&mut self, state: &TransportState) -> Result<(), RestoreError> {
         let expected = self.device.device_type();
         if state.device_type != expected {
@@ -310,6 +311,16 @@ impl MmioTransport {
                 .map_err(RestoreError::Activate)?;
             self.activated = true;
             self.device.restored();
+            // A notification the old process had not handled when it stopped is lost: each
+            // ready queue is processed once, as if the driver had notified it again.
+            let ready: Vec<u32> = (0u32..)
+                .zip(&self.queues)
+                .filter(|(_, regs)| regs.ready.is_some())
+                .map(|(index, _)| index)
+                .collect();
+            for index in ready {
+                self.notify(index);
+            }
         }
         Ok(())
     }
@@ -932,6 +943,27 @@ mod tests {
         let status = probe(&mut t, &[&q0, &q1]);
         assert_ne!(status & STATUS_DRIVER_OK, 0);
         assert_eq!(state.lock().unwrap().activations.len(), 2);
+    }
+
+    #[test]
+    fn restore_processes_each_ready_queue_once_after_activating_the_device() {
+        let (mut t, _) = transport();
+        let (q0, _) = queues();
+        // Only queue 0 was made ready.
+        assert_ne!(probe(&mut t, &[&q0]) & STATUS_DRIVER_OK, 0);
+        let saved = t.save_state();
+        let (mut restored, state) = transport();
+        restored.restore_state(&saved).unwrap();
+        let state = state.lock().unwrap();
+        assert_eq!(
+            state.activations,
+            vec![(saved.driver_features, vec![true, false])]
+        );
+        assert_eq!(
+            state.notified,
+            vec![0],
+            "a notification the snapshot lost is made up for, on ready queues only"
+        );
     }
 
     #[test]
