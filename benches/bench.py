@@ -708,6 +708,40 @@ def bench_snapshot(res, args):
                      f"cold-booted VMs {sum(cold_private):.1f} MiB. QEMU's microvm has no "
                      "file snapshot of this kind on this host: Nimbus only.")
     shutil.rmtree(work, ignore_errors=True)
+    if "linux" in args.only:
+        bench_kit_snapshot(res, args)
+
+
+def bench_kit_snapshot(res, args):
+    """The kit Linux at its shell: benches/kit_snapshot.py (slow: two cold boots)."""
+    cmd = [sys.executable, os.path.join(ROOT, "benches", "kit_snapshot.py"), Ctx.nimbus,
+           os.path.join(ROOT, "target", "guest-kit"), ROOT, "--runs", str(max(3, args.runs))]
+    log("snapshot (kit Linux): " + " ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    got = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[0] == "kitsnap":
+            got[parts[1]] = [float(v) for v in parts[2:]]
+    if not got:
+        log(f"kit snapshot: failed\n{out.stdout[-1000:]}\n{out.stderr[-1500:]}")
+        return
+    rows = (("cold-answer-ms", "kit Linux: exec -> the shell's first answer, cold boot", "ms", 0),
+            ("restore-answer-ms", "kit Linux: exec -> the restored shell's first answer", "ms", 0),
+            ("migrate-ms", "kit Linux: QMP migrate of the shell (256 MiB)", "ms", 0),
+            ("size-mib", "kit Linux: snapshot size on disk", "MiB", 1),
+            ("cold-private-mib", "kit Linux: private memory, cold-booted VM at its shell", "MiB", 1),
+            ("restore-private-mib", "kit Linux: private memory, one restored VM", "MiB", 1),
+            ("clone-private-mib", "kit Linux: private memory of each of 10 clones", "MiB", 1))
+    for key, metric, unit, digits in rows:
+        if key in got:
+            res.nimbus_only("snapshot", metric, unit, "lower", got[key], digits)
+    clones = got.get("clone-private-mib", [])
+    cold = got.get("cold-private-mib", [])
+    if clones and cold:
+        res.notes.append(f"snapshot (kit Linux): {len(clones)} clones of one template keep "
+                         f"{sum(clones):.1f} MiB private together; two cold-booted VMs "
+                         f"{2 * statistics.median(cold):.1f} MiB.")
 
 
 def bench_parallel(res, args):
