@@ -27,13 +27,12 @@ mod kit;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::tap::{root, TapGuard};
-use common::{kvm_usable, qmp_args, scratch_dir, QmpClient, VmConfig};
-use kit::{disk_args, kit, kit_cmdline, KitVm, Line};
+use common::{kvm_usable, qmp_args, QmpClient, TempDir, VmConfig};
+use kit::{disk_args, kit, kit_cmdline, one_boot_at_a_time, KitVm, Line};
 
 /// From spawning nimbus to the shell's first answer: ~25-50 s under kvm-pvm, more under load.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -43,35 +42,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const SHELL_BANNER: &str = "guest-kit shell";
 const MARKER: &str = "snapshot-marker";
 const DISK_MARKER: &str = "written-to-disk-before-the-snapshot";
-
-/// Two kit Linux boots at once would each take twice as long on a 2-core machine.
-fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A private directory in the scratch area (disk copy, QMP sockets, the snapshot), removed
-/// when dropped, whatever the test's outcome.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = scratch_dir().join(format!("kit-snapshot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the test's directory");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The kit's command line for this host with root on `/dev/vda` (read-write) and a shell.
 fn shell_cmdline() -> String {
@@ -321,7 +291,7 @@ fn kit_shell_answers_after_snapshot_kill_and_restore() {
     }
     let _one = one_boot_at_a_time();
     let kit = kit();
-    let dir = TempDir::new("shell");
+    let dir = TempDir::new("kit-snapshot-shell");
     let disk = dir.path("rootfs.ext4");
     std::fs::copy(kit.rootfs(), &disk).expect("copy the kit's root file system");
     let tap = TapGuard::create();
@@ -533,7 +503,7 @@ fn kit_agent_accepts_a_new_vsock_connection_after_restore() {
         return;
     }
     let _one = one_boot_at_a_time();
-    let dir = TempDir::new("agent");
+    let dir = TempDir::new("kit-snapshot-agent");
     let uds = dir.path("v.sock");
     // Where Nimbus forwards the agent's log connection to the host's port 1025; connecting
     // needs no accept.
@@ -666,7 +636,7 @@ fn kit_snapshots_under_disk_load_hold_no_request_in_flight() {
     }
     let _one = one_boot_at_a_time();
     let kit = kit();
-    let dir = TempDir::new("load");
+    let dir = TempDir::new("kit-snapshot-load");
     let disk = dir.path("rootfs.ext4");
     std::fs::copy(kit.rootfs(), &disk).expect("copy the kit's root file system");
     let snap = dir.path("snap");

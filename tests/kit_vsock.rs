@@ -25,15 +25,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kata::{KataSandbox, KATA_FS_TAG};
 use common::tap::{inherit_as_fd3, open_tap, root, TapGuard};
 use common::virtiofsd::{require_virtiofsd, Virtiofsd};
-use common::{kvm_usable, scratch_dir, VmConfig};
-use kit::{disk_args, kit, kit_cmdline, KitVm};
+use common::{kvm_usable, TempDir, VmConfig};
+use kit::{disk_args, kit, kit_cmdline, one_boot_at_a_time, KitVm};
 
 /// From spawning nimbus to the agent's `OK`: ~25-50 s under kvm-pvm, twice that under load.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
@@ -48,35 +48,8 @@ const AGENT_PORT: u32 = 1024;
 const LOG_PORT: u32 = 1025;
 const LOG_LINE: &str = "agent log: started";
 const LISTENING: &str = "KIT agent listening on vsock port 1024";
-
-/// Two kit Linux boots at once would each take twice as long on this 2-core machine.
-fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A private directory in the scratch area, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = scratch_dir().join(format!("kit-vsock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the test's directory");
-        TempDir(dir)
-    }
-
-    /// The device's `uds-path`.
-    fn uds(&self) -> PathBuf {
-        self.0.join("kata.hvsock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The vsock device's `uds-path`, in the test's directory.
+const UDS: &str = "kata.hvsock";
 
 /// `-device virtio-vsock-device,...` with the hybrid (Unix socket) backend.
 fn vsock_device(uds: &Path) -> String {
@@ -416,7 +389,7 @@ fn drive_agent(
     spawned: Instant,
 ) -> Result<Vec<String>, String> {
     let mut notes = Vec::new();
-    let uds = dir.uds();
+    let uds = dir.path(UDS);
     let first = dial(&uds, vm, spawned, spawned + BOOT_TIMEOUT)?;
     notes.push(dial_note("connection 1", &first));
     let port1 = first.conn.port;
@@ -479,8 +452,8 @@ fn kit_agent_answers_kata_style_hybrid_vsock_connections_one_after_another() {
     }
     let _one = one_boot_at_a_time();
     let kit = kit();
-    let dir = TempDir::new("agent");
-    let uds = dir.uds();
+    let dir = TempDir::new("kit-vsock-agent");
+    let uds = dir.path(UDS);
     let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
     let mut extra_args = disk_args("rootfs", &kit.rootfs(), true);
     extra_args.extend(["-device".to_string(), vsock_device(&uds)]);
@@ -593,10 +566,10 @@ fn kata_argument_list_with_hybrid_vsock_reaches_the_kit_agent() {
     }
     let _one = one_boot_at_a_time();
     let kit = kit();
-    let dir = TempDir::new("kata");
-    let uds = dir.uds();
+    let dir = TempDir::new("kit-vsock-kata");
+    let uds = dir.path(UDS);
     let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
-    let qmp = dir.0.join("qmp.socket");
+    let qmp = dir.path("qmp.socket");
     let args = KataSandbox {
         kernel: &kit.vmlinux(),
         mem_mib: 256,
@@ -699,13 +672,13 @@ fn kata_argument_list_with_virtiofsd_serves_the_share_to_the_agent() {
     require_virtiofsd();
     let _one = one_boot_at_a_time();
     let kit = kit();
-    let dir = TempDir::new("kata-fs");
-    let share = KataShare::create(dir.0.join("share"));
-    let socket = dir.0.join("virtiofs_kata.socket");
-    let mut daemon = Virtiofsd::start(&share.dir, &socket, &dir.0.join("virtiofsd.log"));
-    let uds = dir.uds();
+    let dir = TempDir::new("kit-vsock-kata-fs");
+    let share = KataShare::create(dir.path("share"));
+    let socket = dir.path("virtiofs_kata.socket");
+    let mut daemon = Virtiofsd::start(&share.dir, &socket, &dir.path("virtiofsd.log"));
+    let uds = dir.path(UDS);
     let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
-    let qmp = dir.0.join("qmp.socket");
+    let qmp = dir.path("qmp.socket");
     let append = format!("{} kit.fstag={KATA_FS_TAG}", agent_cmdline());
     let args = KataSandbox {
         kernel: &kit.vmlinux(),

@@ -9,35 +9,26 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{kvm_usable, qmp_args, run, Format, QmpClient, Vm, VmConfig};
+use common::{kvm_usable, qmp_args, run, Format, QmpClient, TempDir, Vm, VmConfig};
 
-/// A snapshot directory under the scratch dir, removed on drop.
-struct SnapshotDir(PathBuf);
+/// A test's directory: the snapshot in `snap/`, QMP sockets beside it.
+struct SnapshotDir(TempDir);
 
 impl SnapshotDir {
     fn new(name: &str) -> SnapshotDir {
-        let dir = common::scratch_dir().join(format!("snapshot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        SnapshotDir(dir)
+        SnapshotDir(TempDir::new(&format!("snapshot-{name}")))
     }
 
     fn uri(&self) -> String {
-        format!("file:{}", self.0.join("snap").display())
+        format!("file:{}", self.0.path("snap").display())
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        self.0.join("snap").join(name)
+        self.0.path("snap").join(name)
     }
 
     fn qmp(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for SnapshotDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path(name)
     }
 }
 
@@ -190,19 +181,7 @@ fn both_vcpus_go_on_after_restore_with_smp_2() {
 /// socket behind.
 fn refused(args: &[String], needle: &str, qmp: &Path) {
     let out = run(args);
-    out.assert_exit_code(1);
-    let first = out.first_stderr_line();
-    assert!(
-        first.contains(needle),
-        "wanted {needle:?}: {}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    out.assert_one_error_line(&[needle]);
     assert!(!qmp.exists(), "QMP socket left behind: {}", out.describe());
 }
 

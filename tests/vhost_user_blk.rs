@@ -138,19 +138,7 @@ fn private_guest_ram_is_one_line_naming_mem_share() {
     let _daemon = StorageDaemon::start(&image, &socket);
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = vhost_user_args(&socket, "microvm");
-    let out = run(&config.args());
-    out.assert_exit_code(1);
-    assert!(
-        out.first_stderr_line().contains("mem-share=on"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    run(&config.args()).assert_one_error_line(&["mem-share=on"]);
     let _ = std::fs::remove_file(&image);
 }
 
@@ -159,20 +147,7 @@ fn missing_back_end_socket_is_refused_naming_it() {
     let socket = common::scratch_dir().join(format!("no-back-end-{}.sock", std::process::id()));
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = vhost_user_args(&socket, "microvm,mem-share=on");
-    let out = run(&config.args());
-    out.assert_exit_code(1);
-    let first = out.first_stderr_line();
-    assert!(
-        first.contains(&socket.display().to_string()) && first.contains("vub0"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    run(&config.args()).assert_one_error_line(&[&socket.display().to_string(), "vub0"]);
 }
 
 /// Waits until stdout has a line starting with `prefix` and returns it; fails the test (with
@@ -348,19 +323,7 @@ fn back_end_that_never_answers_is_one_line_after_the_deadline() {
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = vhost_user_args(&socket, "microvm,mem-share=on");
     let out = run(&config.args());
-    out.assert_exit_code(1);
-    let first = out.first_stderr_line();
-    assert!(
-        first.contains("vub0") && first.contains("did not answer GET_FEATURES within 5 s"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    out.assert_one_error_line(&["vub0", "did not answer GET_FEATURES within 5 s"]);
     assert!(out.elapsed < Duration::from_secs(12), "{}", out.describe());
     let _ = std::fs::remove_file(&socket);
     drop(holder);
@@ -378,19 +341,7 @@ fn back_end_socket_that_refuses_is_one_line_and_leaves_nothing_behind() {
     config.extra_args = vhost_user_args(&socket, "microvm,mem-share=on");
     config.extra_args.extend(qmp_args(&dir.join("qmp.sock")));
     let out = run(&config.args());
-    out.assert_exit_code(1);
-    let first = out.first_stderr_line();
-    assert!(
-        first.contains("vub0") && first.contains("Connection refused"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    out.assert_one_error_line(&["vub0", "Connection refused"]);
     let mut left: Vec<String> = std::fs::read_dir(&dir)
         .expect("read the scratch dir")
         .filter_map(|e| e.ok())

@@ -15,11 +15,11 @@ mod common;
 mod kit;
 
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::virtiofsd::{require_virtiofsd, Virtiofsd};
-use common::{kvm_usable, replace_arg, run, scratch_dir, Format, Output, VmConfig};
+use common::{kvm_usable, replace_arg, run, Format, Output, TempDir, VmConfig};
 use kit::{disk_args, kit, kit_cmdline, KitVm};
 
 /// The tag the device announces and the guest mounts (kit-init's default `kit.fstag`).
@@ -30,28 +30,6 @@ const GUEST_LINE: &str = "written by the guest through virtio-fs\n";
 const MANY: usize = 1000;
 /// From spawning nimbus to its exit: ~30-60 s under kvm-pvm, twice that under load.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// A private directory in the scratch area, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = scratch_dir().join(format!("virtio-fs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the test's directory");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `-chardev socket,... -device vhost-user-fs-device,...` for the socket `socket`.
 fn fs_args(socket: &Path) -> Vec<String> {
@@ -102,7 +80,7 @@ fn kit_linux_reads_writes_and_lists_a_virtiofsd_share() {
     }
     require_virtiofsd();
     let kit = kit();
-    let dir = TempDir::new("kit");
+    let dir = TempDir::new("virtio-fs-kit");
     let share = dir.path("share");
     let hello = populate_share(&share);
     let socket = dir.path("virtiofsd.sock");
@@ -184,16 +162,10 @@ fn kit_linux_reads_writes_and_lists_a_virtiofsd_share() {
 
 /// Exit status 1, one stderr line, and no guest ran.
 fn assert_one_line_refusal(out: &Output, what: &str, names: impl Fn(&str) -> bool) {
-    out.assert_exit_code(1);
+    out.assert_one_error_line(&[]);
     assert!(
         names(out.first_stderr_line()),
         "stderr's line does not name {what}\n{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "stderr is not one line\n{}",
         out.describe()
     );
     assert!(
@@ -211,7 +183,7 @@ fn vhost_user_fs_without_mem_share_is_one_line_naming_it() {
         return;
     }
     require_virtiofsd();
-    let dir = TempDir::new("private");
+    let dir = TempDir::new("virtio-fs-private");
     let share = dir.path("share");
     std::fs::create_dir_all(&share).expect("create the share");
     let socket = dir.path("virtiofsd.sock");
@@ -232,7 +204,7 @@ fn vhost_user_fs_with_no_socket_at_the_path_is_one_line_naming_it() {
     if !kvm_usable() {
         return;
     }
-    let dir = TempDir::new("missing");
+    let dir = TempDir::new("virtio-fs-missing");
     let missing = dir.path("no-such.sock");
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = fs_args(&missing);
@@ -254,7 +226,7 @@ fn vhost_user_fs_with_no_listener_on_the_socket_is_one_line_naming_it() {
     if !kvm_usable() {
         return;
     }
-    let dir = TempDir::new("stale");
+    let dir = TempDir::new("virtio-fs-stale");
     let stale = dir.path("stale.sock");
     drop(UnixListener::bind(&stale).expect("bind the stale socket"));
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");

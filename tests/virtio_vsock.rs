@@ -602,19 +602,7 @@ fn vhost_vsock_without_the_kernel_device_is_one_line_naming_it() {
         "-device".into(),
         "vhost-vsock-device,id=v0,guest-cid=3".into(),
     ];
-    let out = run(&config.args());
-    out.assert_exit_code(1);
-    assert!(
-        out.first_stderr_line().contains("/dev/vhost-vsock"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.stderr.trim_end().lines().count(),
-        1,
-        "{}",
-        out.describe()
-    );
+    run(&config.args()).assert_one_error_line(&["/dev/vhost-vsock"]);
     // Descriptor 0 (stdin, /dev/null here) is below 3: refused as an option; 1 and 2 likewise.
     let mut config = VmConfig::new(Format::Elf, 128, "console=ttyS0");
     config.extra_args = vec![

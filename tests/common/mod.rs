@@ -507,6 +507,26 @@ impl Output {
             .unwrap_or("")
     }
 
+    /// Exit status 1 and exactly one stderr line, which names each of `needles`: how Nimbus
+    /// refuses what it cannot start (a runtime reads the first line only).
+    pub fn assert_one_error_line(&self, needles: &[&str]) {
+        self.assert_exit_code(1);
+        let first = self.first_stderr_line();
+        for needle in needles {
+            assert!(
+                first.contains(needle),
+                "stderr's line does not name {needle:?}\n{}",
+                self.describe()
+            );
+        }
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "stderr is not one line\n{}",
+            self.describe()
+        );
+    }
+
     pub fn assert_exit_code(&self, code: i32) {
         assert_eq!(
             self.status.code(),
@@ -803,6 +823,30 @@ impl QmpClient {
     pub fn ok(&mut self, command: &str, arguments: serde_json::Value) {
         let reply = self.execute(command, arguments);
         assert_eq!(reply, serde_json::json!({"return": {}}), "{command}");
+    }
+}
+
+/// A private directory in the scratch area (`<scratch>/<name>-<pid>`, emptied first), removed
+/// when dropped, whatever the test's outcome.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = scratch_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test's directory");
+        TempDir(dir)
+    }
+
+    /// `name` inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -594,6 +594,13 @@ pub fn milestone_summary(transcript: &Transcript) -> String {
         .collect();
     parts.push(format!("exit {:.1} s", transcript.elapsed.as_secs_f64()));
     parts.join(", ")
+}
+
+/// Two kit Linux boots at once would each take twice as long on a 2-core machine: the tests
+/// of one binary take turns.
+pub fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
