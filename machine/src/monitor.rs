@@ -204,14 +204,7 @@ impl Monitor<'_> {
 }
 
 fn snapshot_error(err: crate::snapshot::SnapshotError) -> QmpError {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    QmpError::generic(&text)
+    QmpError::generic(crate::error::one_line(&err))
 }
 
 fn qom_path(id: u8) -> String {

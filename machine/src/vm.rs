@@ -136,6 +136,8 @@ pub fn run_notifying(
     let (stopped_tx, stopped_rx) = channel();
     let stopped_evt = EventFd::new(EFD_NONBLOCK).map_err(MachineError::EventLoop)?;
     let vcpu_control = Arc::new(VcpuControl::default());
+    let msr_list =
+        vcpu::supported_msrs(&kvm).map_err(|source| MachineError::SetupVcpu { id: 0, source })?;
     let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
     for id in 0..config.cpus {
         let fd = vm
@@ -154,7 +156,7 @@ pub fn run_notifying(
             stopped_evt,
         );
         match (&boot, &restore) {
-            (Some(boot), _) => configure_vcpu(&kvm, &vcpu, id, config.cpus, boot)
+            (Some(boot), _) => configure_vcpu(&kvm, &vcpu, (id, config.cpus), &msr_list, boot)
                 .map_err(|source| MachineError::SetupVcpu { id, source })?,
             (None, Some(snapshot)) => {
                 vcpu::configure_cpuid(&kvm, vcpu.fd(), id, config.cpus)
@@ -207,11 +209,9 @@ pub fn run_notifying(
             fds: HashMap::new(),
             snapshot: Snapshotter {
                 ram_size: config.ram_size,
+                // Only a monitor can ask for a snapshot.
                 msr_list: match config.qmp {
-                    Some(_) => kvm
-                        .get_msr_index_list()
-                        .map(|l| l.as_slice().to_vec())
-                        .unwrap_or_default(),
+                    Some(_) => msr_list,
                     None => Vec::new(),
                 },
                 memory: mmio.clone(),
@@ -299,13 +299,13 @@ fn load_guest(
 fn configure_vcpu(
     kvm: &Kvm,
     vcpu: &Vcpu,
-    id: u8,
-    cpus: u8,
+    (id, cpus): (u8, u8),
+    msr_list: &[u32],
     boot: &BootInfo,
 ) -> Result<(), vcpu::VcpuSetupError> {
     let fd = vcpu.fd();
     vcpu::configure_cpuid(kvm, fd, id, cpus)?;
-    vcpu::configure_msrs(kvm, fd)?;
+    vcpu::configure_msrs(fd, msr_list)?;
     vcpu::configure_fpu(fd)?;
     vcpu::configure_lapic(fd)?;
     if id == 0 {

@@ -225,10 +225,15 @@ impl MmioTransport {
         self.device.flush();
     }
 
+    /// The virtio device type behind the window.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
     /// The registers a snapshot keeps.
     pub fn save_state(&self) -> TransportState {
         TransportState {
-            device_type: self.device.device_type(),
+            device_type: self.device_type(),
             status: self.status,
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
@@ -256,7 +261,7 @@ impl MmioTransport {
     /// at the used index in guest memory, then processes each ready queue once (as if the
     /// driver notified it: a notification still unhandled when the VM stopped is not lost).
     pub fn restore_state(&mut self, state: &TransportState) -> Result<(), RestoreError> {
-        let expected = self.device.device_type();
+        let expected = self.device_type();
         if state.device_type != expected {
             return Err(RestoreError::DeviceType {
                 expected,

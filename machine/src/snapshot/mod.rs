@@ -202,14 +202,9 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<MachineState, SnapshotError> 
 }
 
 impl MachineState {
-    /// Checks that a machine of `ram_size` bytes, `cpus` vCPUs and virtio devices of
-    /// `device_types` (slot order) is the one saved; each difference is named.
-    pub fn check_matches(
-        &self,
-        ram_size: u64,
-        cpus: u8,
-        device_types: &[u32],
-    ) -> Result<(), SnapshotError> {
+    /// Checks that a machine of `ram_size` bytes and `cpus` vCPUs is the one saved; each
+    /// difference is named.
+    pub fn check_machine(&self, ram_size: u64, cpus: u8) -> Result<(), SnapshotError> {
         if self.ram_size != ram_size {
             return Err(SnapshotError::Mismatch(format!(
                 "-m is {} MiB, the snapshot has {} MiB",
@@ -223,6 +218,11 @@ impl MachineState {
                 self.cpus
             )));
         }
+        Ok(())
+    }
+
+    /// Checks that the virtio devices of `device_types` (slot order) are the ones saved.
+    pub fn check_devices(&self, device_types: &[u32]) -> Result<(), SnapshotError> {
         let saved: Vec<u32> = self.transports.iter().map(|t| t.device_type).collect();
         if saved != device_types {
             return Err(SnapshotError::Mismatch(format!(
@@ -274,14 +274,11 @@ mod tests {
         let state = decode(&envelope::seal(&payload), Path::new("state")).expect("decodes");
         assert_eq!(state.ram_size, 128 << 20);
         assert_eq!(state.transports.len(), 1);
-        assert!(state.check_matches(128 << 20, 0, &[0]).is_ok());
-        let err = state
-            .check_matches(256 << 20, 0, &[0])
-            .expect_err("-m differs");
+        assert!(state.check_machine(128 << 20, 0).is_ok());
+        assert!(state.check_devices(&[0]).is_ok());
+        let err = state.check_machine(256 << 20, 0).expect_err("-m differs");
         assert!(err.to_string().contains("-m is 256 MiB"), "{err}");
-        let err = state
-            .check_matches(128 << 20, 0, &[2])
-            .expect_err("devices differ");
+        let err = state.check_devices(&[2]).expect_err("devices differ");
         assert!(err.to_string().contains("[blk]"), "{err}");
     }
 

@@ -33,9 +33,8 @@ pub fn read_snapshot(dir: &Path, config: &MachineConfig) -> Result<Restore, Mach
         )));
     }
     let state = super::read(dir).map_err(err)?;
-    let saved_types: Vec<u32> = state.transports.iter().map(|t| t.device_type).collect();
     state
-        .check_matches(config.ram_size, config.cpus, &saved_types)
+        .check_machine(config.ram_size, config.cpus)
         .map_err(err)?;
     let memory = dir.join(MEMORY_FILE);
     let found = std::fs::metadata(&memory)
@@ -111,13 +110,8 @@ impl Restore {
         vm: &VmFd,
         transports: &[Arc<Mutex<MmioTransport>>],
     ) -> Result<(), MachineError> {
-        let types: Vec<u32> = transports
-            .iter()
-            .map(|t| lock(t).save_state().device_type)
-            .collect();
-        self.state
-            .check_matches(self.state.ram_size, self.state.cpus, &types)
-            .map_err(|e| self.err(e))?;
+        let types: Vec<u32> = transports.iter().map(|t| lock(t).device_type()).collect();
+        self.state.check_devices(&types).map_err(|e| self.err(e))?;
         for chip in &self.state.irqchip {
             vm.set_irqchip(chip)
                 .map_err(|e| self.err(SnapshotError::Kvm("KVM_SET_IRQCHIP", e)))?;

@@ -14,7 +14,7 @@ pub(crate) use kick::kick_signal;
 pub use set::VcpuSet;
 pub use setup::{
     configure_boot_state, configure_cpuid, configure_fpu, configure_lapic, configure_msrs,
-    VcpuSetupError,
+    supported_msrs, VcpuSetupError,
 };
 
 use crate::seccomp::{Seccomp, ThreadKind};

@@ -91,10 +91,16 @@ pub fn boot_msrs() -> Vec<(u32, u64)> {
     ]
 }
 
-/// Sets the boot MSRs that KVM lists as supported; others are skipped, never forced.
-pub fn configure_msrs(kvm: &Kvm, fd: &VcpuFd) -> Result<(), VcpuSetupError> {
-    let supported = kvm.get_msr_index_list().map_err(VcpuSetupError::MsrList)?;
-    let supported = supported.as_slice();
+/// The MSRs KVM lists (`KVM_GET_MSR_INDEX_LIST`): read once per VM, for every vCPU's boot
+/// MSRs and for snapshots.
+pub fn supported_msrs(kvm: &Kvm) -> Result<Vec<u32>, VcpuSetupError> {
+    kvm.get_msr_index_list()
+        .map(|list| list.as_slice().to_vec())
+        .map_err(VcpuSetupError::MsrList)
+}
+
+/// Sets the boot MSRs that KVM lists as `supported`; others are skipped, never forced.
+pub fn configure_msrs(fd: &VcpuFd, supported: &[u32]) -> Result<(), VcpuSetupError> {
     let entries: Vec<kvm_msr_entry> = boot_msrs()
         .into_iter()
         .filter(|(index, _)| supported.contains(index))
