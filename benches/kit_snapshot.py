@@ -12,7 +12,10 @@ usage: benches/kit_snapshot.py NIMBUS KIT_DIR REPO_ROOT [--runs N]
 Prints `kitsnap <key> <values...>` lines for bench.py. The kit boots from its initramfs (no
 disk: clones need nothing of their own but a QMP socket). Boots take ~25 s under kvm-pvm.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, os, shutil, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (qmp_call, private_kib)
 
 
 def cmdline(root):
@@ -66,39 +69,8 @@ class Shell:
         self.proc.wait()
 
 
-def qmp(path, commands, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    f = s.makefile("rw")
-    f.readline()
-    out = []
-    for name, arguments in [("qmp_capabilities", None)] + commands:
-        msg = {"execute": name}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        f.write(json.dumps(msg) + "\n")
-        f.flush()
-        while True:
-            reply = json.loads(f.readline())
-            if "event" not in reply:
-                out.append(reply)
-                break
-    s.close()
-    return out[1:]
-
-
 def private_mib(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(l.split()[1]) for l in f
-                   if l.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+    return bench.private_kib(pid) / 1024
 
 
 def main():
@@ -135,10 +107,9 @@ def main():
                 template = vm
             else:
                 vm.kill()
-        t = time.monotonic()
-        replies = qmp(os.path.join(work, "cold0.qmp"),
-                      [("stop", None), ("migrate", {"uri": f"file:{snap}"}),
-                       ("query-migrate", None)])
+        replies = bench.qmp_call(os.path.join(work, "cold0.qmp"),
+                                 [("stop", None), ("migrate", {"uri": f"file:{snap}"}),
+                                  ("query-migrate", None)])
         template.kill()
         info = replies[-1].get("return", {})
         if info.get("status") != "completed":
