@@ -51,6 +51,28 @@ const LISTENING: &str = "KIT agent listening on vsock port 1024";
 /// The vsock device's `uds-path`, in the test's directory.
 const UDS: &str = "kata.hvsock";
 
+/// A private directory under /tmp (short path, for Unix sockets), removed when dropped.
+fn tempfile_dir_short() -> ShortDir {
+    let dir = std::env::temp_dir().join(format!("nimbus-kfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a short socket directory");
+    ShortDir(dir)
+}
+
+struct ShortDir(std::path::PathBuf);
+
+impl ShortDir {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ShortDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `-device virtio-vsock-device,...` with the hybrid (Unix socket) backend.
 fn vsock_device(uds: &Path) -> String {
     format!(
@@ -674,7 +696,10 @@ fn kata_argument_list_with_virtiofsd_serves_the_share_to_the_agent() {
     let kit = kit();
     let dir = TempDir::new("kit-vsock-kata-fs");
     let share = KataShare::create(dir.path("share"));
-    let socket = dir.path("virtiofs_kata.socket");
+    // A Unix socket path has at most 107 bytes: the scratch directory of a checkout in a long
+    // path does not leave room, so virtiofsd's socket lives in a short directory of its own.
+    let short = tempfile_dir_short();
+    let socket = short.path("virtiofs_kata.socket");
     let mut daemon = Virtiofsd::start(&share.dir, &socket, &dir.path("virtiofsd.log"));
     let uds = dir.path(UDS);
     let log = LogListener::bind(&PathBuf::from(format!("{}_{LOG_PORT}", uds.display())));
