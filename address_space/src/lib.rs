@@ -21,6 +21,8 @@
 #![deny(unsafe_code)]
 
 mod address_space;
+#[allow(unsafe_code)]
+mod discard;
 mod error;
 mod flat_view;
 mod guest_memory;
@@ -35,6 +37,7 @@ pub mod sync;
 mod test_util;
 
 pub use address_space::{AddressSpace, SpaceKind, IO_SPACE_SIZE};
+pub use discard::{DiscardError, DiscardHow, RamDiscard, DISCARD_PAGE};
 pub use error::{AddressSpaceError, ListenerError};
 pub use flat_view::{FlatRange, FlatTarget, FlatView};
 pub use listener::Listener;

@@ -10,6 +10,7 @@
 //! the machine watches), and guest memory is the `address_space` crate's vm-memory view of RAM.
 #![deny(unsafe_code)]
 
+pub mod balloon;
 pub mod block;
 mod device;
 pub mod mmio;
@@ -22,6 +23,10 @@ pub mod vhost_user;
 pub mod vhost_vsock;
 pub mod vsock;
 
+pub use balloon::{
+    Balloon, BalloonCounters, BalloonError, BalloonOptions, Discard, GuestStats,
+    DEVICE_TYPE_BALLOON,
+};
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
 pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
