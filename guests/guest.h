@@ -75,6 +75,10 @@ void vw(u32 off, u32 val);
 int virtio_negotiate(u32 want, u32 *offered);
 int virtio_queue_sized(u32 index, u32 size, u64 desc, u64 avail, u64 used);
 
+/* balloon.c: `nimbus.test=balloon` and `nimbus.test=balloon-bad`. */
+void action_balloon(const char *cmdline);
+void action_balloon_bad(const char *cmdline);
+
 /* vsock.c: runs the `vsock-*` action `name` (`len` bytes); 0 if it is not one of them. */
 int vsock_action(const char *name, u64 len, const char *cmdline);
 

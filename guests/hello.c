@@ -1584,6 +1584,10 @@ static void run_action(const char *name, u64 len)
 		action_netrx();
 	else if (str_eq_n(name, len, "exits"))
 		action_exits();
+	else if (str_eq_n(name, len, "balloon"))
+		action_balloon(info.cmdline);
+	else if (str_eq_n(name, len, "balloon-bad"))
+		action_balloon_bad(info.cmdline);
 	else if (vsock_action(name, len, info.cmdline))
 		;
 	else {

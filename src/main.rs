@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod backends;
+mod balloon_opts;
 mod cli;
 mod daemon;
 mod drives;

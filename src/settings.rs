@@ -1,5 +1,6 @@
 //! Turns the parsed command line into the machine's configuration, checking every value.
 
+use crate::balloon_opts::{parse_balloon, BALLOON_DEVICE};
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
@@ -71,11 +72,7 @@ pub struct Settings {
 }
 
 /// Device types of the grammar that later versions implement.
-const FUTURE_DEVICES: &[&str] = &[
-    "virtio-balloon-device",
-    "virtio-serial-device",
-    "virtconsole",
-];
+const FUTURE_DEVICES: &[&str] = &["virtio-serial-device", "virtconsole"];
 
 pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::InvalidValue {
@@ -136,6 +133,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
+        balloon: parse_balloon(&parsed.all("device"))?,
         vsock: parse_vsock(&parsed.all("device"))?,
         vhost_user: parse_vhost_user(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
@@ -185,6 +183,7 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
                 BLOCK_DEVICE
                     | NET_DEVICE
                     | RNG_DEVICE
+                    | BALLOON_DEVICE
                     | HYBRID_VSOCK_DEVICE
                     | VHOST_VSOCK_DEVICE
                     | VHOST_USER_BLK

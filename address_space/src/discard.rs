@@ -119,7 +119,7 @@ impl RamDiscard {
     }
 
     fn find(&self, gpa: u64, len: u64) -> Option<&Range> {
-        if len == 0 || gpa % DISCARD_PAGE != 0 || len % DISCARD_PAGE != 0 {
+        if len == 0 || !gpa.is_multiple_of(DISCARD_PAGE) || !len.is_multiple_of(DISCARD_PAGE) {
             return None;
         }
         let end = gpa.checked_add(len)?;

@@ -120,6 +120,8 @@ pub struct MachineConfig {
     pub nets: Vec<NetConfig>,
     /// The virtio-rng device, if any.
     pub rng: Option<virtio::RngOptions>,
+    /// The virtio-balloon device, if any.
+    pub balloon: Option<virtio::BalloonOptions>,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
     /// vhost-user devices (disks and file systems served by other processes), in order.
@@ -149,6 +151,7 @@ impl Default for MachineConfig {
             net_slots: crate::net_slots::DEFAULT_NET_SLOTS,
             nets: Vec::new(),
             rng: None,
+            balloon: None,
             vsock: None,
             vhost_user: Vec::new(),
             qmp: None,

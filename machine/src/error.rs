@@ -143,6 +143,9 @@ pub enum MachineError {
     /// The entropy device could not be created.
     #[error("cannot create the virtio-rng device")]
     Rng(#[source] virtio::RngError),
+    /// The balloon could not be created.
+    #[error("cannot create the virtio-balloon device")]
+    Balloon(#[source] virtio::BalloonError),
     /// The vsock device could not be created (its first line names the device and the
     /// problem: one line for a missing /dev/vhost-vsock).
     #[error(transparent)]

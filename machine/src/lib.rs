@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+mod balloon;
 mod block_slots;
 mod config;
 mod control;
@@ -46,5 +47,5 @@ pub use seccomp::{
 };
 pub use vcpu::{StopReason, VcpuFault};
 pub use virtio::vsock::GUEST_CIDS as VSOCK_GUEST_CIDS;
-pub use virtio::{Aio, MacAddr, RngOptions, VhostUserKind, VhostUserOptions};
+pub use virtio::{Aio, BalloonOptions, MacAddr, RngOptions, VhostUserKind, VhostUserOptions};
 pub use vm::{run, run_notifying, ExitReason};

@@ -24,6 +24,8 @@ pub struct MonitorState {
     pub fds: HashMap<String, File>,
     /// `migrate` to a file and `query-migrate`.
     pub snapshot: crate::snapshot::Snapshotter,
+    /// The balloon, if any (`balloon`, `query-balloon`, `qom-get`, `qom-set`).
+    pub balloon: Option<crate::balloon::BalloonHandle>,
 }
 
 /// The replaceable devices and the backends that can go in them.
@@ -215,10 +217,6 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Response, QmpError> {
     Response::from_serialize(value)
 }
 
-fn no_balloon() -> QmpError {
-    QmpError::device_not_active("No balloon device has been activated")
-}
-
 fn not_yet(what: &str) -> QmpError {
     QmpError::generic(format!("{what} is not supported yet"))
 }
@@ -299,7 +297,18 @@ impl QmpHandler for Monitor<'_> {
                     None => Err(QmpError::device_not_found(&args.id)),
                 }
             }
-            Command::Balloon(BalloonArgs { .. }) | Command::QueryBalloon => Err(no_balloon()),
+            Command::Balloon(BalloonArgs { value }) => {
+                crate::balloon::balloon(self.machine.state.balloon.as_ref(), value)
+            }
+            Command::QueryBalloon => {
+                crate::balloon::query_balloon(self.machine.state.balloon.as_ref())
+            }
+            Command::QomGet(args) => {
+                crate::balloon::qom_get(self.machine.state.balloon.as_ref(), &args)
+            }
+            Command::QomSet(args) => {
+                crate::balloon::qom_set(self.machine.state.balloon.as_ref(), &args)
+            }
             Command::QueryVersion => json(&self.machine.state.version),
             Command::QueryCommands => json(&qmp::query_commands()),
             Command::QueryEvents => json(&qmp::query_events()),

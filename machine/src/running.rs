@@ -94,9 +94,20 @@ impl RunningVm {
                 return ending;
             }
             self.events.run().map_err(MachineError::EventManager)?;
+            self.send_balloon_event();
             if let Some(ending) = self.serve_qmp() {
                 return ending;
             }
+        }
+    }
+
+    /// `BALLOON_CHANGED` when the guest changed the balloon's size (its device woke the loop).
+    fn send_balloon_event(&mut self) {
+        let Some(event) = self.monitor.balloon.as_ref().and_then(|b| b.take_event()) else {
+            return;
+        };
+        if let Some(qmp) = &self.qmp {
+            lock(&qmp.server).send_event(&event);
         }
     }
 

@@ -7,6 +7,7 @@
 //! is a register write handled on the vCPU thread that made it. The device's own event sources
 //! (an io_uring completion eventfd, a tap) are watched by the same loop.
 
+use crate::balloon::{balloon_device, BalloonHandle};
 use crate::block_slots::{block_devices, BlockSlots};
 use crate::config::MachineConfig;
 use crate::error::MachineError;
@@ -41,12 +42,15 @@ pub struct VirtioDevices {
     pub block_slots: BlockSlots,
     /// The replaceable net devices (QMP hot-plug), see `net_slots.rs`.
     pub net_slots: NetSlots,
+    /// The balloon, for QMP.
+    pub balloon: Option<BalloonHandle>,
 }
 
 /// Virtio devices besides disks and nets: vhost-user, entropy and vsock devices.
 pub fn other_devices(config: &MachineConfig) -> usize {
     config.vhost_user.len()
         + usize::from(config.rng.is_some())
+        + usize::from(config.balloon.is_some())
         + usize::from(config.vsock.is_some())
 }
 
@@ -131,11 +135,20 @@ pub fn build_virtio_devices(
     if let Some(options) = &config.rng {
         devices.push(rng_device(options)?);
     }
+    let balloon = match &config.balloon {
+        Some(options) => {
+            let (device, handle) = balloon_device(options, config.ram_size, mmio)?;
+            devices.push(device);
+            Some(handle)
+        }
+        None => None,
+    };
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
         transports: Vec::new(),
         block_slots,
         net_slots,
+        balloon,
     };
     for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;

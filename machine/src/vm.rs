@@ -217,11 +217,11 @@ pub fn run_notifying(
                 memory: mmio.clone(),
                 serial: legacy.serial.clone(),
                 transports: virtio.transports.clone(),
-                refusal: (!config.vhost_user.is_empty())
-                    .then(|| "vhost-user devices (no restore is defined for them yet)".into()),
+                refusal: snapshot_refusal(config),
                 hotplugged: false,
                 last: Default::default(),
             },
+            balloon: virtio.balloon,
         },
         console,
         virtio: virtio.transports,
@@ -229,6 +229,17 @@ pub fn run_notifying(
     };
     on_ready();
     running.run(vcpus)
+}
+
+/// Why `migrate` must refuse this machine, if it must.
+fn snapshot_refusal(config: &MachineConfig) -> Option<String> {
+    if !config.vhost_user.is_empty() {
+        return Some("vhost-user devices (no restore is defined for them yet)".into());
+    }
+    config
+        .balloon
+        .as_ref()
+        .map(|_| "a virtio-balloon (its state is not saved yet)".into())
 }
 
 fn check_capabilities(kvm: &Kvm) -> Result<(), MachineError> {

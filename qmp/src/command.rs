@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::error::QmpError;
 use crate::schema::{
     BalloonArgs, BlockdevDelArgs, BlockdevOptions, CommandInfo, DeviceAddArgs, EventInfo, FdArgs,
-    IdArgs, MigrateArgs, NetdevAddArgs, EVENT_NAMES,
+    IdArgs, MigrateArgs, NetdevAddArgs, QomGetArgs, QomSetArgs, EVENT_NAMES,
 };
 use crate::visit::Args;
 
@@ -51,6 +51,10 @@ pub enum Command {
     Balloon(BalloonArgs),
     /// `query-balloon`
     QueryBalloon,
+    /// `qom-get`: a property of a device (the balloon's `guest-stats`, ...).
+    QomGet(QomGetArgs),
+    /// `qom-set`: sets a property of a device.
+    QomSet(QomSetArgs),
     /// `query-version`
     QueryVersion,
     /// `query-commands`
@@ -95,6 +99,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "device_del",
     "balloon",
     "query-balloon",
+    "qom-get",
+    "qom-set",
     "query-version",
     "query-commands",
     "query-events",
@@ -136,6 +142,8 @@ impl Command {
             "device_del" => Command::DeviceDel(IdArgs::read(&mut args)?),
             "balloon" => Command::Balloon(BalloonArgs::read(&mut args)?),
             "query-balloon" => Command::QueryBalloon,
+            "qom-get" => Command::QomGet(QomGetArgs::read(&mut args)?),
+            "qom-set" => Command::QomSet(QomSetArgs::read(&mut args)?),
             "query-version" => Command::QueryVersion,
             "query-commands" => Command::QueryCommands,
             "query-events" => Command::QueryEvents,
@@ -174,6 +182,8 @@ impl Command {
             Command::DeviceDel(_) => "device_del",
             Command::Balloon(_) => "balloon",
             Command::QueryBalloon => "query-balloon",
+            Command::QomGet(_) => "qom-get",
+            Command::QomSet(_) => "qom-set",
             Command::QueryVersion => "query-version",
             Command::QueryCommands => "query-commands",
             Command::QueryEvents => "query-events",
@@ -241,6 +251,14 @@ mod tests {
             ),
             ("device_del", json!({"id": "n"})),
             ("balloon", json!({"value": 1024})),
+            (
+                "qom-get",
+                json!({"path": "balloon0", "property": "guest-stats"}),
+            ),
+            (
+                "qom-set",
+                json!({"path": "balloon0", "property": "guest-stats-polling-interval", "value": 2}),
+            ),
             ("migrate", json!({"uri": "file:/tmp/snap"})),
         ];
         for name in COMMAND_NAMES.iter().filter(|n| **n != "qmp_capabilities") {

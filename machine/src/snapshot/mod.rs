@@ -242,6 +242,7 @@ fn type_names(types: &[u32]) -> String {
             1 => "net".to_string(),
             2 => "blk".to_string(),
             4 => "rng".to_string(),
+            5 => "balloon".to_string(),
             19 => "vsock".to_string(),
             26 => "fs".to_string(),
             other => format!("type {other}"),

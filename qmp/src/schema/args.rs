@@ -94,6 +94,48 @@ impl BalloonArgs {
     }
 }
 
+/// `qom-get` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QomGetArgs {
+    /// The object: a QOM path (`/machine/peripheral/<id>`) or a device id.
+    pub path: String,
+    /// The property name.
+    pub property: String,
+}
+
+impl QomGetArgs {
+    pub(crate) fn read(args: &mut Args) -> Result<Self, QmpError> {
+        Ok(QomGetArgs {
+            path: args.req_str("path")?,
+            property: args.req_str("property")?,
+        })
+    }
+}
+
+/// `qom-set` arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QomSetArgs {
+    /// The object: a QOM path (`/machine/peripheral/<id>`) or a device id.
+    pub path: String,
+    /// The property name.
+    pub property: String,
+    /// The new value, as the property's type reads it.
+    pub value: serde_json::Value,
+}
+
+impl QomSetArgs {
+    pub(crate) fn read(args: &mut Args) -> Result<Self, QmpError> {
+        let path = args.req_str("path")?;
+        let property = args.req_str("property")?;
+        let value = args.take("value");
+        Ok(QomSetArgs {
+            path,
+            property,
+            value: args.required("value", value)?,
+        })
+    }
+}
+
 /// `device_add` arguments. QEMU reads these like `-device` options: scalar values become
 /// text, and members Nimbus has no use for (`romfile`, `share-rw`, ...) are kept in `extra`
 /// and ignored.

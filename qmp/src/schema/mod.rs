@@ -9,7 +9,7 @@ pub use args::{
     BalloonArgs, BlockdevAio, BlockdevCacheOptions, BlockdevDelArgs, BlockdevDetectZeroes,
     BlockdevDiscard, BlockdevDriverOptions, BlockdevOptions, BlockdevOptionsFile,
     BlockdevOptionsRaw, BlockdevRef, DeviceAddArgs, FdArgs, IdArgs, MigrateArgs, NetdevAddArgs,
-    OnOffAuto, QmpCapabilitiesArgs, QmpCapability,
+    OnOffAuto, QmpCapabilitiesArgs, QmpCapability, QomGetArgs, QomSetArgs,
 };
 pub use events::{
     BalloonChangedInfo, DeviceDeletedInfo, Event, ShutdownCause, ShutdownInfo, Timestamp,
