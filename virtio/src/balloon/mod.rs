@@ -118,9 +118,12 @@ pub struct Balloon {
     stats: Stats,
     poll_interval: u64,
     timer: TimerFd,
-    /// Written when the guest changed `actual`, to wake the loop that reports it.
+    /// Written when the guest changed `actual` (to wake the loop that reports it) and at
+    /// activation (to serve what the driver queued before DRIVER_OK).
     changed_evt: EventFd,
     changed: bool,
+    /// The device was activated: its queues are served once on the loop.
+    serve_pending: bool,
     active: Option<Active>,
 }
 
@@ -149,6 +152,7 @@ impl Balloon {
             timer,
             changed_evt,
             changed: false,
+            serve_pending: false,
             active: None,
         })
     }
@@ -461,6 +465,13 @@ impl VirtioDevice for Balloon {
             interrupt,
             stats_head: None,
         });
+        // Linux primes the stats queue and kicks it before DRIVER_OK: what is there is served
+        // on the loop (activation runs on a vCPU thread, whose seccomp list has no room for
+        // the balloon's discards and timer).
+        self.serve_pending = true;
+        if let Err(err) = self.changed_evt.write(1) {
+            warn!("virtio-balloon: cannot wake the loop: {err}");
+        }
         Ok(())
     }
 
@@ -486,8 +497,15 @@ impl VirtioDevice for Balloon {
         match index {
             0 => self.poll_stats(),
             _ => {
-                // The loop only needs waking: the machine takes the change after the batch.
+                // A new `actual` only needs the loop awake: the machine takes the change
+                // after the batch.
                 let _ = self.changed_evt.read();
+                if std::mem::take(&mut self.serve_pending) {
+                    let queues = self.queue_max_sizes().len() as u16;
+                    for index in 0..queues {
+                        self.serve(index)?;
+                    }
+                }
             }
         }
         Ok(())

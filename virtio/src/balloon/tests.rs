@@ -223,3 +223,41 @@ fn features_follow_the_options() {
         feature(F_STATS_VQ) | feature(F_DEFLATE_ON_OOM) | feature(F_REPORTING)
     );
 }
+
+#[test]
+fn a_stats_buffer_queued_before_driver_ok_is_served_on_the_loop_after_activation() {
+    let ram = Arc::new(Recorder::default());
+    let balloon = crate::Shared::new(
+        Balloon::new(BalloonOptions::default(), MEM_SIZE, ram).expect("balloon"),
+    );
+    let mem = memory();
+    let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+    let mut t = MmioTransport::new(Box::new(balloon.clone()), Arc::clone(&mem), interrupt);
+    let mut queues: Vec<TestQueue> = (0..3)
+        .map(|i| TestQueue::new(16, 0x1000 * (i as u64 + 1)))
+        .collect();
+    crate::testing::negotiate(&mut t, |f| f);
+    for (i, q) in queues.iter().enumerate() {
+        q.setup(&mut t, i as u32);
+    }
+    let entry: Vec<u8> = 5u16
+        .to_le_bytes()
+        .into_iter()
+        .chain(4096u64.to_le_bytes())
+        .collect();
+    mem.write_slice(&entry, GuestAddress(PFNS)).expect("w");
+    queues[2].add_chain(&mem, &[(PFNS, entry.len() as u32, false)]);
+    wr(&mut t, 0x50, 2);
+    let status = rd(&mut t, 0x70);
+    wr(&mut t, 0x70, status | crate::mmio::STATUS_DRIVER_OK);
+    assert_eq!(
+        balloon.lock().guest_stats().last_update,
+        0,
+        "not on the vCPU"
+    );
+    t.device_event(1);
+    assert_eq!(
+        balloon.lock().guest_stats().stats["stat-total-memory"],
+        4096
+    );
+}
