@@ -261,3 +261,21 @@ fn a_stats_buffer_queued_before_driver_ok_is_served_on_the_loop_after_activation
         4096
     );
 }
+
+#[test]
+fn a_looping_chain_ends_at_the_queue_size_and_the_device_carries_on() {
+    let mut r = rig(BalloonOptions::default());
+    r.mem
+        .write_slice(&0x20u32.to_le_bytes(), GuestAddress(PFNS))
+        .expect("w");
+    // Descriptor 0 names itself as next: a loop.
+    r.queues[0].write_desc(&r.mem, 0, PFNS, 4, crate::testing::F_NEXT, 0);
+    r.queues[0].publish(&r.mem, 0);
+    wr(&mut r.t, 0x50, 0);
+    assert_eq!(r.queues[0].used_idx(&r.mem), 1, "completed");
+    let c = r.counters();
+    assert_eq!(c.inflated_pages, 1);
+    assert!(c.ignored_repeated <= 15, "{c:?}");
+    r.send(1, PFNS + 0x100, &[0x20]);
+    assert_eq!(r.counters().deflated_pages, 1);
+}
