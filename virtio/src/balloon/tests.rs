@@ -279,3 +279,21 @@ fn a_looping_chain_ends_at_the_queue_size_and_the_device_carries_on() {
     r.send(1, PFNS + 0x100, &[0x20]);
     assert_eq!(r.counters().deflated_pages, 1);
 }
+
+#[test]
+fn a_target_set_before_the_driver_comes_is_read_at_probe() {
+    let ram = Arc::new(Recorder::default());
+    let balloon = crate::Shared::new(
+        Balloon::new(BalloonOptions::default(), MEM_SIZE, ram).expect("balloon"),
+    );
+    balloon.lock().set_target(MEM_SIZE - 8 * PAGE);
+    let mem = memory();
+    let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+    let mut t = MmioTransport::new(Box::new(balloon.clone()), Arc::clone(&mem), interrupt);
+    let queues: Vec<TestQueue> = (0..3)
+        .map(|i| TestQueue::new(16, 0x1000 * (i as u64 + 1)))
+        .collect();
+    probe(&mut t, &queues.iter().collect::<Vec<_>>());
+    assert_eq!(rd(&mut t, 0x100), 8);
+    assert_eq!(balloon.lock().actual_bytes(), MEM_SIZE);
+}
