@@ -48,8 +48,9 @@ impl Backend for DriveConfig {
         &self.id
     }
 
-    /// `serial=`.
+    /// `serial=` and `iothread=` (checked against the iothreads in `iothread_opts.rs`).
     fn attach(&mut self, value: &str, opts: &OptList) -> Result<(), SettingsError> {
+        self.iothread = opts.get("iothread").map(str::to_owned);
         if let Some(serial) = opts.get("serial") {
             if serial.len() > SERIAL_MAX {
                 return Err(invalid("device", value, "serial is longer than 20 bytes"));
@@ -125,6 +126,7 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
         serial: id.to_string(),
         aio,
         direct,
+        iothread: None,
     })
 }
 

@@ -11,6 +11,7 @@ mod backends;
 mod cli;
 mod daemon;
 mod drives;
+mod iothread_opts;
 mod logger;
 mod monitor_opts;
 mod netdevs;

@@ -2,6 +2,7 @@
 
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
+use crate::iothread_opts::parse_iothreads;
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
@@ -138,6 +139,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         rng: parse_rng(parsed)?,
         vsock: parse_vsock(&parsed.all("device"))?,
         vhost_user: parse_vhost_user(parsed)?,
+        iothreads: parse_iothreads(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,

@@ -26,6 +26,7 @@ fn drive(id: &str, image: &TempFile) -> DriveConfig {
         serial: id.to_owned(),
         aio: Aio::Off,
         direct: false,
+        iothread: None,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct DriveConfig {
     pub aio: virtio::Aio,
     /// `direct=on`: open the image with O_DIRECT.
     pub direct: bool,
+    /// `-device iothread=`: the iothread that serves the disk (the VMM thread without one).
+    pub iothread: Option<String>,
 }
 
 /// Where a network device's tap comes from.
@@ -55,6 +57,9 @@ pub struct NetConfig {
     pub vhost: bool,
     /// `vhostfd=`: an inherited `/dev/vhost-net` descriptor.
     pub vhostfd: Option<i32>,
+    /// `-device iothread=`: the iothread that serves the device and its tap (the VMM thread
+    /// without one).
+    pub iothread: Option<String>,
 }
 
 /// Where a vsock device's connections go.
@@ -124,6 +129,8 @@ pub struct MachineConfig {
     pub vsock: Option<VsockConfig>,
     /// vhost-user devices (disks and file systems served by other processes), in order.
     pub vhost_user: Vec<virtio::VhostUserOptions>,
+    /// `-object iothread,id=`: the iothreads to start, by id, in order.
+    pub iothreads: Vec<String>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
@@ -151,6 +158,7 @@ impl Default for MachineConfig {
             rng: None,
             vsock: None,
             vhost_user: Vec::new(),
+            iothreads: Vec::new(),
             qmp: None,
             seccomp: true,
             incoming: None,

@@ -166,6 +166,31 @@ pub enum MachineError {
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),
+    /// An iothread could not be started.
+    #[error("cannot start iothread '{id}'")]
+    IoThread {
+        /// Its id.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::iothread::IoThreadError,
+    },
+    /// A device names an iothread that does not exist.
+    #[error("device '{device}' names iothread '{iothread}', which no -object iothread defines")]
+    UnknownIoThread {
+        /// The device (drive or netdev id).
+        device: String,
+        /// The unknown id.
+        iothread: String,
+    },
+    /// A device that cannot be served by an iothread was given one.
+    #[error("device '{device}': iothread= is not supported with {why}")]
+    IoThreadRefused {
+        /// The device (netdev id).
+        device: String,
+        /// What it is.
+        why: &'static str,
+    },
     /// A source the VM cannot run without could not join the event loop.
     #[error("cannot watch {what}")]
     Watch {

@@ -14,6 +14,7 @@ mod control;
 mod cpuid;
 mod error;
 mod event_loop;
+mod iothread;
 pub mod layout;
 mod legacy;
 mod memory;

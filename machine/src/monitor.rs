@@ -7,7 +7,8 @@ use crate::slots::duplicate_device_id;
 use crate::vcpu::VcpuSet;
 use qmp::schema::{
     BalloonArgs, ChardevInfo, CpuInfo, CpuInfoFast, CpuInstanceProperties, DeviceAddArgs,
-    HotpluggableCpu, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo, VersionInfo,
+    HotpluggableCpu, IoThreadInfo, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo,
+    VersionInfo,
 };
 use qmp::{AfterReply, Command, Event, QmpError, QmpHandler, Response};
 use std::collections::HashMap;
@@ -147,6 +148,22 @@ impl<'a> Monitor<'a> {
         }
     }
 
+    fn query_iothreads(&self) -> Vec<IoThreadInfo> {
+        self.machine
+            .events
+            .iothreads()
+            .iter()
+            .map(|t| IoThreadInfo {
+                id: t.id().to_owned(),
+                thread_id: i64::from(t.thread_id()),
+                poll_max_ns: 0,
+                poll_grow: 0,
+                poll_shrink: 0,
+                aio_max_batch: 0,
+            })
+            .collect()
+    }
+
     fn machines(&self) -> Vec<MachineInfo> {
         vec![MachineInfo {
             name: "microvm".to_string(),
@@ -181,8 +198,16 @@ impl Monitor<'_> {
     }
 
     /// `device_add` into a block or a net slot. Each slot table refuses the ids it holds; a
-    /// device id is unique across both, as in QEMU, so the other table is asked too.
+    /// device id is unique across both, as in QEMU, so the other table is asked too. A slot is
+    /// served where it was at start (on the iothread of the `-device` that filled it, else on
+    /// the VMM thread), so `iothread` is refused.
     fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Response, QmpError> {
+        if args.extra.contains_key("iothread") {
+            return Err(QmpError::generic(
+                "Property 'iothread' is not supported by device_add: a hot-plug slot stays \
+                 on the thread it was given at start (-device ...,iothread=)",
+            ));
+        }
         let hotplug = &mut *self.machine.hotplug;
         let (blocks, nets) = (&mut hotplug.block, &mut hotplug.net);
         let id = args.id.as_deref();
@@ -312,6 +337,7 @@ impl QmpHandler for Monitor<'_> {
                 arch: "x86_64".to_string(),
             }),
             Command::QueryBlock => json(&self.machine.hotplug.block.query_block()),
+            Command::QueryIothreads => json(&self.query_iothreads()),
             Command::QueryChardev => json(&vec![ChardevInfo {
                 label: "serial0".to_string(),
                 filename: self.machine.state.serial_backend.clone(),

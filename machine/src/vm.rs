@@ -4,6 +4,7 @@ use crate::config::{MachineConfig, SerialConfig, VsockBackend};
 use crate::control::ControlEvents;
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
+use crate::iothread::IoThread;
 use crate::layout::*;
 use crate::legacy::build_pio_space;
 use crate::memory::build_memory_space;
@@ -109,6 +110,13 @@ pub fn run_notifying(
         None => SlotCounts { blk: 0, net: 0 },
     };
     let mut events = EventLoop::new().map_err(MachineError::EventManager)?;
+    for id in &config.iothreads {
+        let thread = IoThread::start(id, &seccomp).map_err(|source| MachineError::IoThread {
+            id: id.clone(),
+            source,
+        })?;
+        events.add_iothread(thread);
+    }
     let virtio = build_virtio_devices(
         &vm,
         &mmio,

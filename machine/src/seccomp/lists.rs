@@ -207,7 +207,7 @@ pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
             any(SYS_connect, "connect", "vhost-user: reconnect to the back end"),
             only(SYS_fcntl, "fcntl", 1, &[F_DUPFD_CLOEXEC as u64], "vhost-user: the reconnected socket's watched descriptor"),
         ]),
-        super::ThreadKind::Watchdog => {}
+        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => {}
     }
     list
 }
@@ -256,7 +256,7 @@ pub(crate) fn snapshot(kind: super::ThreadKind) -> Vec<Allowed> {
                 any(SYS_unlink, "unlink", "snapshot: the previous state file goes first"),
             ]
         }
-        super::ThreadKind::Watchdog => Vec::new(),
+        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => Vec::new(),
     }
 }
 
@@ -270,6 +270,43 @@ pub(crate) fn watchdog() -> Vec<Allowed> {
         only(SYS_shutdown, "shutdown", 1, &[SHUT_RDWR as u64], "end a silent back end's socket"),
         any(SYS_clock_gettime, "clock_gettime", "deadlines (the vDSO falls back to the syscall)"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+    ]
+}
+
+/// An iothread (`iothread.rs`): its own event loop serving the queue notifications, io_uring
+/// completions and taps of the virtio-blk and virtio-net devices given to it. It opens,
+/// creates and maps nothing but heap memory, and makes no KVM or tap requests (activation,
+/// reset and offloads happen on the vCPU that writes the device's registers).
+#[rustfmt::skip]
+pub(crate) fn iothread() -> Vec<Allowed> {
+    use libc::*;
+    vec![
+        any(SYS_epoll_wait, "epoll_wait", "its event loop"),
+        any(SYS_epoll_ctl, "epoll_ctl", "devices joining, leaving (stop/cont) and watching taps"),
+        any(SYS_read, "read", "queue ioeventfds, io_uring completion eventfds, its wake eventfd, tap RX"),
+        any(SYS_write, "write", "irqfds, eventfds, tap TX, logs"),
+        any(SYS_pread64, "pread64", "virtio-blk reads"),
+        any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
+        any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),
+        any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
+        any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions and completions"),
+        any(SYS_futex, "futex", "device mutexes shared with vCPU threads, its request channel"),
+        any(SYS_close, "close", "descriptors dropped with its loop at thread exit"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
+        any(SYS_mmap, "mmap", "memory allocation"),
+        any(SYS_munmap, "munmap", "memory allocation"),
+        any(SYS_mprotect, "mprotect", "malloc growing this thread's arena"),
+        any(SYS_mremap, "mremap", "realloc of large buffers (device requests)"),
+        any(SYS_madvise, "madvise", "malloc and glibc freeing the thread stack"),
+        any(SYS_brk, "brk", "memory allocation"),
+        any(SYS_clock_gettime, "clock_gettime", "log timestamps where the vDSO falls back"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+        any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit; abort"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit"),
+        only(SYS_tgkill, "tgkill", 2, &[SIGABRT as u64], "abort"),
+        any(SYS_getpid, "getpid", "abort"),
+        any(SYS_exit, "exit", "thread exit"),
+        any(SYS_exit_group, "exit_group", "process exit (SIGSYS handler, panics)"),
     ]
 }
 
