@@ -366,6 +366,48 @@ mod tests {
         assert_eq!(seen(&device), vec![0]);
     }
 
+    /// Waits up to 5 s for `r` to have seen `n` events.
+    fn wait_seen(r: &Arc<Mutex<Recorder>>, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if seen(r).len() >= n {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn device_on_an_iothread_is_frozen_thawed_and_rejoined_with_the_loop() {
+        let mut lp = EventLoop::new().expect("loop");
+        let devices = crate::seccomp::DeviceSyscalls {
+            vsock: crate::seccomp::VsockSyscalls::None,
+            vhost_net: false,
+            vhost_user: false,
+            snapshot: false,
+        };
+        let seccomp = crate::seccomp::Seccomp::new(false, true, devices).expect("no filters");
+        lp.add_iothread(IoThread::start("t", &seccomp).expect("iothread"));
+        let device = recorder(1, true);
+        let unknown = lp.add_device_on(device.clone(), Some("nope"));
+        assert_eq!(unknown.expect_err("no such iothread").0, "nope");
+        let id = lp.add_device_on(device.clone(), Some("t")).expect("added");
+        fire(&device, 0);
+        assert!(wait_seen(&device, 1), "served on the iothread");
+        // Removed by its handler: it comes back only by rejoining.
+        lp.rejoin(id);
+        assert!(wait_seen(&device, 2), "rejoined");
+        lp.freeze_devices();
+        lp.rejoin(id);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(seen(&device).len(), 2, "frozen");
+        lp.thaw_devices();
+        assert!(wait_seen(&device, 3), "thawed");
+        lp.stop_iothreads();
+        assert!(lp.iothreads().is_empty());
+    }
+
     #[test]
     fn rejoining_device_registers_its_sources_anew() {
         let mut lp = EventLoop::new().expect("loop");
