@@ -127,6 +127,11 @@ fn disk_writes_run_on_the_iothread_and_stop_freezes_it() {
     let tid = iothread_tid(&mut qmp, "io1");
     assert_ne!(tid, i64::from(pid), "the iothread is not the VMM thread");
     assert_eq!(thread_name(pid, tid), "iothread-io1");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("status");
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "the iothread runs without a filter:\n{status}"
+    );
     let refused = qmp.error(
         "device_add",
         json!({"driver": "virtio-blk-device", "drive": "d0", "iothread": "io1"}),
