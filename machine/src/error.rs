@@ -166,7 +166,7 @@ pub enum MachineError {
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),
-    /// An iothread could not be started.
+    /// An iothread could not be started, or ended before its devices joined it.
     #[error("cannot start iothread '{id}'")]
     IoThread {
         /// Its id.

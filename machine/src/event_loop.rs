@@ -65,10 +65,16 @@ enum Home {
     IoThread { thread: usize, id: DeviceId },
 }
 
-/// No iothread has the id a device asked for.
-#[derive(Debug, thiserror::Error)]
-#[error("no iothread has id '{0}'")]
-pub struct UnknownIoThread(pub String);
+/// Why a device cannot be served by the iothread it asked for.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IoThreadRefusal {
+    /// No iothread has this id.
+    #[error("no iothread has id '{0}'")]
+    Unknown(String),
+    /// The iothread with this id has ended (it logged why).
+    #[error("iothread '{0}' has ended")]
+    Ended(String),
+}
 
 /// The event manager, and the device subscribers that QMP `stop` freezes.
 pub struct EventLoop {
@@ -139,7 +145,7 @@ impl EventLoop {
         &mut self,
         subscriber: Subscriber,
         iothread: Option<&str>,
-    ) -> Result<DeviceId, UnknownIoThread> {
+    ) -> Result<DeviceId, IoThreadRefusal> {
         let Some(name) = iothread else {
             return Ok(self.add_device(subscriber));
         };
@@ -147,11 +153,10 @@ impl EventLoop {
             .iothreads
             .iter()
             .position(|t| t.id() == name)
-            .ok_or_else(|| UnknownIoThread(name.to_owned()))?;
-        // A thread that ended already logged why; its devices are then served by no one.
+            .ok_or_else(|| IoThreadRefusal::Unknown(name.to_owned()))?;
         let id = self.iothreads[thread]
             .add_device(subscriber)
-            .unwrap_or(DeviceId(usize::MAX));
+            .ok_or_else(|| IoThreadRefusal::Ended(name.to_owned()))?;
         self.devices.push(Home::IoThread { thread, id });
         Ok(DeviceId(self.devices.len() - 1))
     }
@@ -391,7 +396,10 @@ mod tests {
         lp.add_iothread(IoThread::start("t", &seccomp).expect("iothread"));
         let device = recorder(1, true);
         let unknown = lp.add_device_on(device.clone(), Some("nope"));
-        assert_eq!(unknown.expect_err("no such iothread").0, "nope");
+        assert_eq!(
+            unknown.expect_err("no such iothread"),
+            IoThreadRefusal::Unknown("nope".to_owned())
+        );
         let id = lp.add_device_on(device.clone(), Some("t")).expect("added");
         fire(&device, 0);
         assert!(wait_seen(&device, 1), "served on the iothread");

@@ -36,8 +36,8 @@ pub enum IoThreadError {
     /// Its seccomp filter could not be installed.
     #[error("cannot install its seccomp filter")]
     Seccomp(#[source] SeccompError),
-    /// It ended before saying it was ready.
-    #[error("the thread ended while starting")]
+    /// It ended (while starting, or before a device could join it).
+    #[error("the thread has ended")]
     Ended,
 }
 

@@ -11,7 +11,8 @@
 use crate::block_slots::{block_devices, BlockSlots};
 use crate::config::MachineConfig;
 use crate::error::MachineError;
-use crate::event_loop::{input, unwatch, watch, EventLoop, Subscriber};
+use crate::event_loop::{input, unwatch, watch, EventLoop, IoThreadRefusal, Subscriber};
+use crate::iothread::IoThreadError;
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use crate::net_slots::{net_devices, NetSlots};
 use crate::seccomp::{Seccomp, ThreadKind};
@@ -338,9 +339,15 @@ pub fn add_device_on(
 ) -> Result<crate::event_loop::DeviceId, MachineError> {
     events
         .add_device_on(subscriber, iothread)
-        .map_err(|unknown| MachineError::UnknownIoThread {
-            device: device.to_owned(),
-            iothread: unknown.0,
+        .map_err(|refusal| match refusal {
+            IoThreadRefusal::Unknown(iothread) => MachineError::UnknownIoThread {
+                device: device.to_owned(),
+                iothread,
+            },
+            IoThreadRefusal::Ended(id) => MachineError::IoThread {
+                id,
+                source: IoThreadError::Ended,
+            },
         })
 }
 
