@@ -134,9 +134,9 @@ fn parse_chardev(value: &str) -> Result<ChardevConfig, SettingsError> {
             .ok_or_else(|| invalid("chardev", value, "path=<path> is required"))
     };
     let (backend, allowed): (_, &[&str]) = match opts.get("backend") {
-        Some("stdio") => (ChardevBackend::Stdio, &["signal", "mux"]),
-        Some("pty") => (ChardevBackend::Pty, &[]),
-        Some("file") => (ChardevBackend::File(path()?), &["path"]),
+        Some("stdio") => (ChardevBackend::Stdio, &["backend", "id", "signal", "mux"]),
+        Some("pty") => (ChardevBackend::Pty, &["backend", "id"]),
+        Some("file") => (ChardevBackend::File(path()?), &["backend", "id", "path"]),
         Some("socket") => {
             if opts.get("host").is_some() || opts.get("port").is_some() {
                 return Err(SettingsError::NotSupported(
@@ -151,7 +151,10 @@ fn parse_chardev(value: &str) -> Result<ChardevConfig, SettingsError> {
             } else {
                 ChardevBackend::SocketClient(path()?)
             };
-            (backend, &["path", "server", "nowait", "wait"])
+            (
+                backend,
+                &["backend", "id", "path", "server", "nowait", "wait"],
+            )
         }
         Some(other) => {
             return Err(SettingsError::NotSupported(format!("-chardev {other}")));
@@ -164,10 +167,7 @@ fn parse_chardev(value: &str) -> Result<ChardevConfig, SettingsError> {
             ))
         }
     };
-    let key = opts
-        .unknown_key(allowed)
-        .filter(|k| !matches!(*k, "backend" | "id"));
-    if let Some(key) = key {
+    if let Some(key) = opts.unknown_key(allowed) {
         return Err(invalid("chardev", value, format!("unknown option '{key}'")));
     }
     Ok(ChardevConfig { id, backend })
@@ -247,10 +247,7 @@ mod tests {
     use super::*;
 
     fn consoles(args: &[&str]) -> Result<Consoles, SettingsError> {
-        let args: Vec<String> = std::iter::once("nimbus")
-            .chain(args.iter().copied())
-            .map(String::from)
-            .collect();
+        let args: Vec<String> = args.iter().copied().map(String::from).collect();
         let parsed = crate::cli::parse(&args).expect("parse");
         parse_consoles(&parsed, |_| Ok(SerialConfig::Stdio))
     }

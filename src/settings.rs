@@ -464,7 +464,7 @@ mod tests {
             SerialConfig::File("/tmp/c".into())
         );
         assert!(matches!(
-            parse_serial("pty"),
+            parse_serial("socket,path=/tmp/s"),
             Err(SettingsError::NotSupported(_))
         ));
         assert!(parse_serial("bogus").is_err());
