@@ -1,7 +1,7 @@
 //! Builds the VM from a [`MachineConfig`] and runs it to the end.
 
 use crate::chardevs::{join_frontends, Chardevs};
-use crate::config::{MachineConfig, SerialConfig, VsockBackend};
+use crate::config::{ChardevBackend, MachineConfig, SerialConfig, VsockBackend};
 use crate::control::ControlEvents;
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
@@ -114,6 +114,12 @@ pub fn run_notifying(
         vhost_net: config.nets.iter().any(|n| n.vhost || n.vhostfd.is_some()),
         vhost_user: !config.vhost_user.is_empty(),
         snapshot: config.qmp.is_some(),
+        chardev_socket: config.chardevs.iter().any(|c| {
+            matches!(
+                c.backend,
+                ChardevBackend::SocketServer(_) | ChardevBackend::SocketClient(_)
+            )
+        }),
     };
     let seccomp =
         Seccomp::new(config.seccomp, ioeventfd, devices).map_err(MachineError::Seccomp)?;
