@@ -9,7 +9,7 @@ use common::{
     kvm_usable, qmp_args, replace_arg, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
     VM_TIMEOUT,
 };
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
