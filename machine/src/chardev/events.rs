@@ -117,6 +117,8 @@ impl ChardevEvents {
         unwatch(ops, events, "a chardev");
         let gone = lock(&self.chardev).disconnect();
         drop(gone);
+        // Output now goes nowhere (dropped): a port that waited for the peer goes on.
+        self.frontend.writable();
         if let Some(fd) = lock(&self.chardev).listener_fd() {
             watch(ops, input(fd, Token::Listener as u32), "a chardev listener");
         }
