@@ -4,12 +4,14 @@
  * the 16550, timed by the host between two UART lines.
  *
  *   nimbus.test=conbench nimbus.conpath=0|1 nimbus.conbytes=N nimbus.conchunk=C
+ *   [nimbus.conpolls=P]
  *
  * conpath=1 (default) sends N bytes (default 65536) on the virtio-console's transmit queue in
  * chunks of C bytes (default 4096, Linux's hvc sends up to a page), one chunk in flight, as
  * Linux's put_chars waits for each; conpath=0 writes them to the UART byte by byte (THR, after
  * polling LSR). Prints `conbench: start ...` before and `conbench: done bytes=N` after, on the
- * UART, or `conbench: <why>` when it cannot.
+ * UART, or `conbench: <why>` when it cannot (`conbench: timeout sent=S` when the device did not
+ * use a chunk within P polls of the used index, default 2000000).
  */
 #include "guest.h"
 
@@ -26,7 +28,6 @@
 #define CON_BUF (CON_AREA + 0x10000)
 #define CON_CHUNK_MAX 0x10000
 #define CON_QSIZE 16
-#define CON_POLLS 2000000
 
 static int name_is(const char *name, u64 len, const char *want)
 {
@@ -63,14 +64,15 @@ static void conbench_uart(u64 n)
 }
 
 /* Sends n bytes in chunks of `chunk`; 0 when all were used by the device. */
-static int conbench_virtio(const char *cmdline, u64 n, u64 chunk)
+static int conbench_virtio(const char *cmdline, u64 n, u64 chunk, u64 max_polls)
 {
 	volatile struct vq_desc *desc = (volatile struct vq_desc *)CON_TX_DESC;
 	volatile u16 *avail = (volatile u16 *)CON_TX_AVAIL;
 	volatile u16 *used_idx = (volatile u16 *)(CON_TX_USED + 2);
 	u8 *buf = (u8 *)CON_BUF;
 	u64 sent = 0, i;
-	u32 offered, polls;
+	u64 polls;
+	u32 offered;
 	u16 idx = 0;
 
 	vdev_base = find_console(cmdline);
@@ -100,7 +102,7 @@ static int conbench_virtio(const char *cmdline, u64 n, u64 chunk)
 		vw(0x50, 1);
 		polls = 0;
 		while (*used_idx != idx) {
-			if (++polls == CON_POLLS) {
+			if (++polls == max_polls) {
 				puts("conbench: timeout sent=");
 				put_dec(sent);
 				putc('\n');
@@ -120,6 +122,7 @@ int console_action(const char *name, u64 len, const char *cmdline)
 	u64 n = cmdline_number(cmdline, "nimbus.conbytes=", 65536);
 	u64 chunk = cmdline_number(cmdline, "nimbus.conchunk=", 4096);
 	u64 virtio = cmdline_number(cmdline, "nimbus.conpath=", 1);
+	u64 max_polls = cmdline_number(cmdline, "nimbus.conpolls=", 2000000);
 
 	if (!name_is(name, len, "conbench"))
 		return 0;
@@ -133,7 +136,7 @@ int console_action(const char *name, u64 len, const char *cmdline)
 	put_dec(chunk);
 	putc('\n');
 	if (virtio) {
-		if (conbench_virtio(cmdline, n, chunk))
+		if (conbench_virtio(cmdline, n, chunk, max_polls))
 			return 1;
 	} else {
 		conbench_uart(n);

@@ -9,7 +9,7 @@ use common::{
     kvm_usable, qmp_args, replace_arg, run, scratch_dir, Format, QmpClient, Vm, VmConfig,
     VM_TIMEOUT,
 };
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -323,4 +323,97 @@ fn unknown_chardev_of_the_serial_port_is_refused_in_one_line() {
     );
     let out = run(&args);
     out.assert_one_error_line(&["-serial", "nope"]);
+}
+
+/// The bytes `conbench` sends over virtio-console in chunks of `chunk`: each chunk is the same
+/// buffer of lines of 63 `y` and a newline.
+fn conbench_pattern(n: usize, chunk: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| if i % chunk % 64 == 63 { b'\n' } else { b'y' })
+        .collect()
+}
+
+fn virtconsole_args(append: &str, chardev: String) -> Vec<String> {
+    let mut args = VmConfig::new(Format::Elf, 128, append).args();
+    args.extend([
+        "-chardev".to_string(),
+        chardev,
+        "-device".to_string(),
+        "virtio-serial-device,id=vs0".to_string(),
+        "-device".to_string(),
+        "virtconsole,id=con0,chardev=c0".to_string(),
+    ]);
+    args
+}
+
+#[test]
+fn virtconsole_output_reaches_its_file_chardev_byte_for_byte() {
+    if !kvm_usable() {
+        return;
+    }
+    let path = scratch_dir().join(format!("virtconsole-{}.out", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let n = 100_000;
+    let out = run(&virtconsole_args(
+        &format!("nimbus.test=conbench nimbus.conbytes={n} nimbus.conchunk=3000"),
+        format!("file,id=c0,path={}", path.display()),
+    ));
+    let got = std::fs::read(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    out.assert_exit_code(0);
+    assert!(
+        out.stdout_lines()
+            .contains(&format!("conbench: done bytes={n}").as_str()),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        got == conbench_pattern(n, 3000),
+        "{} bytes, not the {n} sent",
+        got.len()
+    );
+}
+
+#[test]
+fn virtconsole_nobody_reads_stalls_only_its_port_and_loses_nothing() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = SockDir::new("cbp");
+    let (qmp, sock) = (dir.path("q"), dir.path("c"));
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let n = 4 << 20;
+    let mut args = virtconsole_args(
+        &format!("nimbus.test=conbench nimbus.conbytes={n} nimbus.conpolls=4000000000"),
+        format!("socket,id=c0,path={}", sock.display()),
+    );
+    args.extend(qmp_args(&qmp));
+    let mut vm = Vm::spawn(&args);
+    let (mut peer, _) = listener.accept().expect("nimbus connects at start");
+    vm.wait_for_line(
+        &format!("conbench: start path=virtio bytes={n} chunk=4096"),
+        VM_TIMEOUT,
+    );
+    // Nobody reads: the socket fills and the port waits, while the loop serves QMP.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut client = QmpClient::connect(&qmp);
+    let status = client.execute("query-status", serde_json::json!({}));
+    assert_eq!(status["return"]["status"], "running", "{status}");
+    assert!(
+        !vm.stdout_text().contains("conbench: done"),
+        "4 MiB cannot all fit a socket nobody reads:\n{}",
+        vm.stdout_text()
+    );
+    peer.set_read_timeout(Some(VM_TIMEOUT)).expect("timeout");
+    let mut got = vec![0u8; n];
+    peer.read_exact(&mut got)
+        .unwrap_or_else(|e| vm.fail(&format!("read the console: {e}")));
+    vm.wait_for_line(&format!("conbench: done bytes={n}"), VM_TIMEOUT);
+    client.ok("quit", serde_json::json!({}));
+    let out = vm.wait(VM_TIMEOUT);
+    out.assert_exit_code(0);
+    assert!(
+        got == conbench_pattern(n, 4096),
+        "the bytes differ from what was sent"
+    );
 }
