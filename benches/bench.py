@@ -504,7 +504,7 @@ def bench_console(res, args):
                 extra += ["-global", "virtio-mmio.force-legacy=false"]
             append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conbytes={n_virtio}"
             virtio[name].append(conbench_rate(make(append, extra), n_virtio, out))
-            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conpath=0 nimbus.conbytes={n_uart}"
+            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conuart=1 nimbus.conbytes={n_uart}"
             uart[name].append(conbench_rate(make(append), n_uart))
     mb = lambda v: [x / 1e6 if x is not None else None for x in v]
     kb = lambda v: [x / 1e3 if x is not None else None for x in v]

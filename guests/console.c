@@ -3,12 +3,12 @@
  * second over a virtio-console port (port 0, no MULTIPORT, as Linux's hvc0 uses it) or over
  * the 16550, timed by the host between two UART lines.
  *
- *   nimbus.test=conbench nimbus.conpath=0|1 nimbus.conbytes=N nimbus.conchunk=C
+ *   nimbus.test=conbench [nimbus.conuart=1] nimbus.conbytes=N nimbus.conchunk=C
  *   [nimbus.conpolls=P]
  *
- * conpath=1 (default) sends N bytes (default 65536) on the virtio-console's transmit queue in
+ * By default it sends N bytes (default 65536) on the virtio-console's transmit queue in
  * chunks of C bytes (default 4096, Linux's hvc sends up to a page), one chunk in flight, as
- * Linux's put_chars waits for each; conpath=0 writes them to the UART byte by byte (THR, after
+ * Linux's put_chars waits for each; with conuart=1 it writes them to the UART byte by byte (THR, after
  * polling LSR). Prints `conbench: start ...` before and `conbench: done bytes=N` after, on the
  * UART, or `conbench: <why>` when it cannot (`conbench: timeout sent=S` when the device did not
  * use a chunk within P polls of the used index, default 2000000).
@@ -121,7 +121,7 @@ int console_action(const char *name, u64 len, const char *cmdline)
 {
 	u64 n = cmdline_number(cmdline, "nimbus.conbytes=", 65536);
 	u64 chunk = cmdline_number(cmdline, "nimbus.conchunk=", 4096);
-	u64 virtio = cmdline_number(cmdline, "nimbus.conpath=", 1);
+	u64 virtio = !cmdline_number(cmdline, "nimbus.conuart=", 0);
 	u64 max_polls = cmdline_number(cmdline, "nimbus.conpolls=", 2000000);
 
 	if (!name_is(name, len, "conbench"))
