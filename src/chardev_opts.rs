@@ -85,6 +85,16 @@ pub fn parse_consoles(
             None => serial(&value)?,
         },
     };
+    let stdio_users = chardevs
+        .iter()
+        .filter(|c| c.backend == ChardevBackend::Stdio)
+        .count()
+        + usize::from(serial == SerialConfig::Stdio);
+    if stdio_users > 1 {
+        return Err(SettingsError::Conflict(
+            "only one of -serial stdio and -chardev stdio can read the terminal",
+        ));
+    }
     let console = parse_virtconsole(&parsed.all("device"), &chardevs)?;
     for used in console.iter().map(|c| &c.chardev) {
         if serial == SerialConfig::Chardev(used.clone()) {
@@ -323,6 +333,13 @@ mod tests {
             "virtconsole,chardev=c0,nr=1",
         ]);
         assert!(nr1.is_err());
+    }
+
+    #[test]
+    fn stdio_has_one_reader() {
+        let both = consoles(&["-serial", "stdio", "-chardev", "stdio,id=s"]);
+        assert!(both.is_err());
+        assert!(consoles(&["-chardev", "stdio,id=s"]).is_ok());
     }
 
     #[test]

@@ -153,6 +153,15 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
             "-daemonize cannot be used with -serial stdio",
         ));
     }
+    let stdio_chardev = machine
+        .chardevs
+        .iter()
+        .any(|c| c.backend == machine::ChardevBackend::Stdio);
+    if daemonize && stdio_chardev {
+        return Err(SettingsError::Conflict(
+            "-daemonize cannot be used with -chardev stdio",
+        ));
+    }
     if daemonize && parsed.last("D").is_some_and(|d| d.is_empty()) {
         return Err(SettingsError::Conflict(
             "-daemonize needs -D <file>: a bare -D logs to stderr",
