@@ -23,6 +23,10 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux and
             output beside its cold boot, private memory of 10 clones of one template (Nimbus
             only)
   parallel  VMs started and stopped per second, 8 at a time
+  console   console output bytes per second from the test guest (guests/console.c, action
+            `conbench`): over a virtio-console port (virtconsole on a file chardev, 4 KiB
+            chunks, one in flight as Linux's hvc sends them) and over the 16550 (THR byte by
+            byte to -serial stdio), timed between two UART lines
   linux     the guest kit's Linux boot milestones (benches/linux_boot.py; slow, only with --linux)
   virtiofs  virtio-fs with Debian's virtiofsd (cache=none), a fresh one per VM: the kit Linux
             (kit.mode=fsbench) reads a 64 MiB file in 1 MiB reads and lstats 1,000 files,
@@ -55,7 +59,7 @@ QEMU = "qemu-system-x86_64"
 RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
 ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "snapshot",
-       "parallel"]
+       "parallel", "console"]
 EXTRA = ["linux", "virtiofs"]  # slow: only when asked for (--linux, --only virtiofs)
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
@@ -471,6 +475,43 @@ def bench_net(res, args):
     res.notes.append(f"virtio-net: {args.frames} frames per run; the test guest's driver is "
                      "polled, 8-entry rings, one frame per buffer: per-frame cost of the whole "
                      "path, not line rate (MB/s = frames/s x 60 B).")
+
+
+def conbench_rate(cmd, n, path=None):
+    """Bytes per second of one `conbench` run of `cmd` (and, with `path`, the bytes must all be
+    in that file), or None."""
+    vm = VmRun(cmd, timeout=300)
+    start, done = vm.at("conbench: start"), vm.at("conbench: done")
+    if start is None or done is None:
+        log(f"console: run failed\n{vm.describe()}")
+        return None
+    if path is not None and os.path.getsize(path) != n:
+        log(f"console: {path} holds {os.path.getsize(path)} bytes, not {n}\n{vm.describe()}")
+        return None
+    return n / (done - start)
+
+
+def bench_console(res, args):
+    n_virtio, n_uart = args.con_virtio, args.con_uart
+    virtio = {name: [] for name, _ in VMMS}
+    uart = {name: [] for name, _ in VMMS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r, name, make in alternate(args.runs):
+            out = os.path.join(tmp, f"{name}-{r}.out")
+            extra = ["-chardev", f"file,id=c0,path={out}", "-device", "virtio-serial-device",
+                     "-device", "virtconsole,chardev=c0"]
+            if name == "qemu":
+                extra += ["-global", "virtio-mmio.force-legacy=false"]
+            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conbytes={n_virtio}"
+            virtio[name].append(conbench_rate(make(append, extra), n_virtio, out))
+            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conuart=1 nimbus.conbytes={n_uart}"
+            uart[name].append(conbench_rate(make(append), n_uart))
+    mb = lambda v: [x / 1e6 if x is not None else None for x in v]
+    kb = lambda v: [x / 1e3 if x is not None else None for x in v]
+    res.vm("console", f"virtio-console output ({n_virtio >> 20} MiB, 4 KiB chunks, file chardev)",
+           "MB/s", "higher", mb(virtio["nimbus"]), mb(virtio["qemu"]), 1)
+    res.vm("console", f"16550 output ({n_uart >> 10} KiB, THR byte by byte, -serial stdio)",
+           "KB/s", "higher", kb(uart["nimbus"]), kb(uart["qemu"]), 1)
 
 
 def blkbench_rate(cmd, n):
@@ -1000,6 +1041,8 @@ def main():
     args.frames = 5000 if q else 20000
     args.vms = 16 if q else 40
     args.secs = 2 if q else 3
+    args.con_virtio = (1 if q else 8) << 20
+    args.con_uart = (16 if q else 64) << 10
     only = args.only.split(",") if args.only else list(ALL)
     if args.linux and "linux" not in only:
         only.append("linux")
@@ -1015,7 +1058,8 @@ def main():
     funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
              "exits": bench_exits, "blk": bench_blk, "vhostuser": bench_vhostuser,
              "net": bench_net, "vsock": bench_vsock, "snapshot": bench_snapshot,
-             "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs}
+             "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs,
+             "console": bench_console}
     load0 = loadavg()
     t0 = time.monotonic()
     for name in ALL + EXTRA:

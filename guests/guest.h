@@ -78,4 +78,7 @@ int virtio_queue_sized(u32 index, u32 size, u64 desc, u64 avail, u64 used);
 /* vsock.c: runs the `vsock-*` action `name` (`len` bytes); 0 if it is not one of them. */
 int vsock_action(const char *name, u64 len, const char *cmdline);
 
+/* console.c: runs `conbench` (virtio-console or UART output rate); 0 if `name` is not it. */
+int console_action(const char *name, u64 len, const char *cmdline);
+
 #endif

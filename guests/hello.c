@@ -1586,6 +1586,8 @@ static void run_action(const char *name, u64 len)
 		action_exits();
 	else if (vsock_action(name, len, info.cmdline))
 		;
+	else if (console_action(name, len, info.cmdline))
+		;
 	else {
 		puts("action: unknown ");
 		while (len--)

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod backends;
+mod chardev_opts;
 mod cli;
 mod daemon;
 mod drives;

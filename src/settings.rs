@@ -72,11 +72,7 @@ pub struct Settings {
 }
 
 /// Device types of the grammar that later versions implement.
-const FUTURE_DEVICES: &[&str] = &[
-    "virtio-balloon-device",
-    "virtio-serial-device",
-    "virtconsole",
-];
+const FUTURE_DEVICES: &[&str] = &["virtio-balloon-device"];
 
 pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::InvalidValue {
@@ -120,6 +116,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
     }
+    let consoles = crate::chardev_opts::parse_consoles(parsed, parse_serial)?;
     let machine = MachineConfig {
         name: parsed.last("name").map(|n| name_of(&n)),
         uuid: parsed.last("uuid"),
@@ -131,9 +128,9 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         kernel,
         initrd,
         cmdline: parsed.last("append").unwrap_or_default(),
-        serial: parsed
-            .last("serial")
-            .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
+        serial: consoles.serial,
+        chardevs: consoles.chardevs,
+        console: consoles.console,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
@@ -156,6 +153,15 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if daemonize && machine.serial == SerialConfig::Stdio {
         return Err(SettingsError::Conflict(
             "-daemonize cannot be used with -serial stdio",
+        ));
+    }
+    let stdio_chardev = machine
+        .chardevs
+        .iter()
+        .any(|c| c.backend == machine::ChardevBackend::Stdio);
+    if daemonize && stdio_chardev {
+        return Err(SettingsError::Conflict(
+            "-daemonize cannot be used with -chardev stdio",
         ));
     }
     if daemonize && parsed.last("D").is_some_and(|d| d.is_empty()) {
@@ -191,6 +197,8 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
                     | VHOST_VSOCK_DEVICE
                     | VHOST_USER_BLK
                     | VHOST_USER_FS
+                    | crate::chardev_opts::VIRTIO_SERIAL
+                    | crate::chardev_opts::VIRTCONSOLE
             )
         )
     });
@@ -384,7 +392,7 @@ fn parse_serial(value: &str) -> Result<SerialConfig, SettingsError> {
     match (opts.get("backend"), opts.get("path")) {
         (Some("file"), Some(path)) => Ok(SerialConfig::File(PathBuf::from(path))),
         (Some("file"), None) => Err(invalid("serial", value, "file needs path=<file>")),
-        (Some(b @ ("pty" | "socket" | "unix" | "tcp")), _) => {
+        (Some(b @ ("socket" | "unix" | "tcp")), _) => {
             Err(SettingsError::NotSupported(format!("-serial {b}")))
         }
         (Some(b), _) if b.starts_with("chardev:") => {
@@ -393,7 +401,7 @@ fn parse_serial(value: &str) -> Result<SerialConfig, SettingsError> {
         _ => Err(invalid(
             "serial",
             value,
-            "expected stdio, none or file,path=<file>",
+            "expected stdio, none, pty, chardev:<id> or file,path=<file>",
         )),
     }
 }
@@ -467,7 +475,7 @@ mod tests {
             SerialConfig::File("/tmp/c".into())
         );
         assert!(matches!(
-            parse_serial("pty"),
+            parse_serial("socket,path=/tmp/s"),
             Err(SettingsError::NotSupported(_))
         ));
         assert!(parse_serial("bogus").is_err());

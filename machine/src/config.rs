@@ -12,6 +12,19 @@ pub enum SerialConfig {
     Stdio,
     /// Output appended to a file.
     File(PathBuf),
+    /// A chardev by id (`-serial chardev:<id>`, or `-serial pty`'s `serial0`).
+    Chardev(String),
+}
+
+pub use crate::chardev::{ChardevBackend, ChardevConfig};
+
+/// A virtconsole port (`-device virtio-serial-device` with `-device virtconsole,chardev=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The virtconsole's `id=`.
+    pub id: String,
+    /// The chardev id it uses.
+    pub chardev: String,
 }
 
 /// A disk: a `-drive` and the `-device virtio-blk-device` that shows it to the guest.
@@ -111,6 +124,11 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// UART backend.
     pub serial: SerialConfig,
+    /// Every `-chardev` the machine opens (those of vhost-user devices and the monitor are
+    /// theirs and not here), in command-line order.
+    pub chardevs: Vec<ChardevConfig>,
+    /// The virtio-console device with its one console port, if any.
+    pub console: Option<ConsoleConfig>,
     /// virtio-blk disks, in command-line order (the first is the guest's vda).
     pub drives: Vec<DriveConfig>,
     /// Replaceable virtio-blk devices for QMP hot-plug (`device_add`), created only with a QMP
@@ -151,6 +169,8 @@ impl Default for MachineConfig {
             initrd: None,
             cmdline: String::new(),
             serial: SerialConfig::None,
+            chardevs: Vec::new(),
+            console: None,
             drives: Vec::new(),
             blk_slots: crate::block_slots::DEFAULT_BLK_SLOTS,
             net_slots: crate::net_slots::DEFAULT_NET_SLOTS,

@@ -140,6 +140,17 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// A chardev could not be opened (its message names it).
+    #[error(transparent)]
+    Chardev(#[from] crate::chardev::ChardevError),
+    /// A front end names a chardev that was not opened.
+    #[error("{frontend}: no chardev with id '{id}'")]
+    UnknownChardev {
+        /// Who names it (`-serial`, `virtconsole 'con0'`).
+        frontend: String,
+        /// The id.
+        id: String,
+    },
     /// The entropy device could not be created.
     #[error("cannot create the virtio-rng device")]
     Rng(#[source] virtio::RngError),

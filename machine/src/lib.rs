@@ -9,6 +9,8 @@
 #![deny(unsafe_code)]
 
 mod block_slots;
+mod chardev;
+mod chardevs;
 mod config;
 mod control;
 mod cpuid;
@@ -36,7 +38,8 @@ mod vsock_devices;
 pub use address_space::{RamBacking, RamOptions};
 pub use block_slots::DEFAULT_BLK_SLOTS;
 pub use config::{
-    DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource, VsockBackend, VsockConfig,
+    ChardevBackend, ChardevConfig, ConsoleConfig, DriveConfig, MachineConfig, NetConfig,
+    SerialConfig, TapSource, VsockBackend, VsockConfig,
 };
 pub use error::MachineError;
 pub use net_slots::DEFAULT_NET_SLOTS;

@@ -21,6 +21,8 @@ pub struct MonitorState {
     pub version: VersionInfo,
     /// What the serial console is connected to, for `query-chardev`.
     pub serial_backend: String,
+    /// The chardevs, for `query-chardev`.
+    pub chardevs: crate::chardevs::Chardevs,
     /// Descriptors stored by `getfd`.
     pub fds: HashMap<String, File>,
     /// `migrate` to a file and `query-migrate`.
@@ -162,6 +164,18 @@ impl<'a> Monitor<'a> {
                 aio_max_batch: 0,
             })
             .collect()
+    }
+
+    /// The UART's built-in back end (stdio, a file, none) as `serial0`, unless a chardev
+    /// serves it, then every chardev.
+    fn query_chardev(&self) -> Vec<ChardevInfo> {
+        let state = &self.machine.state;
+        let builtin = (!state.serial_backend.starts_with("chardev:")).then(|| ChardevInfo {
+            label: "serial0".to_string(),
+            filename: state.serial_backend.clone(),
+            frontend_open: true,
+        });
+        builtin.into_iter().chain(state.chardevs.query()).collect()
     }
 
     fn machines(&self) -> Vec<MachineInfo> {
@@ -338,11 +352,7 @@ impl QmpHandler for Monitor<'_> {
             }),
             Command::QueryBlock => json(&self.machine.hotplug.block.query_block()),
             Command::QueryIothreads => json(&self.query_iothreads()),
-            Command::QueryChardev => json(&vec![ChardevInfo {
-                label: "serial0".to_string(),
-                filename: self.machine.state.serial_backend.clone(),
-                frontend_open: true,
-            }]),
+            Command::QueryChardev => json(&self.query_chardev()),
         }
     }
 }

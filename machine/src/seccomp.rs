@@ -235,6 +235,8 @@ pub struct DeviceSyscalls {
     pub vhost_user: bool,
     /// A QMP monitor: `migrate` writes a snapshot.
     pub snapshot: bool,
+    /// A Unix socket chardev behind the UART or virtconsole: vCPU threads send it output.
+    pub chardev_socket: bool,
 }
 
 /// The allow-list of `kind` with what the configured devices need.
@@ -261,6 +263,9 @@ pub(crate) fn allow_list_with_devices(
     }
     if devices.snapshot {
         list.extend(lists::snapshot(kind));
+    }
+    if devices.chardev_socket {
+        list.extend(lists::chardev_socket(kind));
     }
     list
 }
@@ -316,6 +321,7 @@ mod tests {
                         vhost_net,
                         vhost_user: vhost_net,
                         snapshot: vhost_net,
+                        chardev_socket: vhost_net,
                     };
                     compile(kind, queue_io, devices).expect("compiles");
                 }
@@ -573,6 +579,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         };
     }
 
@@ -582,6 +589,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         }
     }
 
@@ -606,6 +614,7 @@ mod tests {
                 vhost_net: true,
                 vhost_user: false,
                 snapshot: false,
+                chardev_socket: false,
             };
             let requests = vhost_requests(kind, net);
             for needed in [
@@ -677,5 +686,14 @@ mod tests {
                 distinct.len()
             );
         }
+        let socket = DeviceSyscalls {
+            chardev_socket: true,
+            ..DeviceSyscalls::NONE
+        };
+        let distinct: HashSet<i64> = allow_list_with_devices(ThreadKind::Vcpu, false, socket)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        println!("Vcpu with a socket chardev: {} syscalls", distinct.len());
     }
 }

@@ -50,6 +50,7 @@ pub fn other_devices(config: &MachineConfig) -> usize {
     config.vhost_user.len()
         + usize::from(config.rng.is_some())
         + usize::from(config.vsock.is_some())
+        + usize::from(config.console.is_some())
 }
 
 /// The one check of the virtio device count: `drives` disks, `nets` net devices and `others`
@@ -119,6 +120,7 @@ pub fn build_virtio_devices(
     slots: SlotCounts,
     (ioeventfd, seccomp): (bool, &Seccomp),
     events: &mut EventLoop,
+    console: Option<Labelled>,
 ) -> Result<VirtioDevices, MachineError> {
     let (drives, nets) = (&config.drives[..], &config.nets[..]);
     let slots = slots.fitted(drives.len(), nets.len(), other_devices(config));
@@ -145,6 +147,7 @@ pub fn build_virtio_devices(
     if let Some(options) = &config.rng {
         devices.push(rng_device(options)?);
     }
+    devices.extend(console);
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
         transports: Vec::new(),

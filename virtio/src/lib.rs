@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod block;
+pub mod console;
 mod device;
 pub mod mmio;
 pub mod net;
@@ -23,6 +24,7 @@ pub mod vhost_vsock;
 pub mod vsock;
 
 pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
+pub use console::{Console, ConsoleCounters, DEVICE_TYPE_CONSOLE};
 pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
     INT_CONFIG_CHANGE, INT_USED_BUFFER,

@@ -212,6 +212,20 @@ pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
     list
 }
 
+/// What a Unix socket chardev adds (`chardev/`): a vCPU thread writes UART output (and,
+/// without ioeventfds, virtconsole output) to the socket's peer, which std does with `send`
+/// (`sendto` with MSG_NOSIGNAL). The VMM thread already sends QMP output that way.
+#[rustfmt::skip]
+pub(crate) fn chardev_socket(kind: super::ThreadKind) -> Vec<Allowed> {
+    use libc::*;
+    match kind {
+        super::ThreadKind::Vcpu => vec![
+            only(SYS_sendto, "sendto", 3, &[MSG_NOSIGNAL as u64], "UART and virtconsole output to a socket chardev"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 const fn kvm_ior<T>(nr: u64) -> u64 {
     ioc(IOC_READ, nr, std::mem::size_of::<T>() as u64)
 }
