@@ -70,12 +70,18 @@ pub fn block_devices(
             },
         );
         let label = format!(
-            "drive '{}' (block slot {index}): {:?}{} aio={:?}{}",
+            "drive '{}' (block slot {index}): {:?}{} aio={:?}{}{}{}",
             drive.id,
             drive.path,
             if drive.readonly { " (read-only)" } else { "" },
             drive.aio,
             if drive.direct { " direct" } else { "" },
+            if drive.num_queues > 1 {
+                format!(", {} queues", drive.num_queues)
+            } else {
+                String::new()
+            },
+            throttle_label(drive.throttle),
         );
         devices.push((label, Box::new(block) as Box<dyn VirtioDevice>));
     }
@@ -91,6 +97,18 @@ pub fn block_devices(
     Ok((table, devices))
 }
 
+/// ", at most N requests/s, M bytes/s" for a throttled drive.
+fn throttle_label(limits: virtio::ThrottleLimits) -> String {
+    let mut label = String::new();
+    if let Some(iops) = limits.iops {
+        label += &format!(", at most {iops} requests/s");
+    }
+    if let Some(bps) = limits.bps {
+        label += &format!(", at most {bps} bytes/s");
+    }
+    label
+}
+
 fn drive_device(drive: &DriveConfig) -> Result<Block, MachineError> {
     let options = BlockOptions {
         path: drive.path.clone(),
@@ -98,6 +116,8 @@ fn drive_device(drive: &DriveConfig) -> Result<Block, MachineError> {
         serial: drive.serial.clone(),
         aio: drive.aio,
         direct: drive.direct,
+        num_queues: drive.num_queues,
+        throttle: drive.throttle,
     };
     Block::open(&options).map_err(|source| MachineError::Drive {
         id: drive.id.clone(),

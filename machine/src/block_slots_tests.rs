@@ -26,6 +26,8 @@ fn drive(id: &str, image: &TempFile) -> DriveConfig {
         serial: id.to_owned(),
         aio: Aio::Off,
         direct: false,
+        num_queues: 1,
+        throttle: virtio::ThrottleLimits::default(),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct DriveConfig {
     pub aio: virtio::Aio,
     /// `direct=on`: open the image with O_DIRECT.
     pub direct: bool,
+    /// `-device num-queues=`: request queues (1 by default).
+    pub num_queues: u16,
+    /// `iops=`, `bps=` (or QEMU's `throttling.iops-total=`, `throttling.bps-total=`).
+    pub throttle: virtio::ThrottleLimits,
 }
 
 /// Where a network device's tap comes from.

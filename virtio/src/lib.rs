@@ -22,7 +22,9 @@ pub mod vhost_user;
 pub mod vhost_vsock;
 pub mod vsock;
 
-pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
+pub use block::{
+    Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError, ThrottleLimits, MAX_QUEUES,
+};
 pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
     INT_CONFIG_CHANGE, INT_USED_BUFFER,
