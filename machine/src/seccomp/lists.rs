@@ -93,7 +93,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_epoll_wait, "epoll_wait", "the event loop"),
         any(SYS_epoll_ctl, "epoll_ctl", "watch/unwatch QMP clients, stdin, device fds"),
         any(SYS_read, "read", "stdin, eventfds, the signalfd, taps, the rng source"),
-        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
         any(SYS_write, "write", "console output, eventfds, taps, logs, error messages"),
         any(SYS_accept4, "accept4", "QMP clients"),
         any(SYS_recvmsg, "recvmsg", "QMP input, with SCM_RIGHTS for getfd"),
@@ -309,7 +309,7 @@ pub(crate) fn vcpu(queue_io: bool) -> Vec<Allowed> {
     if queue_io {
         list.extend([
             any(SYS_read, "read", "virtio-net tap RX and the virtio-rng source"),
-            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
             any(SYS_pread64, "pread64", "virtio-blk reads"),
             any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
             any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),

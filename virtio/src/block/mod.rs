@@ -127,8 +127,9 @@ struct Active {
 struct Throttling {
     buckets: Throttle,
     timer: TimerFd,
-    /// The timer was set and its expiry not read yet.
-    armed: bool,
+    /// When the timer set and not read yet expires (it is read only then: the read would
+    /// block before, and asking the timer costs a syscall the seccomp lists do not have).
+    expires: Option<Instant>,
 }
 
 /// Why serving a queue stopped before its ring was empty.
@@ -263,7 +264,7 @@ impl Block {
         self.lock().throttle = Some(Throttling {
             buckets: Throttle::new(limits, Instant::now()),
             timer,
-            armed: false,
+            expires: None,
         });
         Ok(())
     }
@@ -367,8 +368,10 @@ impl BlockState {
     /// Arms the throttling timer to fire after `wait`.
     fn arm_timer(&mut self, wait: Duration) {
         if let Some(t) = &mut self.throttle {
-            match t.timer.reset(wait.max(Duration::from_micros(100)), None) {
-                Ok(()) => t.armed = true,
+            let wait = wait.max(Duration::from_micros(100));
+            match t.timer.reset(wait, None) {
+                // Taken after the timer was set: no earlier than its expiry.
+                Ok(()) => t.expires = Some(Instant::now() + wait),
                 Err(e) => warn!("virtio-blk: cannot arm the throttling timer: {e}"),
             }
         }
@@ -498,12 +501,11 @@ impl VirtioDevice for BlockState {
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
         if self.throttle.is_some() && index == self.timer_event() {
-            if let Some(t) = self.throttle.as_mut().filter(|t| t.armed) {
-                // Only an expired timer is read (the read would block before); the count only
-                // says that it expired.
-                if !t.timer.is_armed().unwrap_or(true) {
+            if let Some(t) = &mut self.throttle {
+                // The count only says that it expired.
+                if t.expires.is_some_and(|at| Instant::now() >= at) {
                     let _ = t.timer.wait();
-                    t.armed = false;
+                    t.expires = None;
                 }
             }
             return self.serve_queues(None, true);
