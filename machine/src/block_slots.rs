@@ -31,6 +31,8 @@ struct Node {
     readonly: bool,
     aio: Aio,
     direct: bool,
+    /// `iops=`/`bps=` of a `-drive` (what `query-block` reports).
+    throttle: virtio::ThrottleLimits,
     /// The opened image while no device holds it.
     disk: Option<Box<dyn DiskBackend>>,
     /// The slot whose device holds it.
@@ -65,6 +67,7 @@ pub fn block_devices(
                 readonly: drive.readonly,
                 aio: drive.aio,
                 direct: drive.direct,
+                throttle: drive.throttle,
                 disk: None,
                 slot: Some(index),
             },
@@ -174,6 +177,7 @@ impl BlockSlots {
                 readonly,
                 aio,
                 direct,
+                throttle: virtio::ThrottleLimits::default(),
                 disk: Some(Box::new(disk)),
                 slot: None,
             },
@@ -283,6 +287,11 @@ impl BlockSlots {
     }
 }
 
+/// A throttling limit as `query-block` reports it (0: none).
+fn limit(value: Option<u64>) -> i64 {
+    value.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
 fn block_info(id: &str, node_name: &str, node: &Node, sectors: u64) -> BlockInfo {
     let file = node.path.display().to_string();
     let size =
@@ -301,10 +310,10 @@ fn block_info(id: &str, node_name: &str, node: &Node, sectors: u64) -> BlockInfo
             backing_file_depth: 0,
             encrypted: false,
             detect_zeroes: "off".to_owned(),
-            bps: 0,
+            bps: limit(node.throttle.bps),
             bps_rd: 0,
             bps_wr: 0,
-            iops: 0,
+            iops: limit(node.throttle.iops),
             iops_rd: 0,
             iops_wr: 0,
             image: ImageInfo {
