@@ -301,3 +301,48 @@ fn throttled_requests_wait_in_the_ring_for_the_timer() {
     assert_eq!(r.queues[0].used_idx(&r.mem), 3, "served after the timer");
     assert_eq!(rd(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
 }
+
+#[test]
+fn both_queues_go_on_after_a_transport_save_and_restore() {
+    let mut r = rig(2, ThrottleLimits::default());
+    for q in 0..2usize {
+        let base = 0x100 * q as u64;
+        r.read_table(TABLE + base, (HDR + base, DATA, STATUS + base), 1);
+        r.submit_indirect(q, 0, TABLE + base, 48);
+    }
+    let state = r.t.save_state();
+    assert_eq!(state.queues.len(), 2);
+    // A new process: the same device over the same guest memory, registers restored.
+    let image = TempFile::new().unwrap();
+    image.as_file().set_len(SECTORS * SECTOR_SIZE).unwrap();
+    let options = BlockOptions {
+        path: image.as_path().to_owned(),
+        readonly: false,
+        serial: "d0".into(),
+        aio: Aio::Off,
+        direct: false,
+        num_queues: 2,
+        throttle: ThrottleLimits::default(),
+    };
+    let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let block = Block::open(&options).unwrap();
+    let mut t = MmioTransport::new(Box::new(block), Arc::clone(&r.mem), interrupt);
+    t.restore_state(&state).unwrap();
+    r.t = t;
+    for q in 0..2usize {
+        let base = 0x100 * q as u64;
+        r.read_table(TABLE + base, (HDR + base, DATA, STATUS + base), 2);
+        r.submit_indirect(q, 1, TABLE + base, 48);
+        assert_eq!(r.queues[q].used_idx(&r.mem), 2, "queue {q} after restore");
+        assert_eq!(r.queues[q].used_elem(&r.mem, 1), (1, 1025), "queue {q}");
+    }
+    // A one-queue device cannot take the two-queue state.
+    let one = Block::open(&BlockOptions {
+        num_queues: 1,
+        ..options
+    })
+    .unwrap();
+    let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let mut t = MmioTransport::new(Box::new(one), Arc::clone(&r.mem), interrupt);
+    assert!(t.restore_state(&state).is_err());
+}
