@@ -1,6 +1,11 @@
 //! virtio-blk over a raw image file: synchronous I/O on the notifying thread (`aio=off`), or
 //! reads, writes and flushes submitted to io_uring and completed when the ring's eventfd fires
 //! (`aio=io_uring`, and `aio=native`, which uses the same engine).
+//!
+//! The device offers indirect descriptor tables and event-index suppression (as Linux uses
+//! them), `num-queues` request queues (VIRTIO_BLK_F_MQ beyond one), and throttling
+//! (`throttle.rs`): a request over budget waits in its ring until a timerfd, one of the device's
+//! event sources, fires.
 
 mod aligned;
 mod disk;
