@@ -44,6 +44,10 @@ pub struct DriveConfig {
     pub direct: bool,
     /// `-device iothread=`: the iothread that serves the disk (the VMM thread without one).
     pub iothread: Option<String>,
+    /// `-device num-queues=`: request queues (1 by default).
+    pub num_queues: u16,
+    /// `iops=`, `bps=` (or QEMU's `throttling.iops-total=`, `throttling.bps-total=`).
+    pub throttle: virtio::ThrottleLimits,
 }
 
 /// Where a network device's tap comes from.

@@ -50,5 +50,6 @@ pub use seccomp::{
 };
 pub use vcpu::{StopReason, VcpuFault};
 pub use virtio::vsock::GUEST_CIDS as VSOCK_GUEST_CIDS;
-pub use virtio::{Aio, MacAddr, RngOptions, VhostUserKind, VhostUserOptions};
+pub use virtio::MAX_QUEUES as MAX_BLK_QUEUES;
+pub use virtio::{Aio, MacAddr, RngOptions, ThrottleLimits, VhostUserKind, VhostUserOptions};
 pub use vm::{run, run_notifying, ExitReason};

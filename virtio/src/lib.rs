@@ -23,7 +23,9 @@ pub mod vhost_user;
 pub mod vhost_vsock;
 pub mod vsock;
 
-pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
+pub use block::{
+    Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError, ThrottleLimits, MAX_QUEUES,
+};
 pub use console::{Console, ConsoleCounters, DEVICE_TYPE_CONSOLE};
 pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,

@@ -93,7 +93,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_epoll_wait, "epoll_wait", "the event loop"),
         any(SYS_epoll_ctl, "epoll_ctl", "watch/unwatch QMP clients, stdin, device fds"),
         any(SYS_read, "read", "stdin, eventfds, the signalfd, taps, the rng source"),
-        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
         any(SYS_write, "write", "console output, eventfds, taps, logs, error messages"),
         any(SYS_accept4, "accept4", "QMP clients"),
         any(SYS_recvmsg, "recvmsg", "QMP input, with SCM_RIGHTS for getfd"),
@@ -304,6 +304,7 @@ pub(crate) fn iothread() -> Vec<Allowed> {
         any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),
         any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
         any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions and completions"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-blk throttling timer"),
         any(SYS_futex, "futex", "device mutexes shared with vCPU threads, its request channel"),
         any(SYS_close, "close", "descriptors dropped with its loop at thread exit"),
         only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
@@ -360,7 +361,7 @@ pub(crate) fn vcpu(queue_io: bool) -> Vec<Allowed> {
     if queue_io {
         list.extend([
             any(SYS_read, "read", "virtio-net tap RX and the virtio-rng source"),
-            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
             any(SYS_pread64, "pread64", "virtio-blk reads"),
             any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
             any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),
