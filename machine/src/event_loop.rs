@@ -391,6 +391,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         };
         let seccomp = crate::seccomp::Seccomp::new(false, true, devices).expect("no filters");
         lp.add_iothread(IoThread::start("t", &seccomp).expect("iothread"));

@@ -277,6 +277,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         };
         Seccomp::new(false, true, devices).expect("no filters")
     }

@@ -512,6 +512,7 @@ mod tests {
             vhost_net: true,
             vhost_user: true,
             snapshot: true,
+            chardev_socket: true,
         }
     }
 
