@@ -11,6 +11,8 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux and
   exits     PIO and MMIO exit round trips per second (guest action `exits`)
   blk       virtio-blk through the test guest (4 KiB random read/write, 128 KiB sequential read),
             plus the device model alone in process and fio on the same file (no VM)
+  blkdepth  virtio-blk 4 KiB random reads through indirect descriptor tables with 1 and with 8
+            requests in flight (the test guest's blkbench, nimbus.blkdepth=), as Linux drives it
   vhostuser vhost-user-blk served by one qemu-storage-daemon on the blk image: 4 KiB random
             reads with the test guest's blkbench, Nimbus and QEMU on the same daemon, beside
             Nimbus's own virtio-blk on the same image
@@ -23,6 +25,10 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux and
             output beside its cold boot, private memory of 10 clones of one template (Nimbus
             only)
   parallel  VMs started and stopped per second, 8 at a time
+  console   console output bytes per second from the test guest (guests/console.c, action
+            `conbench`): over a virtio-console port (virtconsole on a file chardev, 4 KiB
+            chunks, one in flight as Linux's hvc sends them) and over the 16550 (THR byte by
+            byte to -serial stdio), timed between two UART lines
   linux     the guest kit's Linux boot milestones (benches/linux_boot.py; slow, only with --linux)
   virtiofs  virtio-fs with Debian's virtiofsd (cache=none), a fresh one per VM: the kit Linux
             (kit.mode=fsbench) reads a 64 MiB file in 1 MiB reads and lstats 1,000 files,
@@ -54,8 +60,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QEMU = "qemu-system-x86_64"
 RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
-ALL = ["size", "startup", "memory", "exits", "blk", "vhostuser", "net", "vsock", "snapshot",
-       "parallel"]
+ALL = ["size", "startup", "memory", "exits", "blk", "blkdepth", "vhostuser", "net", "vsock",
+       "snapshot", "parallel", "console"]
 EXTRA = ["linux", "virtiofs"]  # slow: only when asked for (--linux, --only virtiofs)
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
@@ -473,16 +479,72 @@ def bench_net(res, args):
                      "path, not line rate (MB/s = frames/s x 60 B).")
 
 
-def blkbench_rate(cmd, n):
-    """Requests per second of one blkbench run of `cmd`, or None."""
+def conbench_rate(cmd, n, path=None):
+    """Bytes per second of one `conbench` run of `cmd` (and, with `path`, the bytes must all be
+    in that file), or None."""
+    vm = VmRun(cmd, timeout=300)
+    start, done = vm.at("conbench: start"), vm.at("conbench: done")
+    if start is None or done is None:
+        log(f"console: run failed\n{vm.describe()}")
+        return None
+    if path is not None and os.path.getsize(path) != n:
+        log(f"console: {path} holds {os.path.getsize(path)} bytes, not {n}\n{vm.describe()}")
+        return None
+    return n / (done - start)
+
+
+def bench_console(res, args):
+    n_virtio, n_uart = args.con_virtio, args.con_uart
+    virtio = {name: [] for name, _ in VMMS}
+    uart = {name: [] for name, _ in VMMS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r, name, make in alternate(args.runs):
+            out = os.path.join(tmp, f"{name}-{r}.out")
+            extra = ["-chardev", f"file,id=c0,path={out}", "-device", "virtio-serial-device",
+                     "-device", "virtconsole,chardev=c0"]
+            if name == "qemu":
+                extra += ["-global", "virtio-mmio.force-legacy=false"]
+            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conbytes={n_virtio}"
+            virtio[name].append(conbench_rate(make(append, extra), n_virtio, out))
+            append = f"{BASE_APPEND} nimbus.test=conbench nimbus.conuart=1 nimbus.conbytes={n_uart}"
+            uart[name].append(conbench_rate(make(append), n_uart))
+    mb = lambda v: [x / 1e6 if x is not None else None for x in v]
+    kb = lambda v: [x / 1e3 if x is not None else None for x in v]
+    res.vm("console", f"virtio-console output ({n_virtio >> 20} MiB, 4 KiB chunks, file chardev)",
+           "MB/s", "higher", mb(virtio["nimbus"]), mb(virtio["qemu"]), 1)
+    res.vm("console", f"16550 output ({n_uart >> 10} KiB, THR byte by byte, -serial stdio)",
+           "KB/s", "higher", kb(uart["nimbus"]), kb(uart["qemu"]), 1)
+
+
+def blkbench_rate(cmd, n, what="vhostuser"):
+    """Requests per second of one blkbench run of `cmd`, or None (logged as `what`)."""
     vm = VmRun(cmd, timeout=300)
     start = vm.at("blkbench: start")
     end_line = vm.line("blkbench: reads=")
     end = vm.at(end_line) if end_line else None
     if start is None or end is None or "errors=0" not in end_line:
-        log(f"vhostuser: run failed\n{vm.describe()}")
+        log(f"{what}: run failed\n{vm.describe()}")
         return None
     return n / (end - start)
+
+
+def bench_blkdepth(res, args):
+    ensure_image()
+    n = args.blk_reqs
+    for depth in (1, 8):
+        opts = f"nimbus.blkreads={n} nimbus.blkindirect=1 nimbus.blkdepth={depth}"
+        vals = {"nimbus": [], "qemu": []}
+        for _, name, make in alternate(args.runs):
+            cmd = make(f"{BASE_APPEND} nimbus.test=blkbench {opts}", blk=(IMG, True))
+            rate = blkbench_rate(cmd, n, "blkdepth")
+            if rate is not None:
+                vals[name].append(rate)
+        res.vm("blkdepth", f"virtio-blk 4 KiB random read, indirect descriptors, queue depth "
+               f"{depth}", "req/s", "higher", vals["nimbus"], vals["qemu"], 0)
+    res.notes.append("virtio-blk queue depth: the test guest's polled driver keeps 1 or 8 "
+                     "requests in flight, each one descriptor pointing at a 3-entry indirect "
+                     "table, and notifies once per batch it posts; each VMM's default drive "
+                     "options (Nimbus aio=off, QEMU aio=threads), same image as `blk`.")
 
 
 def bench_vhostuser(res, args):
@@ -1000,6 +1062,8 @@ def main():
     args.frames = 5000 if q else 20000
     args.vms = 16 if q else 40
     args.secs = 2 if q else 3
+    args.con_virtio = (1 if q else 8) << 20
+    args.con_uart = (16 if q else 64) << 10
     only = args.only.split(",") if args.only else list(ALL)
     if args.linux and "linux" not in only:
         only.append("linux")
@@ -1013,9 +1077,11 @@ def main():
     build(args, res)
     header = machine_header(args)
     funcs = {"size": bench_size, "startup": bench_startup, "memory": bench_memory,
-             "exits": bench_exits, "blk": bench_blk, "vhostuser": bench_vhostuser,
+             "exits": bench_exits, "blk": bench_blk, "blkdepth": bench_blkdepth,
+             "vhostuser": bench_vhostuser,
              "net": bench_net, "vsock": bench_vsock, "snapshot": bench_snapshot,
-             "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs}
+             "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs,
+             "console": bench_console}
     load0 = loadavg()
     t0 = time.monotonic()
     for name in ALL + EXTRA:

@@ -30,12 +30,14 @@ cc -o "$tmp/hello.o" "$src/hello.c"
 cc -o "$tmp/vsock.o" "$src/vsock.c"
 cc -o "$tmp/vsock_actions.o" "$src/vsock_actions.c"
 cc -o "$tmp/balloon.o" "$src/balloon.c"
+cc -o "$tmp/console.o" "$src/console.c"
 cc -o "$tmp/common.o" "$src/common.S"
 cc -DFORMAT=FORMAT_ELF -o "$tmp/entry64-elf.o" "$src/entry64.S"
 cc -DFORMAT=FORMAT_RAW -o "$tmp/entry64-raw.o" "$src/entry64.S"
 cc -DFORMAT=FORMAT_PVH -o "$tmp/entry32-pvh.o" "$src/entry32.S"
 cc -DFORMAT=FORMAT_BZIMAGE -o "$tmp/entry32-bz.o" "$src/entry32.S"
-common=("$tmp/common.o" "$tmp/hello.o" "$tmp/vsock.o" "$tmp/vsock_actions.o" "$tmp/balloon.o")
+common=("$tmp/common.o" "$tmp/hello.o" "$tmp/vsock.o" "$tmp/vsock_actions.o" "$tmp/balloon.o"
+	"$tmp/console.o")
 
 # ELF, entered at e_entry in 64-bit mode.
 ld "${LDFLAGS[@]}" --defsym BASE=0x100000 -e _start64 -o "$tmp/hello.elf" \

@@ -82,4 +82,7 @@ void action_balloon_bad(const char *cmdline);
 /* vsock.c: runs the `vsock-*` action `name` (`len` bytes); 0 if it is not one of them. */
 int vsock_action(const char *name, u64 len, const char *cmdline);
 
+/* console.c: runs `conbench` (virtio-console or UART output rate); 0 if `name` is not it. */
+int console_action(const char *name, u64 len, const char *cmdline);
+
 #endif

@@ -884,11 +884,16 @@ u64 cmdline_number(const char *p, const char *key, u64 fallback)
 	return n ? n : fallback;
 }
 
+static void blkbench_deep(u64 n, u64 bytes, u64 write, u64 seq);
+
 /* `nimbus.test=blkbench`: `nimbus.blkreads=N` (default 2000) requests of `nimbus.blkbytes=B`
    bytes (default 4096; a multiple of 512, at most 128 KiB), one at a time, polled: reads, or
    writes with `nimbus.blkwrite=1`, at pseudo-random B-aligned offsets, or in order from sector 0
    (wrapping at the end) with `nimbus.blkseq=1`. The host times the lines around them:
-   `blkbench: start`, then `blkbench: reads=N errors=E` (or `writes=`). */
+   `blkbench: start`, then `blkbench: reads=N errors=E` (or `writes=`).
+   `nimbus.blkdepth=D` (1-8), `nimbus.blkqueues=Q` (1-2) or `nimbus.blkindirect=1` switch to
+   the driver of `blkmq`: up to D requests in flight on each of Q queues (D at most 2 without
+   indirect tables), B at most 4 KiB. */
 static void action_blkbench(void)
 {
 	u64 n = cmdline_number(info.cmdline, "nimbus.blkreads=", 2000);
@@ -902,6 +907,12 @@ static void action_blkbench(void)
 	vdev_base = find_virtio_mmio(info.cmdline);
 	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
 		puts("blkbench: no device\n");
+		return;
+	}
+	if (cmdline_number(info.cmdline, "nimbus.blkdepth=", 1) > 1 ||
+	    cmdline_number(info.cmdline, "nimbus.blkqueues=", 1) > 1 ||
+	    has_token(info.cmdline, "nimbus.blkindirect=1")) {
+		blkbench_deep(n, bytes, write, seq);
 		return;
 	}
 	if (blk_probe())
@@ -929,6 +940,258 @@ static void action_blkbench(void)
 	puts(" errors=");
 	put_dec(errors);
 	putc('\n');
+}
+
+/* ---- virtio-blk with indirect tables, two queues, several requests in flight ------------- */
+
+#define BLKQ_AREA 0x440000UL
+#define BLKQ_MAX 2 /* queues */
+#define BLKQ_DEPTH VQ_SIZE /* requests in flight per queue (one descriptor each if indirect) */
+#define BLKQ_DESC(q) (BLKQ_AREA + (u64)(q) * 0x2000)
+#define BLKQ_AVAIL(q) (BLKQ_DESC(q) + 0x100)
+#define BLKQ_USED(q) (BLKQ_DESC(q) + 0x1000)
+/* Slot s of queue q: its indirect table (3 entries), header at +0x40, status at +0x50. */
+#define BLKQ_SLOT(q, s) (BLKQ_AREA + 0x4000 + ((u64)(q) * BLKQ_DEPTH + (s)) * 0x80)
+#define BLKQ_DATA(q, s) (BLKQ_AREA + 0x8000 + ((u64)(q) * BLKQ_DEPTH + (s)) * 0x1000)
+#define VQ_F_INDIRECT 4
+#define BLK_F_MQ (1u << 12)
+#define RING_F_INDIRECT (1u << 28)
+
+static u16 blkq_avail[BLKQ_MAX], blkq_seen[BLKQ_MAX];
+
+static void desc_at(u64 table, u16 i, u64 addr, u32 len, u16 flags, u16 next)
+{
+	volatile struct vq_desc *d = (volatile struct vq_desc *)table + i;
+	d->addr = addr;
+	d->len = len;
+	d->flags = flags;
+	d->next = next;
+}
+
+/* Probe taking FLUSH, INDIRECT_DESC if `indirect`, MQ if `queues` > 1, then `queues` queues.
+   Returns 0, or -1 (with a line saying why). */
+static int blkq_probe(u32 queues, u32 indirect)
+{
+	u32 want = (1u << 9) | (indirect ? RING_F_INDIRECT : 0) | (queues > 1 ? BLK_F_MQ : 0);
+	u32 low, q;
+
+	if (virtio_negotiate(want, &low) || (low & want) != want) {
+		puts("blkq: features refused\n");
+		return -1;
+	}
+	if (queues > 1 && (vr(0x120) >> 16) < queues) {
+		puts("blkq: too few queues\n");
+		return -1;
+	}
+	for (q = 0; q < queues; q++) {
+		blkq_avail[q] = blkq_seen[q] = 0;
+		if (virtio_queue(q, BLKQ_DESC(q), BLKQ_AVAIL(q), BLKQ_USED(q))) {
+			puts("blkq: queue unavailable\n");
+			return -1;
+		}
+	}
+	vw(0x70, 0xf);
+	return vr(0x70) == 0xf ? 0 : -1;
+}
+
+/* Makes request slot `s` of queue `q` available (header, `len` bytes at its data buffer,
+   status), through an indirect table or, without, ring descriptors 3s..3s+2; the caller
+   notifies. */
+static void blkq_post(u32 q, u32 s, u32 type, u64 sector, u32 len, u32 indirect)
+{
+	u64 slot = BLKQ_SLOT(q, s), table = indirect ? slot : BLKQ_DESC(q);
+	u16 base = indirect ? 0 : (u16)(3 * s), head = indirect ? (u16)s : base;
+	volatile u32 *hdr = (volatile u32 *)(slot + 0x40);
+	volatile u16 *avail = (volatile u16 *)BLKQ_AVAIL(q);
+	u16 w = type == BLK_T_IN ? VQ_F_WRITE : 0;
+
+	hdr[0] = type;
+	hdr[1] = 0;
+	hdr[2] = (u32)sector;
+	hdr[3] = (u32)(sector >> 32);
+	*(volatile u8 *)(slot + 0x50) = 0xff;
+	desc_at(table, base, slot + 0x40, 16, VQ_F_NEXT, base + 1);
+	desc_at(table, base + 1, BLKQ_DATA(q, s), len, VQ_F_NEXT | w, base + 2);
+	desc_at(table, base + 2, slot + 0x50, 1, VQ_F_WRITE, 0);
+	if (indirect)
+		desc_at(BLKQ_DESC(q), head, table, 48, VQ_F_INDIRECT, 0);
+	avail[2 + blkq_avail[q] % VQ_SIZE] = head;
+	__asm__ volatile("" ::: "memory");
+	avail[1] = ++blkq_avail[q];
+	__asm__ volatile("" ::: "memory");
+}
+
+/* The next used slot of queue `q` (its status in *status), or -1 if none is new. */
+static int blkq_reap(u32 q, u32 indirect, u32 *status)
+{
+	volatile u16 *used = (volatile u16 *)BLKQ_USED(q);
+	u32 id, s;
+
+	if (used[1] == blkq_seen[q])
+		return -1;
+	id = *(volatile u32 *)(BLKQ_USED(q) + 4 + 8 * (u64)(blkq_seen[q] % VQ_SIZE));
+	blkq_seen[q]++;
+	s = indirect ? id : id / 3;
+	*status = *(volatile u8 *)(BLKQ_SLOT(q, s) + 0x50);
+	return (int)s;
+}
+
+/* One request on slot 0 of queue `q`, waited for. Returns its status or BLK_TIMEOUT. */
+static u32 blkq_one(u32 q, u32 type, u64 sector, u32 len, u32 indirect)
+{
+	u32 polls = 0, status;
+
+	blkq_post(q, 0, type, sector, len, indirect);
+	vw(0x50, q);
+	while (blkq_reap(q, indirect, &status) < 0)
+		if (++polls == blk_polls)
+			return BLK_TIMEOUT;
+	vw(0x64, vr(0x60));
+	return status;
+}
+
+/* FNV-1a of `len` bytes: the host checks reads byte for byte with it. */
+static u32 fnv1a(const volatile u8 *p, u32 len)
+{
+	u32 h = 2166136261u, i;
+
+	for (i = 0; i < len; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
+/* blkbench with up to `nimbus.blkdepth=` requests in flight on each of `nimbus.blkqueues=`
+   queues, through indirect tables with `nimbus.blkindirect=1`. */
+static void blkbench_deep(u64 n, u64 bytes, u64 write, u64 seq)
+{
+	u32 depth = (u32)cmdline_number(info.cmdline, "nimbus.blkdepth=", 1);
+	u32 queues = (u32)cmdline_number(info.cmdline, "nimbus.blkqueues=", 1);
+	u32 indirect = has_token(info.cmdline, "nimbus.blkindirect=1");
+	u64 capacity, blocks, block, posted = 0, done = 0, errors = 0, x = 12345, polls = 0;
+	u32 busy[BLKQ_MAX] = { 0 }, q, s, status;
+	int got;
+
+	if (bytes > 4096)
+		bytes = 4096;
+	if (queues > BLKQ_MAX)
+		queues = BLKQ_MAX;
+	if (depth > (indirect ? BLKQ_DEPTH : BLKQ_DEPTH / 3))
+		depth = indirect ? BLKQ_DEPTH : BLKQ_DEPTH / 3;
+	if (blkq_probe(queues, indirect))
+		return;
+	capacity = vr(0x100) | (u64)vr(0x104) << 32;
+	blocks = capacity / (bytes / 512);
+	if (!blocks) {
+		puts("blkbench: disk smaller than one request\n");
+		return;
+	}
+	puts("blkbench: start\n");
+	while (done < n) {
+		for (q = 0; q < queues; q++) {
+			int kicked = 0;
+			for (s = 0; s < depth && posted < n; s++) {
+				if (busy[q] & (1u << s))
+					continue;
+				if (seq) {
+					block = posted % blocks;
+				} else {
+					x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+					block = (x >> 33) % blocks;
+				}
+				blkq_post(q, s, write ? BLK_T_OUT : BLK_T_IN, block * (bytes / 512),
+					  (u32)bytes, indirect);
+				busy[q] |= 1u << s;
+				posted++;
+				kicked = 1;
+			}
+			if (kicked)
+				vw(0x50, q);
+		}
+		got = 0;
+		for (q = 0; q < queues; q++) {
+			int slot;
+			while ((slot = blkq_reap(q, indirect, &status)) >= 0) {
+				busy[q] &= ~(1u << slot);
+				errors += status != 0;
+				done++;
+				got = 1;
+			}
+		}
+		if (got) {
+			polls = 0;
+			vw(0x64, vr(0x60));
+		} else if (++polls == blk_polls) {
+			errors += n - done;
+			break;
+		}
+	}
+	puts(write ? "blkbench: writes=" : "blkbench: reads=");
+	put_dec(n);
+	puts(" errors=");
+	put_dec(errors);
+	putc('\n');
+}
+
+/* `nimbus.test=blkmq`: `nimbus.blkqueues=Q` (1 or 2, default 2) queues, indirect tables unless
+   `nimbus.blkindirect=0`. On each queue q: reads 4 KiB at sector 8 * (q + 1) and prints
+   `blkmq: q<q> read status=S sum=0x<FNV-1a>`, then writes 512 bytes of (i * 3 + q) & 0xff at
+   sector 100 + q (`blkmq: q<q> write status=S`). With `nimbus.blkhostile=1` it then posts a
+   looping indirect table on queue 0 and prints `blkmq: hostile used=U status=S device=0x..`
+   (status 255: nothing written) and waits (`nimbus.test=hang` after it keeps the VM up). */
+static void action_blkmq(void)
+{
+	u32 queues = (u32)cmdline_number(info.cmdline, "nimbus.blkqueues=", 2);
+	u32 indirect = !has_token(info.cmdline, "nimbus.blkindirect=0");
+	u32 q, i, status;
+	volatile u8 *data;
+
+	vdev_base = find_virtio_mmio(info.cmdline);
+	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(8) != 2 || queues > BLKQ_MAX ||
+	    blkq_probe(queues, indirect)) {
+		puts("blkmq: no device\n");
+		return;
+	}
+	puts("blkmq: queues=");
+	put_dec(queues);
+	puts(" indirect=");
+	put_dec(indirect);
+	putc('\n');
+	for (q = 0; q < queues; q++) {
+		data = (volatile u8 *)BLKQ_DATA(q, 0);
+		status = blkq_one(q, BLK_T_IN, 8 * (q + 1), 4096, indirect);
+		puts("blkmq: q");
+		put_dec(q);
+		puts(" read status=");
+		put_dec(status);
+		puts(" sum=");
+		put_hex(fnv1a(data, 4096));
+		putc('\n');
+		for (i = 0; i < 512; i++)
+			data[i] = (u8)(i * 3 + q);
+		puts("blkmq: q");
+		put_dec(q);
+		puts(" write status=");
+		put_dec(blkq_one(q, BLK_T_OUT, 100 + q, 512, indirect));
+		putc('\n');
+	}
+	if (cmdline_number(info.cmdline, "nimbus.blkhostile=", 0)) {
+		u64 slot = BLKQ_SLOT(0, 0);
+		volatile u16 *used = (volatile u16 *)BLKQ_USED(0);
+		u32 polls = 0;
+
+		blkq_post(0, 0, BLK_T_IN, 0, 512, 1);
+		desc_at(slot, 2, slot + 0x50, 1, VQ_F_WRITE | VQ_F_NEXT, 0); /* 2 -> 0: a loop */
+		vw(0x50, 0);
+		while (used[1] == blkq_seen[0] && ++polls < blk_polls)
+			;
+		puts("blkmq: hostile used=");
+		put_dec(used[1] - blkq_seen[0]);
+		puts(" status=");
+		put_dec(*(volatile u8 *)(slot + 0x50));
+		puts(" device=");
+		put_hex(vr(0x70));
+		putc('\n');
+	}
 }
 
 /* `nimbus.test=exits`: `nimbus.exits=N` (default 100000) iterations of an empty loop, then of
@@ -1570,6 +1833,8 @@ static void run_action(const char *name, u64 len)
 		action_blkwatch();
 	else if (str_eq_n(name, len, "blkloop"))
 		action_blkloop();
+	else if (str_eq_n(name, len, "blkmq"))
+		action_blkmq();
 	else if (str_eq_n(name, len, "count"))
 		action_count();
 	else if (str_eq_n(name, len, "net"))
@@ -1589,6 +1854,8 @@ static void run_action(const char *name, u64 len)
 	else if (str_eq_n(name, len, "balloon-bad"))
 		action_balloon_bad(info.cmdline);
 	else if (vsock_action(name, len, info.cmdline))
+		;
+	else if (console_action(name, len, info.cmdline))
 		;
 	else {
 		puts("action: unknown ");

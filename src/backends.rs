@@ -81,9 +81,6 @@ fn claim<T: Backend>(
     if let Some(key) = opts.unknown_key(T::DEVICE_KEYS) {
         return Err(invalid("device", value, format!("unknown option '{key}'")));
     }
-    if opts.get("iothread").is_some() {
-        return Err(SettingsError::NotSupported("-device iothread=".to_string()));
-    }
     let id = opts
         .get(T::FLAG)
         .ok_or_else(|| invalid("device", value, format!("{}=<id> is required", T::FLAG)))?;

@@ -191,7 +191,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, CliError> {
 pub fn help_text() -> String {
     let mut text = String::from(
         "usage: nimbus -machine microvm -smp N -m SIZE -kernel IMAGE [-initrd FILE] \
-         [-append CMDLINE] [-serial stdio|file,path=P] [-D [LOGFILE]]\n\nflags:\n",
+         [-append CMDLINE] [-serial stdio|pty|file,path=P|chardev:ID] [-D [LOGFILE]]\n\nflags:\n",
     );
     for (name, takes, multi) in FLAGS {
         let value = match takes {

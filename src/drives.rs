@@ -3,7 +3,8 @@
 use crate::backends::{pair_up, Backend};
 use crate::opts::OptList;
 use crate::settings::{invalid, SettingsError};
-use machine::{Aio, DriveConfig};
+use machine::{Aio, DriveConfig, ThrottleLimits, MAX_BLK_QUEUES as MAX_QUEUES};
+
 use std::path::PathBuf;
 
 /// The `-device` driver of a disk.
@@ -22,7 +23,10 @@ const DRIVE_KEYS: &[&str] = &[
     "cache",
     "discard",
     "detect-zeroes",
+    "iops",
+    "bps",
     "throttling.iops-total",
+    "throttling.bps-total",
 ];
 
 /// Builds one disk per `-drive`, in command-line order, with the serial from the
@@ -38,7 +42,8 @@ pub fn parse_drives(
 impl Backend for DriveConfig {
     const FLAG: &'static str = "drive";
     const DRIVER: &'static str = BLOCK_DEVICE;
-    const DEVICE_KEYS: &'static [&'static str] = &["driver", "drive", "id", "serial", "iothread"];
+    const DEVICE_KEYS: &'static [&'static str] =
+        &["driver", "drive", "id", "serial", "iothread", "num-queues"];
 
     fn parse(value: &str) -> Result<DriveConfig, SettingsError> {
         parse_drive(value)
@@ -48,13 +53,27 @@ impl Backend for DriveConfig {
         &self.id
     }
 
-    /// `serial=`.
+    /// `serial=`, `num-queues=` and `iothread=` (checked against the iothreads in `iothread_opts.rs`).
     fn attach(&mut self, value: &str, opts: &OptList) -> Result<(), SettingsError> {
+        self.iothread = opts.get("iothread").map(str::to_owned);
         if let Some(serial) = opts.get("serial") {
             if serial.len() > SERIAL_MAX {
                 return Err(invalid("device", value, "serial is longer than 20 bytes"));
             }
             self.serial = serial.to_string();
+        }
+        if let Some(n) = opts.get("num-queues") {
+            self.num_queues = n
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (1..=MAX_QUEUES).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "device",
+                        value,
+                        format!("num-queues must be a number from 1 to {MAX_QUEUES}"),
+                    )
+                })?;
         }
         Ok(())
     }
@@ -65,7 +84,7 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
     if let Some(key) = opts.unknown_key(DRIVE_KEYS) {
         return Err(invalid("drive", value, format!("unknown option '{key}'")));
     }
-    for key in ["cache", "detect-zeroes", "throttling.iops-total"] {
+    for key in ["cache", "detect-zeroes"] {
         if opts.get(key).is_some() {
             return Err(SettingsError::NotSupported(format!("-drive {key}=")));
         }
@@ -125,7 +144,43 @@ fn parse_drive(value: &str) -> Result<DriveConfig, SettingsError> {
         serial: id.to_string(),
         aio,
         direct,
+        iothread: None,
+        num_queues: 1,
+        throttle: ThrottleLimits {
+            iops: limit(&opts, value, "iops", "throttling.iops-total")?,
+            bps: limit(&opts, value, "bps", "throttling.bps-total")?,
+        },
     })
+}
+
+/// A throttling limit given as StratoVirt's `key=` or QEMU's `qemu_key=` (not both): a
+/// positive number per second; absent or 0 is unlimited, as in QEMU.
+fn limit(
+    opts: &OptList,
+    value: &str,
+    key: &str,
+    qemu_key: &str,
+) -> Result<Option<u64>, SettingsError> {
+    let given = match (opts.get(key), opts.get(qemu_key)) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "drive",
+                value,
+                format!("give {key}= or {qemu_key}=, not both"),
+            ))
+        }
+        (Some(v), None) => (key, v),
+        (None, Some(v)) => (qemu_key, v),
+        (None, None) => return Ok(None),
+    };
+    let n = given.1.parse::<u64>().map_err(|_| {
+        invalid(
+            "drive",
+            value,
+            format!("{}= must be a whole number per second", given.0),
+        )
+    })?;
+    Ok((n > 0).then_some(n))
 }
 
 #[cfg(test)]
@@ -231,6 +286,54 @@ mod tests {
             &["virtio-blk-device,drive=r"]
         )
         .is_err());
+    }
+
+    #[test]
+    fn throttling_limits_take_stratovirt_or_qemu_names() {
+        let cases = [
+            ("id=r,file=/r", None, None),
+            ("id=r,file=/r,iops=500", Some(500), None),
+            ("id=r,file=/r,bps=1048576,iops=0", None, Some(1 << 20)),
+            (
+                "id=r,file=/r,throttling.iops-total=7,throttling.bps-total=9",
+                Some(7),
+                Some(9),
+            ),
+        ];
+        for (drive, iops, bps) in cases {
+            let disks = parse(&[drive], &["virtio-blk-device,drive=r"]).expect(drive);
+            assert_eq!(disks[0].throttle, ThrottleLimits { iops, bps }, "{drive}");
+        }
+        for drive in [
+            "id=r,file=/r,iops=fast",
+            "id=r,file=/r,bps=-1",
+            "id=r,file=/r,iops=5,throttling.iops-total=5",
+        ] {
+            let err = parse(&[drive], &["virtio-blk-device,drive=r"]).expect_err(drive);
+            assert!(
+                matches!(err, SettingsError::InvalidValue { .. }),
+                "{drive}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn num_queues_is_taken_from_the_device() {
+        let disks = parse(&["id=r,file=/r"], &["virtio-blk-device,drive=r"]).expect("ok");
+        assert_eq!(disks[0].num_queues, 1);
+        let disks = parse(
+            &["id=r,file=/r"],
+            &["virtio-blk-device,drive=r,num-queues=4"],
+        )
+        .expect("ok");
+        assert_eq!(disks[0].num_queues, 4);
+        for device in [
+            "virtio-blk-device,drive=r,num-queues=0",
+            "virtio-blk-device,drive=r,num-queues=33",
+            "virtio-blk-device,drive=r,num-queues=two",
+        ] {
+            assert!(parse(&["id=r,file=/r"], &[device]).is_err(), "{device}");
+        }
     }
 
     #[test]

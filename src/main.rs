@@ -9,9 +9,11 @@
 
 mod backends;
 mod balloon_opts;
+mod chardev_opts;
 mod cli;
 mod daemon;
 mod drives;
+mod iothread_opts;
 mod logger;
 mod monitor_opts;
 mod netdevs;

@@ -14,14 +14,15 @@ pub const RNG_OBJECT: &str = "rng-random";
 /// QEMU's default rate-limit period in milliseconds.
 const DEFAULT_PERIOD_MS: u64 = 1000;
 
-/// Checks every `-object` (only `rng-random` exists; `iothread` and others are refused by name)
-/// and returns the rng objects as (id, filename).
+/// Checks every `-object` but iothreads (`iothread_opts.rs`): only `rng-random` exists, others
+/// are refused by name. Returns the rng objects as (id, filename).
 fn rng_objects(parsed: &Parsed) -> Result<Vec<(String, PathBuf)>, SettingsError> {
     let mut objects = Vec::new();
     for value in parsed.all("object") {
         let opts = OptList::parse(&value, Some("qom-type"));
         match opts.get("qom-type") {
             Some(RNG_OBJECT) => {}
+            Some(crate::iothread_opts::IOTHREAD_OBJECT) => continue,
             Some(other) => return Err(SettingsError::NotSupported(format!("-object {other}"))),
             None => return Err(invalid("object", &value, "no object type")),
         }
@@ -128,10 +129,10 @@ mod tests {
     }
 
     #[test]
-    fn unknown_backend_id_and_iothread_objects_are_refused() {
+    fn unknown_backend_ids_and_object_types_are_refused() {
         let parsed = parse(&words("-device virtio-rng-device,rng=nope")).expect("parse");
         assert!(parse_rng(&parsed).is_err());
-        let parsed = parse(&words("-object iothread,id=io0")).expect("parse");
+        let parsed = parse(&words("-object memory-backend-ram,id=m0")).expect("parse");
         assert!(matches!(
             parse_rng(&parsed),
             Err(SettingsError::NotSupported(_))

@@ -3,6 +3,7 @@
 use crate::balloon_opts::{parse_balloon, BALLOON_DEVICE};
 use crate::cli::Parsed;
 use crate::drives::{parse_drives, BLOCK_DEVICE};
+use crate::iothread_opts::parse_iothreads;
 use crate::netdevs::{inherited_fds, parse_netdevs, NET_DEVICE};
 use crate::opts::{parse_size, OptList};
 use crate::rng_opts::{parse_rng, RNG_DEVICE};
@@ -71,9 +72,6 @@ pub struct Settings {
     pub inherited_fds: Vec<i32>,
 }
 
-/// Device types of the grammar that later versions implement.
-const FUTURE_DEVICES: &[&str] = &["virtio-serial-device", "virtconsole"];
-
 pub(crate) fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::InvalidValue {
         flag,
@@ -116,6 +114,7 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if let Some(initrd) = &initrd {
         check_readable(initrd, "initrd")?;
     }
+    let consoles = crate::chardev_opts::parse_consoles(parsed, parse_serial)?;
     let machine = MachineConfig {
         name: parsed.last("name").map(|n| name_of(&n)),
         uuid: parsed.last("uuid"),
@@ -127,15 +126,16 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
         kernel,
         initrd,
         cmdline: parsed.last("append").unwrap_or_default(),
-        serial: parsed
-            .last("serial")
-            .map_or(Ok(SerialConfig::None), |s| parse_serial(&s))?,
+        serial: consoles.serial,
+        chardevs: consoles.chardevs,
+        console: consoles.console,
         drives: parse_drives(&parsed.all("drive"), &parsed.all("device"))?,
         nets: parse_netdevs(&parsed.all("netdev"), &parsed.all("device"))?,
         rng: parse_rng(parsed)?,
         balloon: parse_balloon(&parsed.all("device"))?,
         vsock: parse_vsock(&parsed.all("device"))?,
         vhost_user: parse_vhost_user(parsed)?,
+        iothreads: parse_iothreads(parsed)?,
         qmp: crate::monitor_opts::qmp_endpoint(parsed)?,
         blk_slots: machine_opts.blk_slots,
         net_slots: machine_opts.net_slots,
@@ -152,6 +152,15 @@ pub fn from_parsed(parsed: &Parsed) -> Result<Settings, SettingsError> {
     if daemonize && machine.serial == SerialConfig::Stdio {
         return Err(SettingsError::Conflict(
             "-daemonize cannot be used with -serial stdio",
+        ));
+    }
+    let stdio_chardev = machine
+        .chardevs
+        .iter()
+        .any(|c| c.backend == machine::ChardevBackend::Stdio);
+    if daemonize && stdio_chardev {
+        return Err(SettingsError::Conflict(
+            "-daemonize cannot be used with -chardev stdio",
         ));
     }
     if daemonize && parsed.last("D").is_some_and(|d| d.is_empty()) {
@@ -188,20 +197,19 @@ fn refuse_unsupported(parsed: &Parsed) -> Result<(), SettingsError> {
                     | VHOST_VSOCK_DEVICE
                     | VHOST_USER_BLK
                     | VHOST_USER_FS
+                    | crate::chardev_opts::VIRTIO_SERIAL
+                    | crate::chardev_opts::VIRTCONSOLE
             )
         )
     });
     if let Some(device) = other_device {
         let opts = OptList::parse(device, Some("driver"));
         let kind = opts.get("driver").unwrap_or_default();
-        if !FUTURE_DEVICES.contains(&kind) {
-            return Err(invalid(
-                "device",
-                device,
-                format!("unknown device type '{kind}'"),
-            ));
-        }
-        return Err(SettingsError::NotSupported(format!("device '{kind}'")));
+        return Err(invalid(
+            "device",
+            device,
+            format!("unknown device type '{kind}'"),
+        ));
     }
     Ok(())
 }
@@ -381,7 +389,7 @@ fn parse_serial(value: &str) -> Result<SerialConfig, SettingsError> {
     match (opts.get("backend"), opts.get("path")) {
         (Some("file"), Some(path)) => Ok(SerialConfig::File(PathBuf::from(path))),
         (Some("file"), None) => Err(invalid("serial", value, "file needs path=<file>")),
-        (Some(b @ ("pty" | "socket" | "unix" | "tcp")), _) => {
+        (Some(b @ ("socket" | "unix" | "tcp")), _) => {
             Err(SettingsError::NotSupported(format!("-serial {b}")))
         }
         (Some(b), _) if b.starts_with("chardev:") => {
@@ -390,7 +398,7 @@ fn parse_serial(value: &str) -> Result<SerialConfig, SettingsError> {
         _ => Err(invalid(
             "serial",
             value,
-            "expected stdio, none or file,path=<file>",
+            "expected stdio, none, pty, chardev:<id> or file,path=<file>",
         )),
     }
 }
@@ -464,7 +472,7 @@ mod tests {
             SerialConfig::File("/tmp/c".into())
         );
         assert!(matches!(
-            parse_serial("pty"),
+            parse_serial("socket,path=/tmp/s"),
             Err(SettingsError::NotSupported(_))
         ));
         assert!(parse_serial("bogus").is_err());

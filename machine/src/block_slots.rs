@@ -31,6 +31,8 @@ struct Node {
     readonly: bool,
     aio: Aio,
     direct: bool,
+    /// `iops=`/`bps=` of a `-drive` (what `query-block` reports).
+    throttle: virtio::ThrottleLimits,
     /// The opened image while no device holds it.
     disk: Option<Box<dyn DiskBackend>>,
     /// The slot whose device holds it.
@@ -65,17 +67,24 @@ pub fn block_devices(
                 readonly: drive.readonly,
                 aio: drive.aio,
                 direct: drive.direct,
+                throttle: drive.throttle,
                 disk: None,
                 slot: Some(index),
             },
         );
         let label = format!(
-            "drive '{}' (block slot {index}): {:?}{} aio={:?}{}",
+            "drive '{}' (block slot {index}): {:?}{} aio={:?}{}{}{}",
             drive.id,
             drive.path,
             if drive.readonly { " (read-only)" } else { "" },
             drive.aio,
             if drive.direct { " direct" } else { "" },
+            if drive.num_queues > 1 {
+                format!(", {} queues", drive.num_queues)
+            } else {
+                String::new()
+            },
+            throttle_label(drive.throttle),
         );
         devices.push((label, Box::new(block) as Box<dyn VirtioDevice>));
     }
@@ -91,6 +100,18 @@ pub fn block_devices(
     Ok((table, devices))
 }
 
+/// ", at most N requests/s, M bytes/s" for a throttled drive.
+fn throttle_label(limits: virtio::ThrottleLimits) -> String {
+    let mut label = String::new();
+    if let Some(iops) = limits.iops {
+        label += &format!(", at most {iops} requests/s");
+    }
+    if let Some(bps) = limits.bps {
+        label += &format!(", at most {bps} bytes/s");
+    }
+    label
+}
+
 fn drive_device(drive: &DriveConfig) -> Result<Block, MachineError> {
     let options = BlockOptions {
         path: drive.path.clone(),
@@ -98,6 +119,8 @@ fn drive_device(drive: &DriveConfig) -> Result<Block, MachineError> {
         serial: drive.serial.clone(),
         aio: drive.aio,
         direct: drive.direct,
+        num_queues: drive.num_queues,
+        throttle: drive.throttle,
     };
     Block::open(&options).map_err(|source| MachineError::Drive {
         id: drive.id.clone(),
@@ -154,6 +177,7 @@ impl BlockSlots {
                 readonly,
                 aio,
                 direct,
+                throttle: virtio::ThrottleLimits::default(),
                 disk: Some(Box::new(disk)),
                 slot: None,
             },
@@ -263,6 +287,11 @@ impl BlockSlots {
     }
 }
 
+/// A throttling limit as `query-block` reports it (0: none).
+fn limit(value: Option<u64>) -> i64 {
+    value.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
 fn block_info(id: &str, node_name: &str, node: &Node, sectors: u64) -> BlockInfo {
     let file = node.path.display().to_string();
     let size =
@@ -281,10 +310,10 @@ fn block_info(id: &str, node_name: &str, node: &Node, sectors: u64) -> BlockInfo
             backing_file_depth: 0,
             encrypted: false,
             detect_zeroes: "off".to_owned(),
-            bps: 0,
+            bps: limit(node.throttle.bps),
             bps_rd: 0,
             bps_wr: 0,
-            iops: 0,
+            iops: limit(node.throttle.iops),
             iops_rd: 0,
             iops_wr: 0,
             image: ImageInfo {

@@ -26,6 +26,9 @@ fn drive(id: &str, image: &TempFile) -> DriveConfig {
         serial: id.to_owned(),
         aio: Aio::Off,
         direct: false,
+        iothread: None,
+        num_queues: 1,
+        throttle: virtio::ThrottleLimits::default(),
     }
 }
 
@@ -62,6 +65,29 @@ fn drives_fill_the_first_slots_and_the_rest_are_empty() {
     assert_eq!(caps, [8, 16, 0, 0]);
     assert!(devices[2].0.contains("empty block slot 2"));
     assert_eq!(table.query_block().len(), 2);
+}
+
+#[test]
+fn a_drive_with_two_queues_and_limits_shows_them_in_its_label_and_query_block() {
+    let img = image(8);
+    let mut d = drive("d0", &img);
+    d.num_queues = 2;
+    d.throttle = virtio::ThrottleLimits {
+        iops: Some(500),
+        bps: Some(1 << 20),
+    };
+    let (table, devices) = slots(&[d], 1);
+    assert_eq!(devices[0].1.queue_max_sizes().len(), 2);
+    assert!(
+        devices[0]
+            .0
+            .contains("2 queues, at most 500 requests/s, at most 1048576 bytes/s"),
+        "{}",
+        devices[0].0
+    );
+    let info = serde_json::to_value(table.query_block()).unwrap();
+    assert_eq!(info[0]["inserted"]["iops"], 500);
+    assert_eq!(info[0]["inserted"]["bps"], 1 << 20);
 }
 
 #[test]

@@ -12,6 +12,19 @@ pub enum SerialConfig {
     Stdio,
     /// Output appended to a file.
     File(PathBuf),
+    /// A chardev by id (`-serial chardev:<id>`, or `-serial pty`'s `serial0`).
+    Chardev(String),
+}
+
+pub use crate::chardev::{ChardevBackend, ChardevConfig};
+
+/// A virtconsole port (`-device virtio-serial-device` with `-device virtconsole,chardev=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The virtconsole's `id=`.
+    pub id: String,
+    /// The chardev id it uses.
+    pub chardev: String,
 }
 
 /// A disk: a `-drive` and the `-device virtio-blk-device` that shows it to the guest.
@@ -29,6 +42,12 @@ pub struct DriveConfig {
     pub aio: virtio::Aio,
     /// `direct=on`: open the image with O_DIRECT.
     pub direct: bool,
+    /// `-device iothread=`: the iothread that serves the disk (the VMM thread without one).
+    pub iothread: Option<String>,
+    /// `-device num-queues=`: request queues (1 by default).
+    pub num_queues: u16,
+    /// `iops=`, `bps=` (or QEMU's `throttling.iops-total=`, `throttling.bps-total=`).
+    pub throttle: virtio::ThrottleLimits,
 }
 
 /// Where a network device's tap comes from.
@@ -55,6 +74,9 @@ pub struct NetConfig {
     pub vhost: bool,
     /// `vhostfd=`: an inherited `/dev/vhost-net` descriptor.
     pub vhostfd: Option<i32>,
+    /// `-device iothread=`: the iothread that serves the device and its tap (the VMM thread
+    /// without one).
+    pub iothread: Option<String>,
 }
 
 /// Where a vsock device's connections go.
@@ -106,6 +128,11 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// UART backend.
     pub serial: SerialConfig,
+    /// Every `-chardev` the machine opens (those of vhost-user devices and the monitor are
+    /// theirs and not here), in command-line order.
+    pub chardevs: Vec<ChardevConfig>,
+    /// The virtio-console device with its one console port, if any.
+    pub console: Option<ConsoleConfig>,
     /// virtio-blk disks, in command-line order (the first is the guest's vda).
     pub drives: Vec<DriveConfig>,
     /// Replaceable virtio-blk devices for QMP hot-plug (`device_add`), created only with a QMP
@@ -126,6 +153,8 @@ pub struct MachineConfig {
     pub vsock: Option<VsockConfig>,
     /// vhost-user devices (disks and file systems served by other processes), in order.
     pub vhost_user: Vec<virtio::VhostUserOptions>,
+    /// `-object iothread,id=`: the iothreads to start, by id, in order.
+    pub iothreads: Vec<String>,
     /// Where the QMP monitor listens, if anywhere.
     pub qmp: Option<crate::qmp_server::QmpEndpoint>,
     /// Install the seccomp filters (`-disable-seccomp` clears it).
@@ -146,6 +175,8 @@ impl Default for MachineConfig {
             initrd: None,
             cmdline: String::new(),
             serial: SerialConfig::None,
+            chardevs: Vec::new(),
+            console: None,
             drives: Vec::new(),
             blk_slots: crate::block_slots::DEFAULT_BLK_SLOTS,
             net_slots: crate::net_slots::DEFAULT_NET_SLOTS,
@@ -154,6 +185,7 @@ impl Default for MachineConfig {
             balloon: None,
             vsock: None,
             vhost_user: Vec::new(),
+            iothreads: Vec::new(),
             qmp: None,
             seccomp: true,
             incoming: None,

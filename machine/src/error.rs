@@ -140,6 +140,17 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    /// A chardev could not be opened (its message names it).
+    #[error(transparent)]
+    Chardev(#[from] crate::chardev::ChardevError),
+    /// A front end names a chardev that was not opened.
+    #[error("{frontend}: no chardev with id '{id}'")]
+    UnknownChardev {
+        /// Who names it (`-serial`, `virtconsole 'con0'`).
+        frontend: String,
+        /// The id.
+        id: String,
+    },
     /// The entropy device could not be created.
     #[error("cannot create the virtio-rng device")]
     Rng(#[source] virtio::RngError),
@@ -169,6 +180,31 @@ pub enum MachineError {
     /// The event loop failed.
     #[error("event loop failed")]
     EventLoop(#[source] std::io::Error),
+    /// An iothread could not be started, or ended before its devices joined it.
+    #[error("cannot start iothread '{id}'")]
+    IoThread {
+        /// Its id.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::iothread::IoThreadError,
+    },
+    /// A device names an iothread that does not exist.
+    #[error("device '{device}' names iothread '{iothread}', which no -object iothread defines")]
+    UnknownIoThread {
+        /// The device (drive or netdev id).
+        device: String,
+        /// The unknown id.
+        iothread: String,
+    },
+    /// A device that cannot be served by an iothread was given one.
+    #[error("device '{device}': iothread= is not supported with {why}")]
+    IoThreadRefused {
+        /// The device (netdev id).
+        device: String,
+        /// What it is.
+        why: &'static str,
+    },
     /// A source the VM cannot run without could not join the event loop.
     #[error("cannot watch {what}")]
     Watch {

@@ -13,7 +13,13 @@
 //! them back, where `init` registers whatever each has at that moment. A device whose
 //! descriptors changed from outside its handler (a tap hot-plugged behind a net slot) rejoins
 //! the same way ([`EventLoop::rejoin`]).
+//!
+//! A device given to an iothread ([`EventLoop::add_device_on`], see `iothread.rs`) is served by
+//! that thread's own loop instead; freezing, thawing and rejoining reach it there, and return
+//! once the iothread has done it. Each iothread runs the same [`EventLoop`], without
+//! iothreads of its own.
 
+use crate::iothread::IoThread;
 use event_manager::{
     EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -30,6 +36,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceId(usize);
 
+/// A device subscriber served by this loop.
 struct Device {
     subscriber: Subscriber,
     /// Its id in the event manager while it is on the loop.
@@ -50,11 +57,32 @@ impl Device {
     }
 }
 
+/// Where a device subscriber is served.
+enum Home {
+    /// On this loop.
+    Here(Device),
+    /// On iothread `thread` (an index into the loop's iothreads), as its device `id`.
+    IoThread { thread: usize, id: DeviceId },
+}
+
+/// Why a device cannot be served by the iothread it asked for.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IoThreadRefusal {
+    /// No iothread has this id.
+    #[error("no iothread has id '{0}'")]
+    Unknown(String),
+    /// The iothread with this id has ended (it logged why).
+    #[error("iothread '{0}' has ended")]
+    Ended(String),
+}
+
 /// The event manager, and the device subscribers that QMP `stop` freezes.
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
-    devices: Vec<Device>,
+    devices: Vec<Home>,
     frozen: bool,
+    /// The iothreads devices may be given to (none on an iothread's own loop).
+    iothreads: Vec<IoThread>,
 }
 
 impl EventLoop {
@@ -64,6 +92,7 @@ impl EventLoop {
             manager: EventManager::new()?,
             devices: Vec::new(),
             frozen: false,
+            iothreads: Vec::new(),
         })
     }
 
@@ -87,45 +116,103 @@ impl EventLoop {
         if !self.frozen {
             device.join(&mut self.manager);
         }
-        self.devices.push(device);
+        self.devices.push(Home::Here(device));
         DeviceId(self.devices.len() - 1)
+    }
+
+    /// Adds an iothread that devices can be given to; it is frozen with the devices of this
+    /// loop and ends when the loop is dropped (or at [`EventLoop::stop_iothreads`]).
+    pub fn add_iothread(&mut self, thread: IoThread) {
+        if self.frozen {
+            thread.freeze();
+        }
+        self.iothreads.push(thread);
+    }
+
+    /// The iothreads, in the order they were added.
+    pub fn iothreads(&self) -> &[IoThread] {
+        &self.iothreads
+    }
+
+    /// Ends every iothread (each finishes the event it is handling) and joins it: no device
+    /// runs on them afterwards.
+    pub fn stop_iothreads(&mut self) {
+        self.iothreads.clear();
+    }
+
+    /// As [`EventLoop::add_device`], served by the iothread with id `iothread` when given.
+    pub fn add_device_on(
+        &mut self,
+        subscriber: Subscriber,
+        iothread: Option<&str>,
+    ) -> Result<DeviceId, IoThreadRefusal> {
+        let Some(name) = iothread else {
+            return Ok(self.add_device(subscriber));
+        };
+        let thread = self
+            .iothreads
+            .iter()
+            .position(|t| t.id() == name)
+            .ok_or_else(|| IoThreadRefusal::Unknown(name.to_owned()))?;
+        let id = self.iothreads[thread]
+            .add_device(subscriber)
+            .ok_or_else(|| IoThreadRefusal::Ended(name.to_owned()))?;
+        self.devices.push(Home::IoThread { thread, id });
+        Ok(DeviceId(self.devices.len() - 1))
     }
 
     /// Takes device `id` off the loop and puts it back: its `init` registers the descriptors
     /// it has now (while frozen, that happens at thaw).
     pub fn rejoin(&mut self, id: DeviceId) {
-        let Some(device) = self.devices.get_mut(id.0) else {
-            log::warn!("rejoin of unknown device subscriber {id:?}");
-            return;
-        };
-        if device.joined.is_some() {
-            device.leave(&mut self.manager);
-            device.join(&mut self.manager);
+        match self.devices.get_mut(id.0) {
+            Some(Home::Here(device)) => {
+                if device.joined.is_some() {
+                    device.leave(&mut self.manager);
+                    device.join(&mut self.manager);
+                }
+            }
+            Some(Home::IoThread { thread, id }) => {
+                if let Some(thread) = self.iothreads.get(*thread) {
+                    thread.rejoin(*id);
+                }
+            }
+            None => log::warn!("rejoin of unknown device subscriber {id:?}"),
         }
     }
 
-    /// Takes every device subscriber off the loop: no device source is watched or handled
-    /// until [`EventLoop::thaw_devices`].
+    /// Takes every device subscriber off the loop, and off its iothread's: no device source
+    /// is watched or handled until [`EventLoop::thaw_devices`]. Returns once every iothread
+    /// stopped serving its devices.
     pub fn freeze_devices(&mut self) {
         if self.frozen {
             return;
         }
         self.frozen = true;
-        for device in &mut self.devices {
-            device.leave(&mut self.manager);
+        for home in &mut self.devices {
+            if let Home::Here(device) = home {
+                device.leave(&mut self.manager);
+            }
+        }
+        for thread in &self.iothreads {
+            thread.freeze();
         }
         log::debug!("device event sources frozen");
     }
 
-    /// Puts every device subscriber back on the loop; the level-triggered loop then reports
-    /// whatever became readable meanwhile.
+    /// Puts every device subscriber back on the loop and on its iothread's; the
+    /// level-triggered loops then report whatever became readable meanwhile.
     pub fn thaw_devices(&mut self) {
         if !self.frozen {
             return;
         }
         self.frozen = false;
-        for device in &mut self.devices {
-            device.join(&mut self.manager);
+        for home in &mut self.devices {
+            if let Home::Here(device) = home {
+                device.join(&mut self.manager);
+            }
+        }
+        for thread in &self.iothreads {
+            thread.thaw();
         }
         log::debug!("device event sources thawed");
     }
@@ -282,6 +369,52 @@ mod tests {
         lp.thaw_devices();
         lp.run_for(1000).expect("run");
         assert_eq!(seen(&device), vec![0]);
+    }
+
+    /// Waits up to 5 s for `r` to have seen `n` events.
+    fn wait_seen(r: &Arc<Mutex<Recorder>>, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if seen(r).len() >= n {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn device_on_an_iothread_is_frozen_thawed_and_rejoined_with_the_loop() {
+        let mut lp = EventLoop::new().expect("loop");
+        let devices = crate::seccomp::DeviceSyscalls {
+            vsock: crate::seccomp::VsockSyscalls::None,
+            vhost_net: false,
+            vhost_user: false,
+            snapshot: false,
+            chardev_socket: false,
+        };
+        let seccomp = crate::seccomp::Seccomp::new(false, true, devices).expect("no filters");
+        lp.add_iothread(IoThread::start("t", &seccomp).expect("iothread"));
+        let device = recorder(1, true);
+        let unknown = lp.add_device_on(device.clone(), Some("nope"));
+        assert_eq!(
+            unknown.expect_err("no such iothread"),
+            IoThreadRefusal::Unknown("nope".to_owned())
+        );
+        let id = lp.add_device_on(device.clone(), Some("t")).expect("added");
+        fire(&device, 0);
+        assert!(wait_seen(&device, 1), "served on the iothread");
+        // Removed by its handler: it comes back only by rejoining.
+        lp.rejoin(id);
+        assert!(wait_seen(&device, 2), "rejoined");
+        lp.freeze_devices();
+        lp.rejoin(id);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(seen(&device).len(), 2, "frozen");
+        lp.thaw_devices();
+        assert!(wait_seen(&device, 3), "thawed");
+        lp.stop_iothreads();
+        assert!(lp.iothreads().is_empty());
     }
 
     #[test]

@@ -21,12 +21,12 @@ pub struct LegacyDevices {
 /// Builds the port I/O space with the UART, i8042, CMOS and POST port.
 pub fn build_pio_space(
     vm: &VmFd,
-    serial: &SerialConfig,
+    serial: (&SerialConfig, Option<crate::chardev::SharedChardev>),
     ram: (u64, u64),
     uart: Option<&UartState>,
 ) -> Result<(Arc<AddressSpace>, LegacyDevices), MachineError> {
     let root = Region::container("pio", PIO_SPACE_SIZE);
-    let (irq, out) = (serial_irq(vm)?, serial_output(serial)?);
+    let (irq, out) = (serial_irq(vm)?, serial_output(serial.0, serial.1)?);
     let serial = Arc::new(Mutex::new(match uart {
         Some(state) => Serial::with_state(irq, out, state).map_err(|e| {
             MachineError::restore(
@@ -78,9 +78,15 @@ fn serial_irq(vm: &VmFd) -> Result<EventFd, MachineError> {
     Ok(evt)
 }
 
-fn serial_output(config: &SerialConfig) -> Result<Box<dyn Write + Send>, MachineError> {
+fn serial_output(
+    config: &SerialConfig,
+    chardev: Option<crate::chardev::SharedChardev>,
+) -> Result<Box<dyn Write + Send>, MachineError> {
+    if let Some(chardev) = chardev {
+        return Ok(crate::chardevs::serial_writer(chardev));
+    }
     Ok(match config {
-        SerialConfig::None => Box::new(std::io::sink()),
+        SerialConfig::None | SerialConfig::Chardev(_) => Box::new(std::io::sink()),
         SerialConfig::Stdio => Box::new(std::io::stdout()),
         SerialConfig::File(path) => Box::new(
             std::fs::OpenOptions::new()

@@ -10,11 +10,14 @@
 
 mod balloon;
 mod block_slots;
+mod chardev;
+mod chardevs;
 mod config;
 mod control;
 mod cpuid;
 mod error;
 mod event_loop;
+mod iothread;
 pub mod layout;
 mod legacy;
 mod memory;
@@ -36,7 +39,8 @@ mod vsock_devices;
 pub use address_space::{RamBacking, RamOptions};
 pub use block_slots::DEFAULT_BLK_SLOTS;
 pub use config::{
-    DriveConfig, MachineConfig, NetConfig, SerialConfig, TapSource, VsockBackend, VsockConfig,
+    ChardevBackend, ChardevConfig, ConsoleConfig, DriveConfig, MachineConfig, NetConfig,
+    SerialConfig, TapSource, VsockBackend, VsockConfig,
 };
 pub use error::MachineError;
 pub use net_slots::DEFAULT_NET_SLOTS;
@@ -47,5 +51,8 @@ pub use seccomp::{
 };
 pub use vcpu::{StopReason, VcpuFault};
 pub use virtio::vsock::GUEST_CIDS as VSOCK_GUEST_CIDS;
-pub use virtio::{Aio, BalloonOptions, MacAddr, RngOptions, VhostUserKind, VhostUserOptions};
+pub use virtio::MAX_QUEUES as MAX_BLK_QUEUES;
+pub use virtio::{
+    Aio, BalloonOptions, MacAddr, RngOptions, ThrottleLimits, VhostUserKind, VhostUserOptions,
+};
 pub use vm::{run, run_notifying, ExitReason};

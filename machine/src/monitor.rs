@@ -7,7 +7,8 @@ use crate::slots::duplicate_device_id;
 use crate::vcpu::VcpuSet;
 use qmp::schema::{
     BalloonArgs, ChardevInfo, CpuInfo, CpuInfoFast, CpuInstanceProperties, DeviceAddArgs,
-    HotpluggableCpu, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo, VersionInfo,
+    HotpluggableCpu, IoThreadInfo, KvmInfo, MachineInfo, ShutdownCause, StatusInfo, TargetInfo,
+    VersionInfo,
 };
 use qmp::{AfterReply, Command, Event, QmpError, QmpHandler, Response};
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ pub struct MonitorState {
     pub version: VersionInfo,
     /// What the serial console is connected to, for `query-chardev`.
     pub serial_backend: String,
+    /// The chardevs, for `query-chardev`.
+    pub chardevs: crate::chardevs::Chardevs,
     /// Descriptors stored by `getfd`.
     pub fds: HashMap<String, File>,
     /// `migrate` to a file and `query-migrate`.
@@ -149,6 +152,34 @@ impl<'a> Monitor<'a> {
         }
     }
 
+    fn query_iothreads(&self) -> Vec<IoThreadInfo> {
+        self.machine
+            .events
+            .iothreads()
+            .iter()
+            .map(|t| IoThreadInfo {
+                id: t.id().to_owned(),
+                thread_id: i64::from(t.thread_id()),
+                poll_max_ns: 0,
+                poll_grow: 0,
+                poll_shrink: 0,
+                aio_max_batch: 0,
+            })
+            .collect()
+    }
+
+    /// The UART's built-in back end (stdio, a file, none) as `serial0`, unless a chardev
+    /// serves it, then every chardev.
+    fn query_chardev(&self) -> Vec<ChardevInfo> {
+        let state = &self.machine.state;
+        let builtin = (!state.serial_backend.starts_with("chardev:")).then(|| ChardevInfo {
+            label: "serial0".to_string(),
+            filename: state.serial_backend.clone(),
+            frontend_open: true,
+        });
+        builtin.into_iter().chain(state.chardevs.query()).collect()
+    }
+
     fn machines(&self) -> Vec<MachineInfo> {
         vec![MachineInfo {
             name: "microvm".to_string(),
@@ -183,8 +214,16 @@ impl Monitor<'_> {
     }
 
     /// `device_add` into a block or a net slot. Each slot table refuses the ids it holds; a
-    /// device id is unique across both, as in QEMU, so the other table is asked too.
+    /// device id is unique across both, as in QEMU, so the other table is asked too. A slot is
+    /// served where it was at start (on the iothread of the `-device` that filled it, else on
+    /// the VMM thread), so `iothread` is refused.
     fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Response, QmpError> {
+        if args.extra.contains_key("iothread") {
+            return Err(QmpError::generic(
+                "Property 'iothread' is not supported by device_add: a hot-plug slot stays \
+                 on the thread it was given at start (-device ...,iothread=)",
+            ));
+        }
         let hotplug = &mut *self.machine.hotplug;
         let (blocks, nets) = (&mut hotplug.block, &mut hotplug.net);
         let id = args.id.as_deref();
@@ -321,11 +360,8 @@ impl QmpHandler for Monitor<'_> {
                 arch: "x86_64".to_string(),
             }),
             Command::QueryBlock => json(&self.machine.hotplug.block.query_block()),
-            Command::QueryChardev => json(&vec![ChardevInfo {
-                label: "serial0".to_string(),
-                filename: self.machine.state.serial_backend.clone(),
-                frontend_open: true,
-            }]),
+            Command::QueryIothreads => json(&self.query_iothreads()),
+            Command::QueryChardev => json(&self.query_chardev()),
         }
     }
 }

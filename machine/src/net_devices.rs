@@ -123,17 +123,23 @@ pub fn create_net(
     Ok(SharedNet::new(net))
 }
 
-/// Adds `net` to `events` as a device subscriber; the returned id makes it rejoin the loop
-/// when its tap changes.
-pub fn watch_net(net: &SharedNet, id: &str, events: &mut EventLoop) -> DeviceId {
-    events.add_device(Arc::new(Mutex::new(NetEvents {
+/// Adds `net` to `events` as a device subscriber, served by `iothread` when given; the
+/// returned id makes it rejoin its loop when its tap changes.
+pub fn watch_net(
+    net: &SharedNet,
+    id: &str,
+    iothread: Option<&str>,
+    events: &mut EventLoop,
+) -> Result<DeviceId, MachineError> {
+    let subscriber = Arc::new(Mutex::new(NetEvents {
         net: net.clone(),
         id: id.to_string(),
         tap: None,
-    })))
+    }));
+    crate::virtio_devices::add_device_on(events, subscriber, iothread, id)
 }
 
-/// The VMM thread's side of one network device.
+/// The event loop's side of one network device (the VMM thread's or its iothread's).
 struct NetEvents {
     net: SharedNet,
     id: String,
@@ -211,6 +217,7 @@ mod tests {
             mac: None,
             vhost,
             vhostfd: None,
+            iothread: None,
         }
     }
 

@@ -68,6 +68,12 @@ pub fn net_devices(
         let vhost = open_vhost(config, mem).map_err(netdev_err)?;
         let tap = open_tap(config).map_err(netdev_err)?;
         if let Some(backend) = vhost {
+            if config.iothread.is_some() {
+                return Err(MachineError::IoThreadRefused {
+                    device: config.netdev.clone(),
+                    why: "vhost=on",
+                });
+            }
             let net = create_vhost_net(&config.id, config.mac, backend, tap).map_err(netdev_err)?;
             let from = match config.vhostfd {
                 Some(fd) => format!("inherited vhostfd {fd}"),
@@ -84,7 +90,7 @@ pub fn net_devices(
         }
         let index = table.slots.len();
         let net = create_net(&config.id, config.mac, Some(tap)).map_err(netdev_err)?;
-        let subscriber = watch_net(&net, &config.id, events);
+        let subscriber = watch_net(&net, &config.id, config.iothread.as_deref(), events)?;
         let mac = net.lock().mac();
         let label = format!(
             "netdev '{}' (net slot {index}): {:?} mac={mac}",
@@ -112,7 +118,7 @@ pub fn net_devices(
             source,
         };
         let net = create_net(&id, None, None).map_err(netdev_err)?;
-        let subscriber = watch_net(&net, &id, events);
+        let subscriber = watch_net(&net, &id, None, events)?;
         let label = format!("empty net slot {index}, mac={}", net.lock().mac());
         let slot = NetSlot {
             net: net.clone(),

@@ -70,6 +70,8 @@ impl RunningVm {
         }
         let result = self.event_loop();
         self.vcpus.stop();
+        // No device runs on an iothread from here on: the disks are flushed below.
+        self.events.stop_iothreads();
         for transport in &self.virtio {
             lock(transport).shutdown();
         }

@@ -31,8 +31,9 @@ use seccompiler::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The environment variable of the self-test hook: `<syscall>` or `vcpu:<syscall>` makes the
-/// VMM thread (or vCPU 0's thread) call that syscall once right after its filter is installed,
+/// The environment variable of the self-test hook: `<syscall>`, `vcpu:<syscall>` or
+/// `iothread:<syscall>` makes the VMM thread (or vCPU 0's thread, or each iothread) call that
+/// syscall once right after its filter is installed,
 /// so tests can check that a forbidden syscall kills the VMM. Only harmless syscalls without
 /// arguments are accepted (see [`SELFTEST_SYSCALLS`]).
 pub const SELFTEST_ENV: &str = "NIMBUS_SECCOMP_SELFTEST";
@@ -54,6 +55,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The vhost-user watchdog: shuts down the socket of a back end that does not answer.
     Watchdog,
+    /// An iothread (`iothread.rs`): serves the queues and back ends of the devices given to it.
+    IoThread,
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -62,6 +65,7 @@ impl std::fmt::Display for ThreadKind {
             ThreadKind::Vmm => "VMM",
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Watchdog => "vhost-user watchdog",
+            ThreadKind::IoThread => "iothread",
         })
     }
 }
@@ -82,7 +86,7 @@ pub enum SeccompError {
     #[error("no seccomp filter was compiled for the {0} thread")]
     NoFilter(ThreadKind),
     /// The self-test hook names a syscall it does not know.
-    #[error("{SELFTEST_ENV}={0:?}: expected [vcpu:]getppid|getpgrp|getuid|getgid")]
+    #[error("{SELFTEST_ENV}={0:?}: expected [vcpu:|iothread:]getppid|getpgrp|getuid|getgid")]
     SelfTest(String),
 }
 
@@ -92,6 +96,8 @@ struct Filters {
     vcpu: BpfProgram,
     /// Only with vhost-user devices.
     watchdog: Option<BpfProgram>,
+    /// For `-object iothread` threads.
+    iothread: BpfProgram,
 }
 
 /// The compiled filters of both thread kinds (none with `-disable-seccomp`) and the self-test
@@ -133,6 +139,7 @@ impl Seccomp {
                 vmm: compile(ThreadKind::Vmm, queue_io, devices)?,
                 vcpu: compile(ThreadKind::Vcpu, queue_io, devices)?,
                 watchdog,
+                iothread: compile(ThreadKind::IoThread, queue_io, devices)?,
             })
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -154,13 +161,14 @@ impl Seccomp {
                     .watchdog
                     .as_ref()
                     .ok_or(SeccompError::NoFilter(kind))?,
+                ThreadKind::IoThread => &filters.iothread,
             };
             sigsys::set_thread(kind, vcpu);
             seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind, e))?;
             log::debug!("seccomp filter installed on the {kind} thread");
         }
         if let Some((target, nr)) = self.0.selftest {
-            if target == kind && (kind == ThreadKind::Vmm || vcpu == 0) {
+            if target == kind && (kind != ThreadKind::Vcpu || vcpu == 0) {
                 run_selftest(nr);
             }
         }
@@ -169,9 +177,12 @@ impl Seccomp {
 }
 
 fn parse_selftest(value: &str) -> Result<(ThreadKind, i64), SeccompError> {
-    let (kind, name) = match value.strip_prefix("vcpu:") {
-        Some(name) => (ThreadKind::Vcpu, name),
-        None => (ThreadKind::Vmm, value),
+    let (kind, name) = if let Some(name) = value.strip_prefix("vcpu:") {
+        (ThreadKind::Vcpu, name)
+    } else if let Some(name) = value.strip_prefix("iothread:") {
+        (ThreadKind::IoThread, name)
+    } else {
+        (ThreadKind::Vmm, value)
     };
     SELFTEST_SYSCALLS
         .iter()
@@ -195,6 +206,7 @@ pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
         ThreadKind::Vmm => lists::vmm(),
         ThreadKind::Vcpu => lists::vcpu(queue_io),
         ThreadKind::Watchdog => lists::watchdog(),
+        ThreadKind::IoThread => lists::iothread(),
     }
 }
 
@@ -223,6 +235,8 @@ pub struct DeviceSyscalls {
     pub vhost_user: bool,
     /// A QMP monitor: `migrate` writes a snapshot.
     pub snapshot: bool,
+    /// A Unix socket chardev behind the UART or virtconsole: vCPU threads send it output.
+    pub chardev_socket: bool,
 }
 
 /// The allow-list of `kind` with what the configured devices need.
@@ -232,7 +246,9 @@ pub(crate) fn allow_list_with_devices(
     devices: DeviceSyscalls,
 ) -> Vec<Allowed> {
     let mut list = allow_list(kind, queue_io);
-    if kind == ThreadKind::Watchdog {
+    // Neither serves vsock, vhost or vhost-user devices (the command line refuses them an
+    // iothread), nor takes snapshots.
+    if matches!(kind, ThreadKind::Watchdog | ThreadKind::IoThread) {
         return list;
     }
     if devices.vsock == VsockSyscalls::UnixSockets && kind == ThreadKind::Vmm {
@@ -247,6 +263,9 @@ pub(crate) fn allow_list_with_devices(
     }
     if devices.snapshot {
         list.extend(lists::snapshot(kind));
+    }
+    if devices.chardev_socket {
+        list.extend(lists::chardev_socket(kind));
     }
     list
 }
@@ -284,11 +303,12 @@ mod tests {
 
     /// Every list: the VMM thread's, the vCPU threads' with and without ioeventfds, and the
     /// vhost-user watchdog's.
-    const ALL: [(ThreadKind, bool); 4] = [
+    const ALL: [(ThreadKind, bool); 5] = [
         (ThreadKind::Vmm, false),
         (ThreadKind::Vcpu, false),
         (ThreadKind::Vcpu, true),
         (ThreadKind::Watchdog, false),
+        (ThreadKind::IoThread, false),
     ];
 
     #[test]
@@ -301,6 +321,7 @@ mod tests {
                         vhost_net,
                         vhost_user: vhost_net,
                         snapshot: vhost_net,
+                        chardev_socket: vhost_net,
                     };
                     compile(kind, queue_io, devices).expect("compiles");
                 }
@@ -446,7 +467,53 @@ mod tests {
             parse_selftest("vcpu:getuid").expect("ok"),
             (ThreadKind::Vcpu, libc::SYS_getuid)
         );
+        assert_eq!(
+            parse_selftest("iothread:getppid").expect("ok"),
+            (ThreadKind::IoThread, libc::SYS_getppid)
+        );
         assert!(parse_selftest("reboot").is_err());
+    }
+
+    #[test]
+    fn iothread_list_serves_disks_and_taps_but_opens_nothing_and_runs_no_kvm() {
+        let list = allow_list_with_devices(ThreadKind::IoThread, false, all_devices());
+        let nrs: Vec<i64> = list.iter().map(|a| a.nr).collect();
+        for needed in [
+            libc::SYS_epoll_wait,
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_io_uring_enter,
+            libc::SYS_futex,
+            libc::SYS_exit,
+        ] {
+            assert!(nrs.contains(&needed), "{needed}");
+        }
+        for forbidden in [
+            libc::SYS_ioctl,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_accept4,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_unlink,
+        ] {
+            assert!(!nrs.contains(&forbidden), "{forbidden}");
+        }
+    }
+
+    /// Every device that adds to the lists.
+    fn all_devices() -> DeviceSyscalls {
+        DeviceSyscalls {
+            vsock: VsockSyscalls::UnixSockets,
+            vhost_net: true,
+            vhost_user: true,
+            snapshot: true,
+            chardev_socket: true,
+        }
     }
 
     #[test]
@@ -513,6 +580,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         };
     }
 
@@ -522,6 +590,7 @@ mod tests {
             vhost_net: false,
             vhost_user: false,
             snapshot: false,
+            chardev_socket: false,
         }
     }
 
@@ -546,6 +615,7 @@ mod tests {
                 vhost_net: true,
                 vhost_user: false,
                 snapshot: false,
+                chardev_socket: false,
             };
             let requests = vhost_requests(kind, net);
             for needed in [
@@ -617,5 +687,14 @@ mod tests {
                 distinct.len()
             );
         }
+        let socket = DeviceSyscalls {
+            chardev_socket: true,
+            ..DeviceSyscalls::NONE
+        };
+        let distinct: HashSet<i64> = allow_list_with_devices(ThreadKind::Vcpu, false, socket)
+            .iter()
+            .map(|a| a.nr)
+            .collect();
+        println!("Vcpu with a socket chardev: {} syscalls", distinct.len());
     }
 }

@@ -5,13 +5,15 @@
 //! an eventfd bound to a QueueNotify write of its index, so a notification costs no exit to
 //! userspace: the VMM thread's loop reads it and runs the queue. Without ioeventfds, QueueNotify
 //! is a register write handled on the vCPU thread that made it. The device's own event sources
-//! (an io_uring completion eventfd, a tap) are watched by the same loop.
+//! (an io_uring completion eventfd, a tap) are watched by the same loop. A disk or net device
+//! given an iothread (`iothread=`) has all of these watched by that thread's loop instead.
 
 use crate::balloon::{balloon_device, BalloonHandle};
 use crate::block_slots::{block_devices, BlockSlots};
 use crate::config::MachineConfig;
 use crate::error::MachineError;
-use crate::event_loop::{input, unwatch, watch, EventLoop};
+use crate::event_loop::{input, unwatch, watch, EventLoop, IoThreadRefusal, Subscriber};
+use crate::iothread::IoThreadError;
 use crate::layout::{VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_STRIDE};
 use crate::net_slots::{net_devices, NetSlots};
 use crate::seccomp::{Seccomp, ThreadKind};
@@ -52,6 +54,7 @@ pub fn other_devices(config: &MachineConfig) -> usize {
         + usize::from(config.rng.is_some())
         + usize::from(config.balloon.is_some())
         + usize::from(config.vsock.is_some())
+        + usize::from(config.console.is_some())
 }
 
 /// The one check of the virtio device count: `drives` disks, `nets` net devices and `others`
@@ -112,8 +115,8 @@ impl SlotCounts {
 /// drives filling them in command-line order so the first is the guest's vda; then `slots.net`
 /// net slots filled the same way by the nets; then the entropy device), maps each and wires
 /// its IRQ and, with `ioeventfd`, its queue notifications; each device (and each net's tap)
-/// joins `events` as a device subscriber. Empty slots that do not fit the interrupt lines are
-/// left out.
+/// joins `events` as a device subscriber, on the iothread its drive or net names if any. Empty
+/// slots that do not fit the interrupt lines are left out.
 pub fn build_virtio_devices(
     vm: &VmFd,
     mmio: &AddressSpace,
@@ -121,11 +124,24 @@ pub fn build_virtio_devices(
     slots: SlotCounts,
     (ioeventfd, seccomp): (bool, &Seccomp),
     events: &mut EventLoop,
+    console: Option<Labelled>,
 ) -> Result<VirtioDevices, MachineError> {
     let (drives, nets) = (&config.drives[..], &config.nets[..]);
     let slots = slots.fitted(drives.len(), nets.len(), other_devices(config));
     let (block_slots, mut devices) = block_devices(drives, slots.blk)?;
+    // Where each device is served, by index: the drives', then the nets' iothreads (with the
+    // drive or netdev id, for the error naming a missing one).
+    let mut homes: Vec<Option<(&str, &str)>> = drives
+        .iter()
+        .map(|d| d.iothread.as_deref().map(|t| (t, d.id.as_str())))
+        .collect();
+    homes.resize(devices.len(), None);
+    homes.extend(
+        nets.iter()
+            .map(|n| n.iothread.as_deref().map(|t| (t, n.netdev.as_str()))),
+    );
     let (net_slots, nets) = net_devices(nets, slots.net, &mmio.memory(), events)?;
+    homes.resize(devices.len() + nets.len(), None);
     devices.extend(nets);
     devices.extend(vhost_user_devices(config, mmio, seccomp)?);
     if let Some(vsock) = &config.vsock {
@@ -143,6 +159,7 @@ pub fn build_virtio_devices(
         }
         None => None,
     };
+    devices.extend(console);
     let mut out = VirtioDevices {
         cmdline: Vec::with_capacity(devices.len()),
         transports: Vec::new(),
@@ -152,15 +169,20 @@ pub fn build_virtio_devices(
     };
     for (index, ((label, device), irq)) in devices.into_iter().zip(VIRTIO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_STRIDE;
+        let iothread = homes.get(index).copied().flatten();
         let slot = Device {
             base,
             irq,
             ioeventfd,
+            iothread,
         };
         out.transports.push(slot.add(vm, mmio, device, events)?);
         log::info!(
-            "{label} at {base:#x}, IRQ {irq}{}",
-            if ioeventfd { ", ioeventfd" } else { "" }
+            "{label} at {base:#x}, IRQ {irq}{}{}",
+            if ioeventfd { ", ioeventfd" } else { "" },
+            iothread
+                .map(|(t, _)| format!(", on iothread '{t}'"))
+                .unwrap_or_default()
         );
         out.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
@@ -248,13 +270,15 @@ fn rng_device(options: &RngOptions) -> Result<Labelled, MachineError> {
 }
 
 /// Where one virtio-mmio device goes.
-struct Device {
+struct Device<'a> {
     base: u64,
     irq: u32,
     ioeventfd: bool,
+    /// The iothread that serves it and the device's id, if it has one.
+    iothread: Option<(&'a str, &'a str)>,
 }
 
-impl Device {
+impl Device<'_> {
     /// Maps `device` behind a virtio-mmio window and adds its event sources to `events`.
     fn add(
         &self,
@@ -283,12 +307,16 @@ impl Device {
             Vec::new()
         };
         let device_fds = lock(&transport).device_event_fds();
-        events.add_device(Arc::new(Mutex::new(VirtioEvents {
+        let subscriber: Subscriber = Arc::new(Mutex::new(VirtioEvents {
             transport: transport.clone(),
             queue_evts,
             device_fds,
             added: HashMap::new(),
-        })));
+        }));
+        match self.iothread {
+            Some((iothread, id)) => add_device_on(events, subscriber, Some(iothread), id)?,
+            None => events.add_device(subscriber),
+        };
         Ok(transport)
     }
 
@@ -315,6 +343,28 @@ impl Device {
             })
             .collect()
     }
+}
+
+/// Adds device subscriber `subscriber` (of `device`, for the error) to `events`, served by
+/// `iothread` when given.
+pub fn add_device_on(
+    events: &mut EventLoop,
+    subscriber: Subscriber,
+    iothread: Option<&str>,
+    device: &str,
+) -> Result<crate::event_loop::DeviceId, MachineError> {
+    events
+        .add_device_on(subscriber, iothread)
+        .map_err(|refusal| match refusal {
+            IoThreadRefusal::Unknown(iothread) => MachineError::UnknownIoThread {
+                device: device.to_owned(),
+                iothread,
+            },
+            IoThreadRefusal::Ended(id) => MachineError::IoThread {
+                id,
+                source: IoThreadError::Ended,
+            },
+        })
 }
 
 /// Where an event of a virtio device comes from, as its data: a queue's ioeventfd, one of the

@@ -1,9 +1,11 @@
 //! Builds the VM from a [`MachineConfig`] and runs it to the end.
 
-use crate::config::{MachineConfig, SerialConfig, VsockBackend};
+use crate::chardevs::{join_frontends, Chardevs};
+use crate::config::{ChardevBackend, MachineConfig, SerialConfig, VsockBackend};
 use crate::control::ControlEvents;
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
+use crate::iothread::IoThread;
 use crate::layout::*;
 use crate::legacy::build_pio_space;
 use crate::memory::build_memory_space;
@@ -82,7 +84,23 @@ pub fn run_notifying(
     setup_vm(&vm)?;
     let ram_split = split_ram(config.ram_size);
     let uart = restore.as_ref().map(|r| &r.state.uart);
-    let (pio, legacy) = build_pio_space(&vm, &config.serial, ram_split, uart)?;
+    let chardevs = Chardevs::open(config)?;
+    let serial_chardev = chardevs.serial(&config.serial)?;
+    let (pio, legacy) = build_pio_space(
+        &vm,
+        (&config.serial, serial_chardev.clone()),
+        ram_split,
+        uart,
+    )?;
+    let console = config
+        .console
+        .as_ref()
+        .map(|c| chardevs.console(c))
+        .transpose()?;
+    let (console_device, console_frontend) = match console {
+        Some((labelled, device, chardev)) => (Some(labelled), Some((chardev, device))),
+        None => (None, None),
+    };
     let ioeventfd = kvm.check_extension(Cap::Ioeventfd);
     if !ioeventfd {
         log::info!("KVM has no ioeventfd: virtqueue notifications are handled on vCPU threads");
@@ -97,6 +115,12 @@ pub fn run_notifying(
         vhost_net: config.nets.iter().any(|n| n.vhost || n.vhostfd.is_some()),
         vhost_user: !config.vhost_user.is_empty(),
         snapshot: config.qmp.is_some(),
+        chardev_socket: config.chardevs.iter().any(|c| {
+            matches!(
+                c.backend,
+                ChardevBackend::SocketServer(_) | ChardevBackend::SocketClient(_)
+            )
+        }),
     };
     let seccomp =
         Seccomp::new(config.seccomp, ioeventfd, devices).map_err(MachineError::Seccomp)?;
@@ -109,6 +133,13 @@ pub fn run_notifying(
         None => SlotCounts { blk: 0, net: 0 },
     };
     let mut events = EventLoop::new().map_err(MachineError::EventManager)?;
+    for id in &config.iothreads {
+        let thread = IoThread::start(id, &seccomp).map_err(|source| MachineError::IoThread {
+            id: id.clone(),
+            source,
+        })?;
+        events.add_iothread(thread);
+    }
     let virtio = build_virtio_devices(
         &vm,
         &mmio,
@@ -116,7 +147,13 @@ pub fn run_notifying(
         slots,
         (ioeventfd, &seccomp),
         &mut events,
+        console_device,
     )?;
+    join_frontends(
+        &mut events,
+        serial_chardev.map(|c| (c, legacy.serial.clone())),
+        console_frontend,
+    );
     let boot = match &restore {
         Some(_) => None,
         None => {
@@ -184,13 +221,13 @@ pub fn run_notifying(
         }
         None => None,
     };
-    let console = config.serial == SerialConfig::Stdio;
+    let stdin_console = config.serial == SerialConfig::Stdio;
     let control = Arc::new(Mutex::new(ControlEvents {
         stopped_rx,
         stopped_evt,
         reset_evt: legacy.reset_evt,
         stop_signals,
-        console: console.then(|| legacy.serial.clone()),
+        console: stdin_console.then(|| legacy.serial.clone()),
         ended: None,
     }));
     events.add(control.clone());
@@ -206,6 +243,7 @@ pub fn run_notifying(
         monitor: MonitorState {
             version: qmp_version(),
             serial_backend: serial_backend(&config.serial),
+            chardevs,
             fds: HashMap::new(),
             snapshot: Snapshotter {
                 ram_size: config.ram_size,
@@ -223,7 +261,7 @@ pub fn run_notifying(
             },
             balloon: virtio.balloon,
         },
-        console,
+        console: stdin_console || Chardevs::uses_stdio(config),
         virtio: virtio.transports,
         seccomp,
     };
@@ -334,5 +372,6 @@ fn serial_backend(serial: &SerialConfig) -> String {
         SerialConfig::None => "null".to_string(),
         SerialConfig::Stdio => "stdio".to_string(),
         SerialConfig::File(path) => format!("file:{}", path.display()),
+        SerialConfig::Chardev(id) => format!("chardev:{id}"),
     }
 }

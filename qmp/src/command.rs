@@ -71,6 +71,8 @@ pub enum Command {
     QueryBlock,
     /// `query-chardev`
     QueryChardev,
+    /// `query-iothreads`
+    QueryIothreads,
     /// `migrate`: write a snapshot of the stopped VM (`file:<dir>`).
     Migrate(MigrateArgs),
     /// `query-migrate`
@@ -109,6 +111,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "query-target",
     "query-block",
     "query-chardev",
+    "query-iothreads",
     "migrate",
     "query-migrate",
 ];
@@ -152,6 +155,7 @@ impl Command {
             "query-target" => Command::QueryTarget,
             "query-block" => Command::QueryBlock,
             "query-chardev" => Command::QueryChardev,
+            "query-iothreads" => Command::QueryIothreads,
             "migrate" => Command::Migrate(MigrateArgs::read(&mut args)?),
             "query-migrate" => Command::QueryMigrate,
             _ => return Err(QmpError::command_not_found(name)),
@@ -192,6 +196,7 @@ impl Command {
             Command::QueryTarget => "query-target",
             Command::QueryBlock => "query-block",
             Command::QueryChardev => "query-chardev",
+            Command::QueryIothreads => "query-iothreads",
             Command::Migrate(_) => "migrate",
             Command::QueryMigrate => "query-migrate",
         }

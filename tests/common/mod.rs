@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod kata;
+pub mod packet;
 pub mod tap;
 pub mod virtiofsd;
 

@@ -12,6 +12,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod console;
 mod device;
 pub mod mmio;
 pub mod net;
@@ -27,7 +28,10 @@ pub use balloon::{
     Balloon, BalloonCounters, BalloonError, BalloonOptions, Discard, GuestStats,
     DEVICE_TYPE_BALLOON,
 };
-pub use block::{Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError};
+pub use block::{
+    Aio, Block, BlockError, BlockHandle, BlockOptions, SlotError, ThrottleLimits, MAX_QUEUES,
+};
+pub use console::{Console, ConsoleCounters, DEVICE_TYPE_CONSOLE};
 pub use device::{
     feature, ActivateError, FdChange, Interrupt, QueueError, Readiness, Shared, VirtioDevice,
     INT_CONFIG_CHANGE, INT_USED_BUFFER,

@@ -93,7 +93,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_epoll_wait, "epoll_wait", "the event loop"),
         any(SYS_epoll_ctl, "epoll_ctl", "watch/unwatch QMP clients, stdin, device fds"),
         any(SYS_read, "read", "stdin, eventfds, the signalfd, taps, the rng source"),
-        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
         any(SYS_write, "write", "console output, eventfds, taps, logs, error messages"),
         any(SYS_accept4, "accept4", "QMP clients"),
         any(SYS_recvmsg, "recvmsg", "QMP input, with SCM_RIGHTS for getfd"),
@@ -207,9 +207,23 @@ pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
             any(SYS_connect, "connect", "vhost-user: reconnect to the back end"),
             only(SYS_fcntl, "fcntl", 1, &[F_DUPFD_CLOEXEC as u64], "vhost-user: the reconnected socket's watched descriptor"),
         ]),
-        super::ThreadKind::Watchdog => {}
+        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => {}
     }
     list
+}
+
+/// What a Unix socket chardev adds (`chardev/`): a vCPU thread writes UART output (and,
+/// without ioeventfds, virtconsole output) to the socket's peer, which std does with `send`
+/// (`sendto` with MSG_NOSIGNAL). The VMM thread already sends QMP output that way.
+#[rustfmt::skip]
+pub(crate) fn chardev_socket(kind: super::ThreadKind) -> Vec<Allowed> {
+    use libc::*;
+    match kind {
+        super::ThreadKind::Vcpu => vec![
+            only(SYS_sendto, "sendto", 3, &[MSG_NOSIGNAL as u64], "UART and virtconsole output to a socket chardev"),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 const fn kvm_ior<T>(nr: u64) -> u64 {
@@ -256,7 +270,7 @@ pub(crate) fn snapshot(kind: super::ThreadKind) -> Vec<Allowed> {
                 any(SYS_unlink, "unlink", "snapshot: the previous state file goes first"),
             ]
         }
-        super::ThreadKind::Watchdog => Vec::new(),
+        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => Vec::new(),
     }
 }
 
@@ -270,6 +284,44 @@ pub(crate) fn watchdog() -> Vec<Allowed> {
         only(SYS_shutdown, "shutdown", 1, &[SHUT_RDWR as u64], "end a silent back end's socket"),
         any(SYS_clock_gettime, "clock_gettime", "deadlines (the vDSO falls back to the syscall)"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+    ]
+}
+
+/// An iothread (`iothread.rs`): its own event loop serving the queue notifications, io_uring
+/// completions and taps of the virtio-blk and virtio-net devices given to it. It opens,
+/// creates and maps nothing but heap memory, and makes no KVM or tap requests (activation,
+/// reset and offloads happen on the vCPU that writes the device's registers).
+#[rustfmt::skip]
+pub(crate) fn iothread() -> Vec<Allowed> {
+    use libc::*;
+    vec![
+        any(SYS_epoll_wait, "epoll_wait", "its event loop"),
+        any(SYS_epoll_ctl, "epoll_ctl", "devices joining, leaving (stop/cont) and watching taps"),
+        any(SYS_read, "read", "queue ioeventfds, io_uring completion eventfds, its wake eventfd, tap RX"),
+        any(SYS_write, "write", "irqfds, eventfds, tap TX, logs"),
+        any(SYS_pread64, "pread64", "virtio-blk reads"),
+        any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
+        any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),
+        any(SYS_fallocate, "fallocate", "virtio-blk discard and write-zeroes"),
+        any(SYS_io_uring_enter, "io_uring_enter", "virtio-blk aio=io_uring|native submissions and completions"),
+        any(SYS_timerfd_settime, "timerfd_settime", "virtio-blk throttling timer"),
+        any(SYS_futex, "futex", "device mutexes shared with vCPU threads, its request channel"),
+        any(SYS_close, "close", "descriptors dropped with its loop at thread exit"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
+        any(SYS_mmap, "mmap", "memory allocation"),
+        any(SYS_munmap, "munmap", "memory allocation"),
+        any(SYS_mprotect, "mprotect", "malloc growing this thread's arena"),
+        any(SYS_mremap, "mremap", "realloc of large buffers (device requests)"),
+        any(SYS_madvise, "madvise", "malloc and glibc freeing the thread stack"),
+        any(SYS_brk, "brk", "memory allocation"),
+        any(SYS_clock_gettime, "clock_gettime", "log timestamps where the vDSO falls back"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+        any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit; abort"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit"),
+        only(SYS_tgkill, "tgkill", 2, &[SIGABRT as u64], "abort"),
+        any(SYS_getpid, "getpid", "abort"),
+        any(SYS_exit, "exit", "thread exit"),
+        any(SYS_exit_group, "exit_group", "process exit (SIGSYS handler, panics)"),
     ]
 }
 
@@ -309,7 +361,7 @@ pub(crate) fn vcpu(queue_io: bool) -> Vec<Allowed> {
     if queue_io {
         list.extend([
             any(SYS_read, "read", "virtio-net tap RX and the virtio-rng source"),
-            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit"),
+            any(SYS_timerfd_settime, "timerfd_settime", "virtio-rng rate limit, virtio-blk throttling"),
             any(SYS_pread64, "pread64", "virtio-blk reads"),
             any(SYS_pwrite64, "pwrite64", "virtio-blk writes"),
             any(SYS_fdatasync, "fdatasync", "virtio-blk flush requests"),

@@ -38,6 +38,8 @@ thread_local! {
 
 /// [`THREAD`]'s value for the vhost-user watchdog.
 const WATCHDOG_THREAD: u16 = u16::MAX;
+/// [`THREAD`]'s value for an iothread.
+const IOTHREAD_THREAD: u16 = u16::MAX - 1;
 
 /// Records who the calling thread is, for the report.
 pub(super) fn set_thread(kind: ThreadKind, vcpu: u8) {
@@ -45,6 +47,7 @@ pub(super) fn set_thread(kind: ThreadKind, vcpu: u8) {
         ThreadKind::Vmm => 1,
         ThreadKind::Vcpu => 2 + u16::from(vcpu),
         ThreadKind::Watchdog => WATCHDOG_THREAD,
+        ThreadKind::IoThread => IOTHREAD_THREAD,
     };
     THREAD.with(|t| t.set(value));
 }
@@ -102,6 +105,7 @@ fn report(nr: i64, thread: u16) -> Line {
         0 => line.push(b"unknown"),
         1 => line.push(b"VMM"),
         WATCHDOG_THREAD => line.push(b"vhost-user watchdog"),
+        IOTHREAD_THREAD => line.push(b"iothread"),
         n => {
             line.push(b"vCPU ");
             line.push_number(i64::from(n - 2));

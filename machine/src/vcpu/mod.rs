@@ -70,8 +70,9 @@ pub enum VcpuFault {
     RunFailed(i32),
 }
 
+/// The calling thread's OS thread id.
 #[allow(unsafe_code)]
-fn current_thread_id() -> i32 {
+pub(crate) fn current_thread_id() -> i32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::gettid() }
 }

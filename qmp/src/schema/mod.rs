@@ -17,6 +17,7 @@ pub use events::{
 };
 pub use returns::{
     BalloonInfo, BlockDeviceInfo, BlockInfo, BlockdevCacheInfo, ChardevInfo, CommandInfo, CpuInfo,
-    CpuInfoFast, CpuInstanceProperties, EventInfo, HotpluggableCpu, ImageInfo, KvmInfo,
-    MachineInfo, MigrationInfo, RunState, StatusInfo, TargetInfo, VersionInfo, VersionTriple,
+    CpuInfoFast, CpuInstanceProperties, EventInfo, HotpluggableCpu, ImageInfo, IoThreadInfo,
+    KvmInfo, MachineInfo, MigrationInfo, RunState, StatusInfo, TargetInfo, VersionInfo,
+    VersionTriple,
 };

@@ -340,10 +340,46 @@ pub struct ChardevInfo {
     pub frontend_open: bool,
 }
 
+/// One entry of `query-iothreads` (QEMU's `IOThreadInfo`). Nimbus's iothreads wait in
+/// `epoll_wait` without polling or batching, so the tuning members are 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IoThreadInfo {
+    /// The `-object iothread,id=` id.
+    pub id: String,
+    /// Its OS thread id.
+    pub thread_id: i64,
+    /// Longest busy-wait before sleeping, in ns.
+    pub poll_max_ns: i64,
+    /// How the busy-wait grows.
+    pub poll_grow: i64,
+    /// How the busy-wait shrinks.
+    pub poll_shrink: i64,
+    /// Most requests submitted at once.
+    pub aio_max_batch: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn iothread_entry_uses_qemu_member_names() {
+        let info = IoThreadInfo {
+            id: "io1".to_owned(),
+            thread_id: 4242,
+            poll_max_ns: 0,
+            poll_grow: 0,
+            poll_shrink: 0,
+            aio_max_batch: 0,
+        };
+        assert_eq!(
+            serde_json::to_value(&info).unwrap(),
+            json!({"id": "io1", "thread-id": 4242, "poll-max-ns": 0, "poll-grow": 0,
+                   "poll-shrink": 0, "aio-max-batch": 0})
+        );
+    }
 
     #[test]
     fn query_cpus_entry_uses_legacy_member_names() {

@@ -67,6 +67,8 @@ fn run(path: &std::path::Path, aio: Aio, direct: bool, depth: u16, secs: u64) ->
         serial: "bench".into(),
         aio,
         direct,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     let block = Block::open(&options).unwrap();
     let blocks = block.capacity() * SECTOR_SIZE / BLOCK;

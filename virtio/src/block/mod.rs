@@ -1,41 +1,53 @@
 //! virtio-blk over a raw image file: synchronous I/O on the notifying thread (`aio=off`), or
 //! reads, writes and flushes submitted to io_uring and completed when the ring's eventfd fires
 //! (`aio=io_uring`, and `aio=native`, which uses the same engine).
+//!
+//! The device offers indirect descriptor tables and event-index suppression (as Linux uses
+//! them), `num-queues` request queues (VIRTIO_BLK_F_MQ beyond one), and throttling
+//! (`throttle.rs`): a request over budget waits in its ring until a timerfd, one of the device's
+//! event sources, fires.
 
 mod aligned;
 mod disk;
 mod request;
 mod slot;
+mod throttle;
 mod uring;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use address_space::vm_memory::GuestMemoryMmap;
 use log::{debug, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::timerfd::TimerFd;
 
 pub use self::disk::{DiskBackend, RawFile};
 use self::request::{execute, finish, start, AsyncRequest, Disk, Outcome, Started, MAX_SEGMENTS};
 pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
+use self::throttle::Throttle;
+pub use self::throttle::ThrottleLimits;
 use self::uring::{Completion, Uring};
 use crate::device::feature;
 use crate::device::{
-    checked_queues, read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice,
-    INT_USED_BUFFER,
+    read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_USED_BUFFER,
 };
 use crate::DEVICE_TYPE_BLOCK;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-/// The size of the one request queue.
+/// The size of each request queue.
 pub const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Most request queues a device has (`num-queues=`), as StratoVirt allows.
+pub const MAX_QUEUES: u16 = 32;
+static QUEUE_SIZES: [u16; MAX_QUEUES as usize] = [QUEUE_SIZE; MAX_QUEUES as usize];
 
 /// Bytes of configuration space (struct virtio_blk_config up to write_zeroes_may_unmap).
 const CONFIG_SIZE: usize = 60;
@@ -67,6 +79,10 @@ pub struct BlockOptions {
     pub aio: Aio,
     /// Open the image with O_DIRECT (bypassing the host page cache).
     pub direct: bool,
+    /// Request queues, 1 to [`MAX_QUEUES`] (more than one offers VIRTIO_BLK_F_MQ).
+    pub num_queues: u16,
+    /// Requests and bytes per second (`iops=`, `bps=`).
+    pub throttle: ThrottleLimits,
 }
 
 /// Why a block device could not be created.
@@ -93,16 +109,43 @@ pub enum BlockError {
         #[source]
         source: io::Error,
     },
+    /// `num-queues=` outside 1..=MAX_QUEUES.
+    #[error("num-queues must be between 1 and {MAX_QUEUES}, not {0}")]
+    QueueCount(u16),
+    /// The throttling timer could not be created.
+    #[error("cannot create the throttling timer")]
+    Timer(#[source] io::Error),
 }
 
-/// An asynchronous request and the device generation (bumped by every reset) it belongs to.
-type InFlight = (u64, AsyncRequest);
+/// An asynchronous request, the device generation (bumped by every reset) and the queue it
+/// belongs to.
+type InFlight = (u64, u16, AsyncRequest);
 
 /// What an activated device holds.
 struct Active {
     mem: Arc<GuestMemoryMmap>,
-    queue: Queue,
+    queues: Vec<Queue>,
     interrupt: Interrupt,
+}
+
+/// The token buckets of a throttled drive and the timer that ends a wait.
+struct Throttling {
+    buckets: Throttle,
+    timer: TimerFd,
+    /// When the timer set and not read yet expires (it is read only then: the read would
+    /// block before, and asking the timer costs a syscall the seccomp lists do not have).
+    expires: Option<Instant>,
+}
+
+/// Why serving a queue stopped before its ring was empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The available ring is empty (notifications are enabled again).
+    Empty,
+    /// The io_uring engine is full: a completion resumes the queue.
+    EngineFull,
+    /// The throttle refused the next request for this long: the timer resumes the queue.
+    Throttled(Duration),
 }
 
 /// A virtio block device. The device state sits behind a mutex it shares with its
@@ -126,6 +169,9 @@ pub struct BlockState {
     engine: Option<Uring<InFlight>>,
     /// Bumped by every reset; completions of an older generation are dropped.
     generation: u64,
+    /// Request queues.
+    num_queues: u16,
+    throttle: Option<Throttling>,
 }
 
 impl Block {
@@ -138,6 +184,8 @@ impl Block {
             },
         )?;
         let block = Block::with_backend(Box::new(disk), options.readonly, &options.serial)?;
+        block.set_queues(options.num_queues)?;
+        block.set_throttle(options.throttle)?;
         if options.aio != Aio::Off {
             let engine = Uring::new(QUEUE_SIZE).map_err(|source| BlockError::IoUring {
                 path: options.path.clone(),
@@ -166,7 +214,9 @@ impl Block {
         let capacity = disk.size() / SECTOR_SIZE;
         let mut features = feature(VIRTIO_BLK_F_SEG_MAX)
             | feature(VIRTIO_BLK_F_BLK_SIZE)
-            | feature(VIRTIO_BLK_F_FLUSH);
+            | feature(VIRTIO_BLK_F_FLUSH)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_RING_F_EVENT_IDX);
         if readonly {
             features |= feature(VIRTIO_BLK_F_RO);
         } else {
@@ -187,7 +237,41 @@ impl Block {
             active: None,
             engine: None,
             generation: 0,
+            num_queues: 1,
+            throttle: None,
         }))
+    }
+
+    /// Gives the device `n` request queues (before it is handed to a transport).
+    fn set_queues(&self, n: u16) -> Result<(), BlockError> {
+        if !(1..=MAX_QUEUES).contains(&n) {
+            return Err(BlockError::QueueCount(n));
+        }
+        let mut state = self.lock();
+        state.num_queues = n;
+        state.config[34..36].copy_from_slice(&n.to_le_bytes());
+        if n > 1 {
+            state.features |= feature(VIRTIO_BLK_F_MQ);
+        } else {
+            state.features &= !feature(VIRTIO_BLK_F_MQ);
+        }
+        Ok(())
+    }
+
+    /// Limits the device to `limits` (before it is handed to a transport: the timer is one
+    /// of its event sources).
+    fn set_throttle(&self, limits: ThrottleLimits) -> Result<(), BlockError> {
+        if !limits.is_limited() {
+            return Ok(());
+        }
+        let timer = TimerFd::new()
+            .map_err(|e| BlockError::Timer(io::Error::from_raw_os_error(e.errno())))?;
+        self.lock().throttle = Some(Throttling {
+            buckets: Throttle::new(limits, Instant::now()),
+            timer,
+            expires: None,
+        });
+        Ok(())
     }
 
     /// Capacity in 512-byte sectors.
@@ -211,9 +295,9 @@ impl BlockState {
         self.features & feature(bit) != 0
     }
 
-    /// The medium as requests see it, with the queue and the engine they run on, borrowed
-    /// apart so that the three can be used together.
-    fn parts(&mut self) -> (Disk<'_>, Option<&mut Active>, Option<&mut Uring<InFlight>>) {
+    /// The medium as requests see it, with the queues, the engine and the throttle they run
+    /// on, borrowed apart so that they can be used together.
+    fn parts(&mut self) -> Parts<'_> {
         let disk = Disk {
             backend: self.disk.as_ref(),
             capacity: self.capacity,
@@ -222,8 +306,89 @@ impl BlockState {
             discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
             write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
         };
-        (disk, self.active.as_mut(), self.engine.as_mut())
+        Parts {
+            disk,
+            active: self.active.as_mut(),
+            engine: self.engine.as_mut(),
+            throttle: self.throttle.as_mut().map(|t| &mut t.buckets),
+        }
     }
+
+    /// Index of the throttling timer among [`VirtioDevice::event_fds`] (after the engine's).
+    fn timer_event(&self) -> usize {
+        usize::from(self.engine.is_some())
+    }
+
+    /// Serves every ready queue (through the engine where requests are asynchronous), then
+    /// raises the interrupt if a queue asks for it and arms the throttling timer if a request
+    /// must wait. `throttled` false serves everything now (quiesce).
+    fn serve_queues(&mut self, only: Option<u16>, throttled: bool) -> Result<(), QueueError> {
+        let (generation, async_io) = (self.generation, self.async_io);
+        let Parts {
+            disk,
+            active,
+            engine,
+            mut throttle,
+        } = self.parts();
+        let Some(active) = active else {
+            return Ok(());
+        };
+        if !throttled {
+            throttle = None;
+        }
+        let mut engine = engine
+            .filter(|_| async_io)
+            .and_then(|e| disk.backend.async_fd().map(|fd| (e, fd, generation)));
+        let mut completed = vec![0usize; active.queues.len()];
+        let mut result = Ok(());
+        let mut wait = None;
+        for q in 0..active.queues.len() {
+            if only.is_some_and(|o| usize::from(o) != q) || !active.queues[q].ready() {
+                continue;
+            }
+            let engine = engine.as_mut().map(|(e, fd, g)| (&mut **e, *fd, *g));
+            match serve_queue(
+                &disk,
+                active,
+                q,
+                engine,
+                throttle.as_deref_mut(),
+                &mut completed,
+            ) {
+                Ok(Stop::Throttled(w)) => wait = Some(wait.map_or(w, |old: Duration| old.min(w))),
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        notify(active, &completed);
+        if let Some(wait) = wait {
+            self.arm_timer(wait);
+        }
+        result
+    }
+
+    /// Arms the throttling timer to fire after `wait`.
+    fn arm_timer(&mut self, wait: Duration) {
+        if let Some(t) = &mut self.throttle {
+            let wait = wait.max(Duration::from_micros(100));
+            match t.timer.reset(wait, None) {
+                // Taken after the timer was set: no earlier than its expiry.
+                Ok(()) => t.expires = Some(Instant::now() + wait),
+                Err(e) => warn!("virtio-blk: cannot arm the throttling timer: {e}"),
+            }
+        }
+    }
+}
+
+/// A [`BlockState`] borrowed apart.
+struct Parts<'a> {
+    disk: Disk<'a>,
+    active: Option<&'a mut Active>,
+    engine: Option<&'a mut Uring<InFlight>>,
+    throttle: Option<&'a mut Throttle>,
 }
 
 /// struct virtio_blk_config, little-endian.
@@ -250,7 +415,7 @@ impl VirtioDevice for BlockState {
     }
 
     fn queue_max_sizes(&self) -> &'static [u16] {
-        &QUEUE_SIZES
+        &QUEUE_SIZES[..usize::from(self.num_queues)]
     }
 
     fn features(&self) -> u64 {
@@ -271,15 +436,30 @@ impl VirtioDevice for BlockState {
 
     fn activate(
         &mut self,
-        _acked_features: u64,
+        acked_features: u64,
         mem: Arc<GuestMemoryMmap>,
-        queues: Vec<Queue>,
+        mut queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        let [queue] = checked_queues(queues, mem.as_ref())?;
+        let expected = usize::from(self.num_queues);
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        for (index, queue) in queues.iter().enumerate() {
+            if queue.ready() && !queue.is_valid(mem.as_ref()) {
+                return Err(ActivateError::InvalidQueue(index));
+            }
+        }
+        let event_idx = acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
         self.active = Some(Active {
             mem,
-            queue,
+            queues,
             interrupt,
         });
         Ok(())
@@ -305,31 +485,7 @@ impl VirtioDevice for BlockState {
     }
 
     fn quiesce(&mut self) -> Result<(), QueueError> {
-        // Requests whose notification still waits on the frozen event loop start now.
-        self.process_queue(0)?;
-        let (generation, async_io) = (self.generation, self.async_io);
-        let (disk, active, engine) = self.parts();
-        let (Some(active), Some(engine)) = (active, engine) else {
-            return Ok(());
-        };
-        let mut completed = 0usize;
-        let mut result = Ok(());
-        while result.is_ok() && engine.in_flight() > 0 {
-            let done = match engine.drain() {
-                Ok(done) => done,
-                Err(e) => {
-                    warn!("virtio-blk: cannot wait for the requests in flight: {e}");
-                    break;
-                }
-            };
-            result = finish_all(&disk, active, done, generation, &mut completed);
-            // Requests that waited for room in the engine.
-            if result.is_ok() && async_io && active.queue.ready() {
-                result = drain_async(&disk, active, (engine, generation), &mut completed);
-            }
-        }
-        notify(active, completed);
-        result
+        self.serve_until_idle()
     }
 
     fn reset(&mut self) {
@@ -339,36 +495,36 @@ impl VirtioDevice for BlockState {
     }
 
     fn process_queue(&mut self, index: u16) -> Result<(), QueueError> {
-        if index != 0 {
-            return Ok(());
-        }
-        let (generation, async_io) = (self.generation, self.async_io);
-        let (disk, active, engine) = self.parts();
-        let Some(active) = active.filter(|a| a.queue.ready()) else {
-            return Ok(());
-        };
-        let mut completed = 0usize;
-        let result = match engine.filter(|_| async_io) {
-            Some(engine) => drain_async(&disk, active, (engine, generation), &mut completed),
-            None => drain(&disk, active, &mut completed),
-        };
-        notify(active, completed);
-        result
+        self.serve_queues(Some(index), true)
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
-        self.engine
-            .iter()
-            .map(|e| e.eventfd().as_raw_fd())
-            .collect()
+        let engine = self.engine.iter().map(|e| e.eventfd().as_raw_fd());
+        let timer = self.throttle.iter().map(|t| t.timer.as_raw_fd());
+        engine.chain(timer).collect()
     }
 
     fn handle_event(&mut self, index: usize) -> Result<(), QueueError> {
+        if self.throttle.is_some() && index == self.timer_event() {
+            if let Some(t) = &mut self.throttle {
+                // The count only says that it expired.
+                if t.expires.is_some_and(|at| Instant::now() >= at) {
+                    let _ = t.timer.wait();
+                    t.expires = None;
+                }
+            }
+            return self.serve_queues(None, true);
+        }
         if index != 0 {
             return Ok(());
         }
-        let (generation, async_io) = (self.generation, self.async_io);
-        let (disk, active, engine) = self.parts();
+        let generation = self.generation;
+        let Parts {
+            disk,
+            active,
+            engine,
+            ..
+        } = self.parts();
         let Some(engine) = engine else {
             return Ok(());
         };
@@ -376,135 +532,217 @@ impl VirtioDevice for BlockState {
         let Some(active) = active else {
             return Ok(());
         };
-        let mut completed = 0usize;
-        if let Err(e) = finish_all(&disk, active, done, generation, &mut completed) {
-            notify(active, completed);
-            return Err(e);
-        }
+        let mut completed = vec![0usize; active.queues.len()];
+        let result = finish_all(&disk, active, done, generation, &mut completed);
+        notify(active, &completed);
+        result?;
         // Room in the engine again: serve what waited for it.
-        let result = if active.queue.ready() && async_io {
-            drain_async(&disk, active, (engine, generation), &mut completed)
-        } else {
-            Ok(())
-        };
-        notify(active, completed);
-        result
+        self.serve_queues(None, true)
     }
 }
 
-/// Writes the outcome of reaped completions to the guest and puts them in the used ring,
-/// counting them in `completed`; completions of an older generation than `generation` are
-/// dropped.
+impl BlockState {
+    /// Serves every available request, the throttle aside (those whose notification still
+    /// waits on the frozen event loop too), and waits for every one in flight, until the
+    /// queues are empty and the engine idle.
+    fn serve_until_idle(&mut self) -> Result<(), QueueError> {
+        loop {
+            self.serve_queues(None, false)?;
+            let generation = self.generation;
+            let Parts {
+                disk,
+                active,
+                engine,
+                ..
+            } = self.parts();
+            let (Some(active), Some(engine)) = (active, engine) else {
+                return Ok(());
+            };
+            if engine.in_flight() == 0 {
+                return Ok(());
+            }
+            let done = match engine.drain() {
+                Ok(done) => done,
+                Err(e) => {
+                    warn!("virtio-blk: cannot wait for the requests in flight: {e}");
+                    return Ok(());
+                }
+            };
+            let mut completed = vec![0usize; active.queues.len()];
+            let result = finish_all(&disk, active, done, generation, &mut completed);
+            notify(active, &completed);
+            result?;
+        }
+    }
+}
+
+/// Writes the outcome of reaped completions to the guest and puts them in their queue's used
+/// ring, counting them per queue in `completed`; completions of an older generation than
+/// `generation` are dropped.
 fn finish_all(
     disk: &Disk<'_>,
     active: &mut Active,
     done: Vec<Completion<InFlight>>,
     generation: u64,
-    completed: &mut usize,
+    completed: &mut [usize],
 ) -> Result<(), QueueError> {
     for c in done {
-        let (submitted_in, mut request) = c.data;
-        if submitted_in != generation {
+        let (submitted_in, queue, mut request) = c.data;
+        if submitted_in != generation || usize::from(queue) >= active.queues.len() {
             continue;
         }
         request.buf = c.buf;
         let head = request.head;
         let outcome = finish(disk, active.mem.as_ref(), request, c.result);
-        complete(active, head, outcome, completed)?;
+        complete(active, usize::from(queue), head, outcome, completed)?;
     }
     Ok(())
 }
 
-/// Raises the used-buffer interrupt after `completed` requests, unless the driver suppressed it.
-fn notify(active: &mut Active, completed: usize) {
+/// Raises the used-buffer interrupt once if a queue that used buffers (`completed` per queue)
+/// asks for it; with EVENT_IDX the driver's used_event says which do.
+fn notify(active: &mut Active, completed: &[usize]) {
     let Active {
         mem,
-        queue,
+        queues,
         interrupt,
     } = active;
-    if completed > 0 && queue.needs_notification(mem.as_ref()).unwrap_or(true) {
+    let mut needed = false;
+    for (queue, _) in queues.iter_mut().zip(completed).filter(|(_, n)| **n > 0) {
+        // Every queue that used buffers is asked: the question resets its count.
+        needed |= queue.needs_notification(mem.as_ref()).unwrap_or(true);
+    }
+    if needed {
         if let Err(e) = interrupt.trigger(INT_USED_BUFFER) {
             warn!("virtio-blk: cannot raise interrupt: {e}");
         }
     }
 }
 
-/// Starts every available request while the engine has room: reads, writes and flushes are
-/// submitted; the rest are served now and counted in `completed`.
-fn drain_async(
-    disk: &Disk<'_>,
-    active: &mut Active,
-    (engine, generation): (&mut Uring<InFlight>, u64),
-    completed: &mut usize,
-) -> Result<(), QueueError> {
-    let ring = QueueError::ring(0);
-    let Some(fd) = disk.backend.async_fd() else {
-        return drain(disk, active, completed);
-    };
-    while engine.has_room() {
-        let mem = active.mem.as_ref();
-        let Some(chain) = active.queue.iter(mem).map_err(ring)?.next() else {
-            return Ok(());
-        };
-        let head = chain.head_index();
-        let outcome = match start(disk, mem, chain) {
-            Started::Done(outcome) => outcome,
-            Started::Submit(mut request) => {
-                let (kind, offset) = request.kind();
-                let buf = request.buf.take();
-                match engine.submit(fd, kind, offset, buf, (generation, request)) {
-                    Ok(()) => continue,
-                    Err((e, (_, request))) => {
-                        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                        finish(disk, mem, request, -errno)
-                    }
-                }
-            }
-        };
-        complete(active, head, outcome, completed)?;
-    }
-    Ok(())
+/// Bytes a request moves: its chain's length less the header and the status byte (what the
+/// byte limit counts; a malformed chain costs what it claims).
+fn data_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    let total: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+    total.saturating_sub(17)
 }
 
-/// Puts a request in the used ring, counting it in `completed`; a malformed chain is put there
-/// too (with nothing written) and then reported.
+/// Serves queue `q` with guest notifications off while it works: every available request
+/// while the engine (if any: engine, image fd, generation) has room and the throttle admits
+/// it; reads, writes and flushes are submitted, the rest served now. Requests put in the used
+/// ring are counted in `completed`. With the ring empty, notifications are enabled again (with
+/// EVENT_IDX, avail_event is moved up to what was served).
+fn serve_queue(
+    disk: &Disk<'_>,
+    active: &mut Active,
+    q: usize,
+    mut engine: Option<(&mut Uring<InFlight>, RawFd, u64)>,
+    mut throttle: Option<&mut Throttle>,
+    completed: &mut [usize],
+) -> Result<Stop, QueueError> {
+    let ring = QueueError::ring(q as u16);
+    loop {
+        active.queues[q]
+            .disable_notification(active.mem.as_ref())
+            .map_err(ring)?;
+        let stop = pop_requests(disk, active, q, &mut engine, &mut throttle, completed)?;
+        if stop != Stop::Empty {
+            return Ok(stop);
+        }
+        if !active.queues[q]
+            .enable_notification(active.mem.as_ref())
+            .map_err(ring)?
+        {
+            return Ok(Stop::Empty);
+        }
+    }
+}
+
+/// The loop of [`serve_queue`], until the ring is empty, the engine full or the throttle says
+/// wait.
+fn pop_requests(
+    disk: &Disk<'_>,
+    active: &mut Active,
+    q: usize,
+    engine: &mut Option<(&mut Uring<InFlight>, RawFd, u64)>,
+    throttle: &mut Option<&mut Throttle>,
+    completed: &mut [usize],
+) -> Result<Stop, QueueError> {
+    let ring = QueueError::ring(q as u16);
+    loop {
+        if engine.as_ref().is_some_and(|(e, _, _)| !e.has_room()) {
+            return Ok(Stop::EngineFull);
+        }
+        let mem = active.mem.as_ref();
+        let mut avail = active.queues[q].iter(mem).map_err(ring)?;
+        let Some(chain) = avail.next() else {
+            return Ok(Stop::Empty);
+        };
+        if let Some(throttle) = throttle.as_deref_mut() {
+            let bytes = if throttle.counts_bytes() {
+                data_bytes(&chain)
+            } else {
+                0
+            };
+            if let Err(wait) = throttle.admit(bytes, Instant::now()) {
+                // Left in the ring until the timer fires.
+                avail.go_to_previous_position();
+                return Ok(Stop::Throttled(wait));
+            }
+        }
+        let head = chain.head_index();
+        let outcome = match engine.as_mut() {
+            None => execute(disk, mem, chain),
+            Some((engine, fd, generation)) => match start(disk, mem, chain) {
+                Started::Done(outcome) => outcome,
+                Started::Submit(mut request) => {
+                    let (kind, offset) = request.kind();
+                    let buf = request.buf.take();
+                    let data = (*generation, q as u16, request);
+                    match engine.submit(*fd, kind, offset, buf, data) {
+                        Ok(()) => continue,
+                        Err((e, (_, _, request))) => {
+                            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                            finish(disk, mem, request, -errno)
+                        }
+                    }
+                }
+            },
+        };
+        complete(active, q, head, outcome, completed)?;
+    }
+}
+
+/// Puts a request in queue `q`'s used ring, counting it in `completed`; a malformed chain is
+/// put there too (with nothing written) and then reported.
 fn complete(
     active: &mut Active,
+    q: usize,
     head: u16,
     outcome: Outcome,
-    completed: &mut usize,
+    completed: &mut [usize],
 ) -> Result<(), QueueError> {
     let used_len = match outcome {
         Outcome::Completed { used_len } => used_len,
         Outcome::NoStatus | Outcome::Malformed => 0,
     };
-    active
-        .queue
+    active.queues[q]
         .add_used(active.mem.as_ref(), head, used_len)
-        .map_err(QueueError::ring(0))?;
-    *completed += 1;
+        .map_err(QueueError::ring(q as u16))?;
+    completed[q] += 1;
     if outcome == Outcome::Malformed {
-        return Err(QueueError::MalformedChain { queue: 0, head });
+        return Err(QueueError::MalformedChain {
+            queue: q as u16,
+            head,
+        });
     }
     Ok(())
 }
 
-/// Serves every available request, counting those put in the used ring. Stops at the first
-/// chain that cannot be trusted.
-fn drain(disk: &Disk<'_>, active: &mut Active, completed: &mut usize) -> Result<(), QueueError> {
-    loop {
-        let mem = active.mem.as_ref();
-        let Some(chain) = active.queue.iter(mem).map_err(QueueError::ring(0))?.next() else {
-            return Ok(());
-        };
-        let head = chain.head_index();
-        let outcome = execute(disk, mem, chain);
-        complete(active, head, outcome, completed)?;
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ring_tests;
 
 #[cfg(test)]
 mod bench;

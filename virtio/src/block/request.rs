@@ -1,8 +1,9 @@
 //! One virtio-blk request: checking a guest's descriptor chain and carrying it out.
 //!
 //! Every address, length and flag comes from the guest. A chain whose structure cannot be
-//! trusted (a loop, longer than the queue, a descriptor table outside RAM) is
-//! [`Outcome::Malformed`]; a chain without a usable status byte is completed without one; any
+//! trusted (a loop, longer than the queue, a descriptor table outside RAM; in an indirect table,
+//! which virtio-queue follows: a nested table, a table of zero length or not a multiple of 16,
+//! a table outside RAM, a loop or a `next` beyond it) is [`Outcome::Malformed`]; a chain without a usable status byte is completed without one; any
 //! other mistake, and any host I/O error, completes the request with an error status.
 
 use std::io::{self, Read, Write};

@@ -14,7 +14,7 @@ use super::uring::Uring;
 use super::{
     finish_all, notify, Block, BlockError, BlockState, DiskBackend, QUEUE_SIZE, SECTOR_SIZE,
 };
-use crate::device::{feature, VirtioDevice};
+use crate::device::feature;
 
 /// The medium of an empty slot: no sectors, and every operation fails with ENOMEDIUM.
 #[derive(Debug, Default, Clone, Copy)]
@@ -165,7 +165,7 @@ impl BlockHandle {
         state.async_io = false;
         state.readonly = state.has(VIRTIO_BLK_F_RO);
         state.set_capacity(0);
-        if let Err(e) = state.process_queue(0) {
+        if let Err(e) = state.serve_queues(None, true) {
             warn!("virtio-blk: after detaching the medium: {e}");
         }
         Ok(disk)
@@ -187,7 +187,12 @@ impl BlockState {
     /// Waits for every request in the io_uring engine and completes them to the guest.
     fn drain_engine(&mut self) {
         let generation = self.generation;
-        let (disk, active, engine) = self.parts();
+        let super::Parts {
+            disk,
+            active,
+            engine,
+            ..
+        } = self.parts();
         let Some(engine) = engine.filter(|e| e.in_flight() > 0) else {
             return;
         };
@@ -201,11 +206,11 @@ impl BlockState {
         let Some(active) = active else {
             return;
         };
-        let mut completed = 0usize;
+        let mut completed = vec![0usize; active.queues.len()];
         if let Err(e) = finish_all(&disk, active, done, generation, &mut completed) {
             warn!("virtio-blk: completing drained requests: {e}");
         }
-        notify(active, completed);
+        notify(active, &completed);
     }
 }
 

@@ -57,6 +57,8 @@ fn rig(readonly: bool) -> Rig {
         serial: "d0".into(),
         aio: Aio::Off,
         direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     rig_with(Block::open(&options).unwrap(), image, memory())
 }
@@ -201,6 +203,8 @@ fn serial_longer_than_20_bytes_is_refused() {
         serial: "x".repeat(21),
         aio: Aio::Off,
         direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     assert!(matches!(
         Block::open(&options),
@@ -216,6 +220,8 @@ fn missing_image_is_an_open_error() {
         serial: "".into(),
         aio: Aio::Off,
         direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     assert!(matches!(
         Block::open(&options),
@@ -620,6 +626,8 @@ fn capacity_ignores_a_trailing_partial_sector() {
         serial: "".into(),
         aio: Aio::Off,
         direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     assert_eq!(Block::open(&options).unwrap().capacity(), 3);
 }
@@ -736,6 +744,8 @@ fn async_rig(sectors: u64) -> Rig {
         serial: "d0".into(),
         aio: Aio::IoUring,
         direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
     };
     let block = Block::open(&options).unwrap();
     assert!(block.is_async());
