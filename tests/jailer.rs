@@ -5,7 +5,7 @@
 //! files (QMP blockdev-add of /etc/shadow and of a world-writable file outside the jail fail,
 //! one inside works); the cgroup limits are in the cgroup files; nimbus sits in new mount,
 //! PID and IPC namespaces, as uid 65534 with no capabilities and no_new_privs; and failures
-//! are one line, exit 1, with the jail directory and cgroups gone.
+//! are one line, exit 1, with the jail directory and cgroups gone; nimbus dies with its jailer.
 
 mod common;
 
@@ -302,6 +302,32 @@ fn nimbus_sits_in_new_namespaces_as_nobody_without_capabilities() {
         "{limits}"
     );
     quit(vm, client, &jailed);
+}
+
+#[test]
+fn nimbus_dies_with_a_killed_jailer() {
+    if !kvm_usable() {
+        return;
+    }
+    let jailed = Jailed::new("kill");
+    let (vm, nimbus, _client) = jailed.spawn_idle();
+
+    vm.signal(libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{nimbus}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alive = !gone();
+    if alive {
+        // SAFETY: kill(2) only sends a signal, to the nimbus this test started.
+        unsafe { libc::kill(nimbus, libc::SIGKILL) };
+    }
+    assert!(!alive, "nimbus {nimbus} outlived its jailer");
+    drop(vm);
 }
 
 /// Runs the jailer with `flags` instead of the usual extra flags, to a failure.

@@ -2,7 +2,7 @@
 //! close inherited descriptors, new mount and IPC namespaces, join the cgroups, (daemonize),
 //! private mounts, the jail bound on itself, read-only bind mounts of sources, pivot_root into
 //! the jail and detach the old root, a procfs of the new PID namespace, rlimits, no_new_privs, an empty capability bounding set,
-//! setgroups/setgid/setuid, zero capabilities, execve. Each step that fails names itself.
+//! setgroups/setgid/setuid, zero capabilities, SIGKILL on the jailer's death, execve. Each step that fails names itself.
 
 use crate::cli::Rlimits;
 use crate::error::{check, JailError};
@@ -87,7 +87,32 @@ fn enter(plan: &Plan) -> Result<(), JailError> {
     check(rc, || "set no_new_privs".into())?;
     drop_bounding_set()?;
     switch_identity(plan.uid, plan.gid)?;
-    clear_capabilities()
+    clear_capabilities()?;
+    die_with_the_jailer(plan.error_fd)
+}
+
+/// SIGKILL when the jailer dies (a jailer killed by SIGKILL cannot pass a signal on, and
+/// would leave nimbus running with no one to remove the jail). Set after the uid switch, which
+/// clears it. If the jailer died before, the error pipe has no reader left (POLLERR): stop.
+fn die_with_the_jailer(error_fd: RawFd) -> Result<(), JailError> {
+    // SAFETY: prctl with plain integers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    check(rc, || "ask for SIGKILL when the jailer dies".into())?;
+    let mut poll = libc::pollfd {
+        fd: error_fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd, which lives through the call.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    check(rc, || "poll the error pipe".into())?;
+    if poll.revents & libc::POLLERR != 0 {
+        return Err(JailError::Process {
+            step: "outlive the jailer".into(),
+            source: ErrorKind::BrokenPipe.into(),
+        });
+    }
+    Ok(())
 }
 
 /// Closes every descriptor not in `keep` (close_range over the gaps), and clears
