@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 
 /// Environment variables handed on to nimbus; all others are dropped.
-const KEPT_ENV: [&str; 2] = ["RUST_LOG", "RUST_BACKTRACE"];
+const KEPT_ENV: [&str; 2] = ["NIMBUS_LOG", "RUST_BACKTRACE"];
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit words.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
