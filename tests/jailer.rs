@@ -24,8 +24,15 @@ const NOBODY: u32 = 65534;
 fn jailer() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "jailer", "--bin", "nimbus-jailer"])
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "jailer", "--bin", "nimbus-jailer"]);
+        if Path::new(NIMBUS)
+            .parent()
+            .is_some_and(|d| d.ends_with("release"))
+        {
+            build.arg("--release");
+        }
+        let out = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("run cargo to build nimbus-jailer");
