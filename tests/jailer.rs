@@ -52,7 +52,12 @@ struct ChrootBase(PathBuf);
 
 impl ChrootBase {
     fn new(name: &str) -> ChrootBase {
-        let dir = PathBuf::from(format!("/tmp/nj-{name}-{}", std::process::id()));
+        ChrootBase::at(format!("/tmp/nj-{name}-{}", std::process::id()))
+    }
+
+    /// The directory `path` (any directory the test owns, removed when dropped).
+    fn at(path: String) -> ChrootBase {
+        let dir = PathBuf::from(path);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the chroot base");
         ChrootBase(dir)
@@ -335,6 +340,110 @@ fn nimbus_dies_with_a_killed_jailer() {
     }
     assert!(!alive, "nimbus {nimbus} outlived its jailer");
     drop(vm);
+}
+
+/// A network namespace `ip netns add` made, deleted when dropped.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(name: &str) -> NetNs {
+        let name = format!("nj-{name}-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(out.status.success(), "ip netns add {name}: {out:?}");
+        NetNs(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn netns_and_daemonize_put_nimbus_in_that_namespace_and_a_new_session() {
+    if !kvm_usable() {
+        return;
+    }
+    let netns = NetNs::new("daemon");
+    let mut jailed = Jailed::new("daemon");
+    jailed.flags = vec!["--netns".into(), netns.path(), "--daemonize".into()];
+    let qmp = ["-qmp", "unix:/qmp.sock,server,nowait"];
+    let mut vm = Vm::spawn_program(jailer(), &jailed.args("nimbus.test=hang", &qmp), |_| {});
+    // Its console is /dev/null now: wait for the QMP socket instead.
+    let socket = jailed.in_root("qmp.sock");
+    let deadline = Instant::now() + VM_TIMEOUT;
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            vm.fail("no QMP socket in the jail");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = QmpClient::connect(&socket);
+    let children = format!("/proc/{0}/task/{0}/children", vm.pid());
+    let nimbus: i32 = std::fs::read_to_string(children)
+        .expect("children")
+        .trim()
+        .parse()
+        .expect("one child");
+
+    let inode = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("stat").ino()
+    };
+    assert_eq!(
+        inode(&format!("/proc/{nimbus}/ns/net")),
+        inode(&netns.path())
+    );
+    let stat = common::proc_stat_fields(&nimbus.to_string());
+    assert_eq!(stat[3], nimbus.to_string(), "session id: {stat:?}");
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{nimbus}/fd/{fd}")).expect("fd");
+        assert!(target.ends_with("null"), "fd {fd} is {target:?}");
+    }
+    quit(vm, client, &jailed);
+}
+
+#[test]
+fn files_on_another_file_system_are_copied_or_bound_read_only() {
+    if !kvm_usable() {
+        return;
+    }
+    // /dev/shm is a tmpfs: hard links from there into the jail fail with EXDEV.
+    let shm = ChrootBase::at(format!("/dev/shm/nj-{}", std::process::id()));
+    let kernel = shm.0.join(Format::Elf.file());
+    std::fs::copy(guest(Format::Elf.file()), &kernel).expect("copy the kernel");
+    let exec = shm.0.join("nimbus");
+    std::fs::copy(NIMBUS, &exec).expect("copy nimbus");
+    let jailed = Jailed::new("xdev");
+    let mut args = jailed.args(
+        "nimbus.test=hang",
+        &["-qmp", "unix:/qmp.sock,server,nowait"],
+    );
+    args[3] = exec.display().to_string();
+    args[11] = kernel.display().to_string();
+    let mut vm = Vm::spawn_program(jailer(), &args, |_| {});
+    vm.wait_for_line("hang: now", VM_TIMEOUT);
+    let children = format!("/proc/{0}/task/{0}/children", vm.pid());
+    let nimbus = std::fs::read_to_string(children).expect("children");
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", nimbus.trim())).expect("mountinfo");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/hello.elf"))
+        .unwrap_or_else(|| panic!("no bind mount of /hello.elf\n{mountinfo}"));
+    let options = line.split(' ').nth(5).expect("mount options");
+    assert!(options.split(',').any(|o| o == "ro"), "{line}");
+    let client = QmpClient::connect(&jailed.in_root("qmp.sock"));
+    quit(vm, client, &jailed);
+    assert!(kernel.exists() && exec.exists(), "the sources must stay");
 }
 
 /// Runs the jailer with `flags` instead of the usual extra flags, to a failure.
