@@ -5,7 +5,9 @@
 //! files (QMP blockdev-add of /etc/shadow and of a world-writable file outside the jail fail,
 //! one inside works); the cgroup limits are in the cgroup files; nimbus sits in new mount,
 //! PID and IPC namespaces, as uid 65534 with no capabilities and no_new_privs; and failures
-//! are one line, exit 1, with the jail directory and cgroups gone; nimbus dies with its jailer.
+//! are one line, exit 1, with the jail directory and cgroups gone; nimbus dies with its jailer;
+//! `--netns` and `--daemonize` take effect; files on another file system are copied (the exec
+//! file) or bound read-only (sources).
 
 mod common;
 
