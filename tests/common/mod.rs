@@ -322,8 +322,18 @@ impl Vm {
     /// Like [`Vm::spawn`], with `configure` applied to the command first (e.g. a `pre_exec`
     /// that hands nimbus an inherited descriptor).
     pub fn spawn_with<S: AsRef<str>>(args: &[S], configure: impl FnOnce(&mut Command)) -> Vm {
+        Vm::spawn_program(NIMBUS, args, configure)
+    }
+
+    /// Like [`Vm::spawn_with`], running `program` (e.g. nimbus-jailer, which runs nimbus)
+    /// instead of nimbus.
+    pub fn spawn_program<S: AsRef<str>>(
+        program: &str,
+        args: &[S],
+        configure: impl FnOnce(&mut Command),
+    ) -> Vm {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        let mut command = Command::new(NIMBUS);
+        let mut command = Command::new(program);
         configure(&mut command);
         let mut child = command
             .args(&args)
@@ -345,7 +355,13 @@ impl Vm {
             stderr,
             readers,
             started: Instant::now(),
-            command: format!("nimbus {}", shell_words(&args)),
+            command: format!(
+                "{} {}",
+                Path::new(program)
+                    .file_name()
+                    .map_or(program.into(), |n| n.to_string_lossy()),
+                shell_words(&args)
+            ),
         }
     }
 
