@@ -3,7 +3,7 @@
 #   sudo ./scripts/soak.sh                  1,000 start-to-exit cycles 8 at a time, one VM under
 #                                           10,000 QMP sessions and 1,000 blk + net hot-plug
 #                                           cycles, 50 VMs at once with a disk and a tap
-#   sudo ./scripts/soak.sh --quick          the sizes of tests/soak.rs (about 30 s)
+#   sudo ./scripts/soak.sh --quick          the sizes of tests/soak.rs (a few seconds)
 #   sudo ./scripts/soak.sh --only cycles,churn,many --cycles N --parallel P --qmp-cycles N
 #        --hotplug-cycles N --vms N --rss-slack KIB --json FILE
 #   NIMBUS=path/to/nimbus ./scripts/soak.sh  measure that binary (default: build the release one)
