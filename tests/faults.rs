@@ -249,12 +249,18 @@ const FULL_WRITES: u64 = 10;
 /// write FREE_PAGES gets IOERR (ENOSPC on the host), QMP still answers, the disk is not marked
 /// broken; once the filler is deleted the retry succeeds and so do the rest; every write
 /// acknowledged before the fault was on the image already, and all are at the end.
+/// With the synchronous back end and with io_uring.
 #[test]
 fn disk_full_fails_writes_with_ioerr_until_space_is_freed_and_loses_nothing() {
     if !kvm_usable() || !root_for("mounting a tmpfs") {
         return;
     }
-    let dir = ShortDir::new("full");
+    disk_full("full", "");
+    disk_full("fullu", ",aio=io_uring");
+}
+
+fn disk_full(name: &str, options: &str) {
+    let dir = ShortDir::new(name);
     let fs = Tmpfs::mount(dir.path("fs"), 64 * PAGE);
     let image = fs.path("disk.img");
     File::create(&image)
@@ -274,7 +280,7 @@ fn disk_full_fails_writes_with_ioerr_until_space_is_freed_and_loses_nothing() {
          nimbus.blkretry=100000 nimbus.blkpause=20000"
     );
     let qmp_path = dir.path("qmp.sock");
-    let mut vm = Vm::spawn(&disk_vm_args(&append, &image, "", &qmp_path));
+    let mut vm = Vm::spawn(&disk_vm_args(&append, &image, options, &qmp_path));
     let mut qmp = QmpClient::connect(&qmp_path);
     // Two failed attempts of the first write that does not fit.
     let full = format!("blkloop: write {FREE_PAGES} status=1");
