@@ -320,11 +320,7 @@ fn disk_full(name: &str, options: &str) {
         failed[..failed.len() - 1].iter().all(|s| s == "1"),
         "{failed:?}"
     );
-    assert!(
-        out.stderr.contains("No space left on device"),
-        "the VMM did not say why\n{}",
-        out.describe()
-    );
+    assert_host_errors_logged_once(&out, "No space left on device", failed.len() - 1);
     let disk = std::fs::read(&image).expect("read the image");
     for i in 0..FULL_WRITES {
         assert!(
@@ -453,9 +449,21 @@ fn reads_of_a_failing_region_get_ioerr_and_the_rest_of_the_disk_still_reads() {
         "{}",
         out.describe()
     );
+    assert_host_errors_logged_once(&out, "Input/output error", 1);
+}
+
+/// The VMM logged one line, naming `why`, when the host errors started, and one when a request
+/// succeeded after `failed` of them: not one line per failed request.
+fn assert_host_errors_logged_once(out: &Output, why: &str, failed: usize) {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("virtio-blk"))
+        .collect();
+    let recovered = format!("a request succeeded after {failed} failed on the host");
     assert!(
-        out.stderr.contains("Input/output error"),
-        "the VMM did not say why\n{}",
+        lines.len() == 2 && lines[0].contains(why) && lines[1].contains(&recovered),
+        "want one line naming {why:?}, then one with {recovered:?}\n{}",
         out.describe()
     );
 }
