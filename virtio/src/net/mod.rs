@@ -342,14 +342,27 @@ impl Net {
             return Ok(());
         };
         let used_before = active.tx.next_used();
+        let mut tap_gone = false;
         let result = drain_tx(
             active,
             self.tap.as_mut(),
             &mut self.scratch,
             &mut self.counters,
+            &mut tap_gone,
         );
         if active.tx.next_used() != used_before {
             signal_used(&mut active.tx, &active.mem, &active.interrupt);
+        }
+        if tap_gone && !self.tap_lost {
+            // Found by a send while receive was not reading the tap: the same end as a failed
+            // read, logged here since the loop's handler would not see it.
+            warn!(
+                "virtio-net: tap {} is gone (its interface was deleted); link down",
+                self.tap.name()
+            );
+            self.tap_lost = true;
+            self.set_link(false);
+            self.resume_rx();
         }
         if let Err(QueueError::MalformedChain { queue, head }) = &result {
             self.broken = Some((*queue, *head));
@@ -439,11 +452,13 @@ fn count_rx_drop(counters: &mut NetCounters, drop: RxDrop) {
 }
 
 /// Sends every available tx chain, with guest notifications off while it works.
+/// `tap_gone` is set if a write found the tap gone.
 fn drain_tx(
     active: &mut Active,
     tap: &mut dyn TapIo,
     scratch: &mut Vec<u8>,
     counters: &mut NetCounters,
+    tap_gone: &mut bool,
 ) -> Result<(), QueueError> {
     let ring = QueueError::ring(TX_QUEUE);
     let mem = active.mem.as_ref();
@@ -464,6 +479,10 @@ fn drain_tx(
                 TxResult::Dropped(TxDrop::BadHeader) => counters.tx_dropped_bad_header += 1,
                 TxResult::Dropped(TxDrop::BadChain) => counters.tx_dropped_bad_chain += 1,
                 TxResult::Dropped(TxDrop::Tap) => counters.tx_dropped_tap_error += 1,
+                TxResult::Dropped(TxDrop::TapGone) => {
+                    counters.tx_dropped_tap_error += 1;
+                    *tap_gone = true;
+                }
                 TxResult::Malformed => {
                     counters.tx_dropped_bad_chain += 1;
                     return Err(QueueError::MalformedChain {

@@ -40,6 +40,9 @@ impl TapIo for SocketTap {
         self.sock.recv(buf)
     }
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
         self.sock.send(frame)
     }
     fn set_offload(&mut self, flags: u32) -> Result<(), TapError> {
@@ -606,5 +609,21 @@ fn tap_that_fails_a_read_is_reported_once_and_takes_the_link_down() {
     assert_ne!(rd(&mut r.t, 0x60) & 2, 0, "configuration-change interrupt");
     assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
     r.post_rx(&[(RX_BUF + 0x1000, 2048)]);
+    assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
+}
+
+/// A send that finds the tap gone (the guest posted no receive buffers, so nothing read it)
+/// takes the link down as a failed read does; receive then leaves the tap alone silently.
+#[test]
+fn tap_found_gone_by_a_send_takes_the_link_down_and_is_not_read_again() {
+    let mut r = rig();
+    let isr = rd(&mut r.t, 0x60);
+    wr(&mut r.t, 0x64, isr);
+    r.lost.store(true, Ordering::SeqCst);
+    r.send(&packet(VnetHeader::default(), &pattern(1, 60)), 1);
+    assert_eq!(r.counters().tx_dropped_tap_error, 1);
+    assert_eq!((rd(&mut r.t, 0x104) >> 16) & 1, 0, "link down");
+    assert_ne!(rd(&mut r.t, 0x60) & 2, 0, "configuration-change interrupt");
+    r.post_rx(&[(RX_BUF, 2048)]);
     assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
 }
