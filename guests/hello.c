@@ -1285,21 +1285,58 @@ static void action_blkwatch(void)
 }
 
 /* `nimbus.test=blkloop`: `nimbus.blkwrites=N` (default 40) writes, one at a time, to the block
-   device of virtio-mmio slot `nimbus.blkslot=N` (default 0): write i fills sector 8 + i with the
-   byte i + 1 and prints `blkloop: write <i> status=<S>` (256: no answer within
-   `nimbus.blkpolls=` polls, default 20 times blk's), then pauses (`nimbus.blkpause=` pause
-   instructions, default 20000) so that the host can act between writes. Ends with
-   `blkloop: done writes=N errors=E status=0x..` (the device status register). */
+   device of virtio-mmio slot `nimbus.blkslot=N` (default 0): write i fills `nimbus.blkbytes=B`
+   bytes (default 512, a multiple of 512, at most 128 KiB) at sector 8 + i * `nimbus.blkstride=`
+   (default 1) with the byte i + 1 and prints `blkloop: write <i> status=<S>` (256: no answer
+   within `nimbus.blkpolls=` polls, default 20 times blk's), then pauses (`nimbus.blkpause=`
+   pause instructions, default 20000) so that the host can act between requests.
+   `nimbus.blkretry=R` repeats a failed write up to R times (each attempt printed);
+   `nimbus.blkflush=1` flushes after each successful write, printing `blkloop: flush <i>
+   status=<S>` once the flush is acknowledged; `nimbus.blkread=1` reads instead, printing
+   `blkloop: read <i> status=<S> byte=<b>` (b: the byte the whole request holds, or `mixed`).
+   Ends with `blkloop: done writes=N errors=E status=0x..` (the device status register). */
+static u32 blkloop_one(u64 i, u64 sector, u32 bytes, int read)
+{
+	u8 *data = (u8 *)BLK_DATA;
+	u32 status, k;
+
+	memset(data, read ? 0 : (int)(u8)(i + 1), bytes);
+	status = blk_request(read ? BLK_T_IN : BLK_T_OUT, sector, bytes, read);
+	puts(read ? "blkloop: read " : "blkloop: write ");
+	put_dec(i);
+	puts(" status=");
+	put_dec(status);
+	if (read) {
+		for (k = 1; k < bytes && data[k] == data[0]; k++)
+			;
+		puts(" byte=");
+		if (k == bytes)
+			put_dec(data[0]);
+		else
+			puts("mixed");
+	}
+	putc('\n');
+	return status;
+}
+
 static void action_blkloop(void)
 {
-	u64 writes = cmdline_number(info.cmdline, "nimbus.blkwrites=", 40);
-	u64 slot = cmdline_number(info.cmdline, "nimbus.blkslot=", 0);
-	u64 pause = cmdline_number(info.cmdline, "nimbus.blkpause=", 20000);
-	u64 i, j, errors = 0;
+	const char *cmd = info.cmdline;
+	u64 writes = cmdline_number(cmd, "nimbus.blkwrites=", 40);
+	u64 slot = cmdline_number(cmd, "nimbus.blkslot=", 0);
+	u64 pause = cmdline_number(cmd, "nimbus.blkpause=", 20000);
+	u64 bytes = cmdline_number(cmd, "nimbus.blkbytes=", 512);
+	u64 stride = cmdline_number(cmd, "nimbus.blkstride=", 1);
+	u64 retries = cmdline_number(cmd, "nimbus.blkretry=", 0);
+	int flush = has_token(cmd, "nimbus.blkflush=1");
+	int read = has_token(cmd, "nimbus.blkread=1");
+	u64 i, j, tries, errors = 0;
 	u32 status;
 
-	blk_polls = (u32)cmdline_number(info.cmdline, "nimbus.blkpolls=", 20 * BLK_POLLS);
-	vdev_base = find_virtio_mmio_nth(info.cmdline, slot);
+	blk_polls = (u32)cmdline_number(cmd, "nimbus.blkpolls=", 20 * BLK_POLLS);
+	if (bytes % 512 || bytes > BLK_BENCH_MAX)
+		bytes = 512;
+	vdev_base = find_virtio_mmio_nth(cmd, slot);
 	if (!vdev_base || vr(0) != VIRTIO_MAGIC || vr(4) != 2 || vr(8) != 2) {
 		puts("blkloop: no device\n");
 		return;
@@ -1307,17 +1344,21 @@ static void action_blkloop(void)
 	if (blk_probe())
 		return;
 	for (i = 0; i < writes; i++) {
-		memset((u8 *)BLK_DATA, (int)(u8)(i + 1), 512);
-		status = blk_request(BLK_T_OUT, 8 + i, 512, 0);
+		tries = 0;
+		do {
+			status = blkloop_one(i, 8 + i * stride, (u32)bytes, read);
+			for (j = 0; j < pause; j++)
+				__asm__ volatile("pause");
+		} while (status && tries++ < retries);
 		if (status)
 			errors++;
-		puts("blkloop: write ");
-		put_dec(i);
-		puts(" status=");
-		put_dec(status);
-		putc('\n');
-		for (j = 0; j < pause; j++)
-			__asm__ volatile("pause");
+		if (flush && !status) {
+			puts("blkloop: flush ");
+			put_dec(i);
+			puts(" status=");
+			put_dec(blk_request(BLK_T_FLUSH, 0, 0, 0));
+			putc('\n');
+		}
 	}
 	puts("blkloop: done writes=");
 	put_dec(writes);

@@ -154,9 +154,12 @@ impl NetEvents {
         let mut net = self.net.lock();
         let want = match net.rx_ready() {
             RxOutcome::KeepPolling => true,
-            RxOutcome::NeedBuffers | RxOutcome::NeedsReset => false,
+            RxOutcome::NeedBuffers | RxOutcome::NeedsReset | RxOutcome::TapLost => false,
             RxOutcome::TapFailed(e) => {
-                log::warn!("netdev '{}': reading the tap failed: {e}", self.id);
+                log::warn!(
+                    "netdev '{}': reading the tap failed: {e}; link down, no longer polled",
+                    self.id
+                );
                 false
             }
         };

@@ -26,7 +26,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
 
 pub use self::disk::{DiskBackend, RawFile};
-use self::request::{execute, finish, start, AsyncRequest, Disk, Outcome, Started, MAX_SEGMENTS};
+use self::request::{
+    execute, finish, start, AsyncRequest, Disk, HostErrors, Outcome, Started, MAX_SEGMENTS,
+};
 pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::throttle::Throttle;
@@ -172,6 +174,8 @@ pub struct BlockState {
     /// Request queues.
     num_queues: u16,
     throttle: Option<Throttling>,
+    /// Host I/O errors of the current run of failures, logged once per run.
+    host_errors: HostErrors,
 }
 
 impl Block {
@@ -234,6 +238,7 @@ impl Block {
             capacity,
             features,
             config: config_space(capacity),
+            host_errors: HostErrors::default(),
             active: None,
             engine: None,
             generation: 0,
@@ -305,6 +310,7 @@ impl BlockState {
             serial: &self.serial,
             discard: self.has(VIRTIO_BLK_F_DISCARD) && self.disk.supports_discard(),
             write_zeroes: self.has(VIRTIO_BLK_F_WRITE_ZEROES) && !self.readonly,
+            host_errors: &self.host_errors,
         };
         Parts {
             disk,

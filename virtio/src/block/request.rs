@@ -7,6 +7,7 @@
 //! other mistake, and any host I/O error, completes the request with an error status.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use address_space::vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use log::{debug, warn};
@@ -51,6 +52,39 @@ pub(crate) struct Disk<'a> {
     pub(crate) serial: &'a [u8; ID_BYTES],
     pub(crate) discard: bool,
     pub(crate) write_zeroes: bool,
+    pub(crate) host_errors: &'a HostErrors,
+}
+
+/// Host I/O errors (a full or failing disk) of one device. Each fails only its own request;
+/// the log gets one line when a run of failures starts and one when a request succeeds again,
+/// so a guest retrying against a full disk cannot flood the host's log.
+#[derive(Debug, Default)]
+pub(crate) struct HostErrors {
+    /// Requests failed by the host since the last success.
+    failing: AtomicU64,
+}
+
+impl HostErrors {
+    /// A request failed with `error` on the host.
+    fn failed(&self, error: &io::Error) {
+        if self.failing.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!(
+                "virtio-blk: host I/O error: {error}; the request gets IOERR, and further \
+                 errors are counted until a request succeeds"
+            );
+        }
+    }
+
+    /// A request reached the host and succeeded.
+    fn succeeded(&self) {
+        if self.failing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let failed = self.failing.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            warn!("virtio-blk: a request succeeded after {failed} failed on the host");
+        }
+    }
 }
 
 /// How a chain ended.
@@ -196,10 +230,8 @@ pub(crate) fn finish(
         _ => result,
     };
     if result < 0 {
-        warn!(
-            "virtio-blk: host I/O error: {}",
-            io::Error::from_raw_os_error(-result)
-        );
+        disk.host_errors
+            .failed(&io::Error::from_raw_os_error(-result));
         return write_status(mem, status_addr, S_IOERR, 0);
     }
     let done = result as usize;
@@ -224,7 +256,14 @@ pub(crate) fn finish(
         )),
     };
     match outcome {
-        Ok(written) => write_status(mem, status_addr, S_OK, written),
+        Ok(written) => {
+            disk.host_errors.succeeded();
+            write_status(mem, status_addr, S_OK, written)
+        }
+        Err(RequestError::Io(e)) => {
+            disk.host_errors.failed(&e);
+            write_status(mem, status_addr, S_IOERR, 0)
+        }
         Err(e) => {
             warn!("virtio-blk: {e}");
             write_status(mem, status_addr, e.status(), 0)
@@ -289,9 +328,12 @@ fn begin(
                 buf,
             })
         }
-        Ok(Served::Done(written)) => (S_OK, written),
+        Ok(Served::Done(written)) => {
+            disk.host_errors.succeeded();
+            (S_OK, written)
+        }
         Err(RequestError::Io(e)) => {
-            warn!("virtio-blk: host I/O error: {e}");
+            disk.host_errors.failed(&e);
             (S_IOERR, 0)
         }
         Err(e) => {

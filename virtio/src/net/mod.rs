@@ -119,8 +119,13 @@ pub enum RxOutcome {
     /// A receive chain was malformed; the device needs a reset. Stop polling the tap until
     /// [`Net::rx_resume_event`] is written (at the next activation).
     NeedsReset,
-    /// Reading the tap failed (not EAGAIN); stop polling it.
+    /// Reading the tap failed (not EAGAIN), for the first time: the tap is taken as lost (its
+    /// interface was deleted, say), the link goes down and the driver gets a
+    /// configuration-change interrupt. Stop polling it; log this one.
     TapFailed(io::Error),
+    /// The tap was lost before (see `TapFailed`); it is not polled again until another tap is
+    /// attached. Nothing new to report.
+    TapLost,
 }
 
 /// Frames and bytes moved, and frames dropped by reason. Frame bytes exclude the header.
@@ -177,6 +182,8 @@ pub struct Net {
     rx_resume: EventFd,
     /// The head of a malformed chain: the device waits for a reset.
     broken: Option<(u16, u16)>,
+    /// Reading the tap failed: it is gone (or unusable) until another tap is attached.
+    tap_lost: bool,
 }
 
 impl Net {
@@ -199,6 +206,7 @@ impl Net {
             rx_paused: true,
             rx_resume,
             broken: None,
+            tap_lost: false,
         })
     }
 
@@ -232,6 +240,9 @@ impl Net {
         if self.broken.is_some() {
             return RxOutcome::NeedsReset;
         }
+        if self.tap_lost {
+            return RxOutcome::TapLost;
+        }
         let Some(active) = self.active.as_mut().filter(|a| a.rx.ready()) else {
             self.rx_paused = true;
             return RxOutcome::NeedBuffers;
@@ -254,7 +265,10 @@ impl Net {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         break RxOutcome::KeepPolling
                     }
-                    Err(e) => break RxOutcome::TapFailed(e),
+                    Err(e) => {
+                        self.tap_lost = true;
+                        break RxOutcome::TapFailed(e);
+                    }
                 }
             }
             match rx_step(active, &mut self.frame, &mut self.counters) {
@@ -271,6 +285,10 @@ impl Net {
         };
         if active.rx.next_used() != used_before {
             signal_used(&mut active.rx, &active.mem, &active.interrupt);
+        }
+        if self.tap_lost {
+            // The guest's driver sees the carrier go, as when the tap is detached.
+            self.set_link(false);
         }
         outcome
     }
@@ -324,14 +342,27 @@ impl Net {
             return Ok(());
         };
         let used_before = active.tx.next_used();
+        let mut tap_gone = false;
         let result = drain_tx(
             active,
             self.tap.as_mut(),
             &mut self.scratch,
             &mut self.counters,
+            &mut tap_gone,
         );
         if active.tx.next_used() != used_before {
             signal_used(&mut active.tx, &active.mem, &active.interrupt);
+        }
+        if tap_gone && !self.tap_lost {
+            // Found by a send while receive was not reading the tap: the same end as a failed
+            // read, logged here since the loop's handler would not see it.
+            warn!(
+                "virtio-net: tap {} is gone (its interface was deleted); link down",
+                self.tap.name()
+            );
+            self.tap_lost = true;
+            self.set_link(false);
+            self.resume_rx();
         }
         if let Err(QueueError::MalformedChain { queue, head }) = &result {
             self.broken = Some((*queue, *head));
@@ -421,11 +452,13 @@ fn count_rx_drop(counters: &mut NetCounters, drop: RxDrop) {
 }
 
 /// Sends every available tx chain, with guest notifications off while it works.
+/// `tap_gone` is set if a write found the tap gone.
 fn drain_tx(
     active: &mut Active,
     tap: &mut dyn TapIo,
     scratch: &mut Vec<u8>,
     counters: &mut NetCounters,
+    tap_gone: &mut bool,
 ) -> Result<(), QueueError> {
     let ring = QueueError::ring(TX_QUEUE);
     let mem = active.mem.as_ref();
@@ -446,6 +479,10 @@ fn drain_tx(
                 TxResult::Dropped(TxDrop::BadHeader) => counters.tx_dropped_bad_header += 1,
                 TxResult::Dropped(TxDrop::BadChain) => counters.tx_dropped_bad_chain += 1,
                 TxResult::Dropped(TxDrop::Tap) => counters.tx_dropped_tap_error += 1,
+                TxResult::Dropped(TxDrop::TapGone) => {
+                    counters.tx_dropped_tap_error += 1;
+                    *tap_gone = true;
+                }
                 TxResult::Malformed => {
                     counters.tx_dropped_bad_chain += 1;
                     return Err(QueueError::MalformedChain {

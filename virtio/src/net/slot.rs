@@ -89,6 +89,7 @@ impl Net {
         info!("virtio-net: tap {} attached", tap.name());
         self.tap = tap;
         self.attached = true;
+        self.tap_lost = false;
         self.set_link(true);
         if self.active.is_some() && self.broken.is_none() {
             // Have the event loop read the new tap (rx_ready pauses again without buffers).
@@ -110,12 +111,13 @@ impl Net {
         let tap = std::mem::replace(&mut self.tap, Box::new(NoTap));
         info!("virtio-net: tap {} detached", tap.name());
         self.attached = false;
+        self.tap_lost = false;
         self.set_link(false);
         Ok(tap)
     }
 
     /// Writes the link bit of the status field and tells a running driver.
-    fn set_link(&mut self, up: bool) {
+    pub(super) fn set_link(&mut self, up: bool) {
         let mut status = u16::from_le_bytes([self.config[6], self.config[7]]);
         if up {
             status |= to_u16(VIRTIO_NET_S_LINK_UP);

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use address_space::vm_memory::{Bytes, GuestAddress};
 use address_space::IoHandler;
@@ -28,13 +28,21 @@ const RX_BUF: u64 = 0x80000;
 struct SocketTap {
     sock: UnixDatagram,
     offloads: Arc<AtomicU32>,
+    /// Once set, reads fail as they do on a tap whose interface was deleted.
+    lost: Arc<AtomicBool>,
 }
 
 impl TapIo for SocketTap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
         self.sock.recv(buf)
     }
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
         self.sock.send(frame)
     }
     fn set_offload(&mut self, flags: u32) -> Result<(), TapError> {
@@ -57,6 +65,7 @@ struct Rig {
     txq: TestQueue,
     peer: UnixDatagram,
     offloads: Arc<AtomicU32>,
+    lost: Arc<AtomicBool>,
 }
 
 fn options() -> NetOptions {
@@ -67,22 +76,24 @@ fn options() -> NetOptions {
     }
 }
 
-fn device(options: &NetOptions) -> (SharedNet, UnixDatagram, Arc<AtomicU32>) {
+fn device(options: &NetOptions) -> (SharedNet, UnixDatagram, Arc<AtomicU32>, Arc<AtomicBool>) {
     let (ours, peer) = UnixDatagram::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     peer.set_nonblocking(true).unwrap();
     let offloads = Arc::new(AtomicU32::new(u32::MAX));
+    let lost = Arc::new(AtomicBool::new(false));
     let tap = SocketTap {
         sock: ours,
         offloads: Arc::clone(&offloads),
+        lost: Arc::clone(&lost),
     };
     let net = SharedNet::new(Net::new(options, Box::new(tap)).unwrap());
-    (net, peer, offloads)
+    (net, peer, offloads, lost)
 }
 
 /// A running device whose driver accepted `pick(offered features)`.
 fn rig_with(pick: impl Fn(u64) -> u64) -> Rig {
-    let (net, peer, offloads) = device(&options());
+    let (net, peer, offloads, lost) = device(&options());
     let mem = memory();
     let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
     let mut t = MmioTransport::new(Box::new(net.clone()), Arc::clone(&mem), interrupt);
@@ -102,6 +113,7 @@ fn rig_with(pick: impl Fn(u64) -> u64) -> Rig {
         txq,
         peer,
         offloads,
+        lost,
     }
 }
 
@@ -524,7 +536,7 @@ fn reset_drops_the_pending_frame_counted_and_stops_rx() {
 
 #[test]
 fn rx_before_activation_needs_buffers() {
-    let (net, peer, _) = device(&options());
+    let (net, peer, _, _) = device(&options());
     peer.send(&plain_frame(17, 60)).unwrap();
     assert!(matches!(net.lock().rx_ready(), RxOutcome::NeedBuffers));
 }
@@ -534,7 +546,7 @@ fn config_space_holds_mac_link_up_pairs_and_mtu() {
     let mut opts = options();
     opts.mac = Some("52:54:00:aa:bb:cc".parse().unwrap());
     opts.mtu = Some(1500);
-    let (net, _peer, _) = device(&opts);
+    let (net, _peer, _, _) = device(&opts);
     let mem = memory();
     let mut t = MmioTransport::new(
         Box::new(net.clone()),
@@ -568,6 +580,7 @@ fn mtu_out_of_range_is_refused() {
     let tap = SocketTap {
         sock: ours,
         offloads: Arc::default(),
+        lost: Arc::default(),
     };
     let err = Net::new(&opts, Box::new(tap)).err().unwrap();
     assert!(err.to_string().contains("MTU 67"));
@@ -575,6 +588,42 @@ fn mtu_out_of_range_is_refused() {
 
 #[test]
 fn without_mtu_the_feature_is_not_offered() {
-    let (net, _peer, _) = device(&options());
+    let (net, _peer, _, _) = device(&options());
     assert_eq!(net.lock().features() & feature(VIRTIO_NET_F_MTU), 0);
+}
+
+/// A tap whose interface was deleted fails its reads: the first failure is reported (the
+/// machine logs it once), the link goes down with a configuration-change interrupt, and the
+/// device stops reading the tap, even when the guest posts more buffers.
+#[test]
+fn tap_that_fails_a_read_is_reported_once_and_takes_the_link_down() {
+    let mut r = rig();
+    r.post_rx(&[(RX_BUF, 2048)]);
+    assert!(matches!(r.rx_ready(), RxOutcome::KeepPolling));
+    assert_eq!((rd(&mut r.t, 0x104) >> 16) & 1, 1, "link up at first");
+    let isr = rd(&mut r.t, 0x60);
+    wr(&mut r.t, 0x64, isr);
+    r.lost.store(true, Ordering::SeqCst);
+    assert!(matches!(r.rx_ready(), RxOutcome::TapFailed(_)));
+    assert_eq!((rd(&mut r.t, 0x104) >> 16) & 1, 0, "link down");
+    assert_ne!(rd(&mut r.t, 0x60) & 2, 0, "configuration-change interrupt");
+    assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
+    r.post_rx(&[(RX_BUF + 0x1000, 2048)]);
+    assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
+}
+
+/// A send that finds the tap gone (the guest posted no receive buffers, so nothing read it)
+/// takes the link down as a failed read does; receive then leaves the tap alone silently.
+#[test]
+fn tap_found_gone_by_a_send_takes_the_link_down_and_is_not_read_again() {
+    let mut r = rig();
+    let isr = rd(&mut r.t, 0x60);
+    wr(&mut r.t, 0x64, isr);
+    r.lost.store(true, Ordering::SeqCst);
+    r.send(&packet(VnetHeader::default(), &pattern(1, 60)), 1);
+    assert_eq!(r.counters().tx_dropped_tap_error, 1);
+    assert_eq!((rd(&mut r.t, 0x104) >> 16) & 1, 0, "link down");
+    assert_ne!(rd(&mut r.t, 0x60) & 2, 0, "configuration-change interrupt");
+    r.post_rx(&[(RX_BUF, 2048)]);
+    assert!(matches!(r.rx_ready(), RxOutcome::TapLost));
 }

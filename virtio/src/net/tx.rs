@@ -24,6 +24,8 @@ pub(crate) enum TxDrop {
     BadChain,
     /// The tap refused the write (link down, queue full, ...).
     Tap,
+    /// The tap is gone: its interface was deleted (EBADFD), every later write fails too.
+    TapGone,
 }
 
 /// How one chain ended.
@@ -83,6 +85,7 @@ pub(crate) fn transmit(
     }
     match tap.write_frame(scratch) {
         Ok(_) => TxResult::Sent(scratch.len() - VNET_HDR_LEN),
+        Err(e) if e.raw_os_error() == Some(libc::EBADFD) => TxResult::Dropped(TxDrop::TapGone),
         Err(e) => {
             debug!("virtio-net: tap {} refused a frame: {e}", tap.name());
             TxResult::Dropped(TxDrop::Tap)
