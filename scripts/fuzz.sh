@@ -87,6 +87,10 @@ else
     fi
 fi
 
+for t in "${selected[@]}"; do
+    crate_of "$t" >/dev/null || exit 2
+done
+
 sanitizer="${FUZZ_SANITIZER:-none}"
 build_dir="$root/target/fuzz/build"
 fuzz_flags=(--sanitizer "$sanitizer" -O --debug-assertions --target-dir "$build_dir")
