@@ -652,16 +652,17 @@ fn serve_queue(
         if stop != Stop::Empty {
             return Ok(stop);
         }
-        if rechecked && active.queues[q].next_avail() == before {
-            return Ok(Stop::Empty);
-        }
-        rechecked = true;
         if !active.queues[q]
             .enable_notification(active.mem.as_ref())
             .map_err(ring)?
         {
             return Ok(Stop::Empty);
         }
+        // Notifications are on again here, so the guest's next kick still reaches us.
+        if rechecked && active.queues[q].next_avail() == before {
+            return Ok(Stop::Empty);
+        }
+        rechecked = true;
     }
 }
 
