@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests of every crate and the integration tests that boot the
-# project's guests under /dev/kvm. Installs what the tests need when it is missing (the few Debian
-# packages that build the guests, and QEMU's Python QMP client): the tests install nothing.
+# Runs the whole test suite: unit tests of every crate, the integration tests that boot the
+# project's guests under /dev/kvm, then every fuzz target for a bounded time (scripts/fuzz.sh
+# --ci). Installs what the tests need when it is missing (the few Debian packages that build the
+# guests, QEMU's Python QMP client, cargo-fuzz): the tests install nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,9 @@ if [ ! -c /dev/kvm ]; then
 fi
 
 cargo test --workspace --all-targets "$@"
+
+# Every cargo-fuzz target for FUZZ_SECONDS (30) from its committed seeds; a crash fails the
+# suite. Needs the nightly toolchain; installs cargo-fuzz when missing. NIMBUS_SKIP_FUZZ=1 skips.
+if [ -z "${NIMBUS_SKIP_FUZZ:-}" ]; then
+    scripts/fuzz.sh --ci
+fi

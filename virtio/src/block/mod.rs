@@ -636,7 +636,9 @@ fn data_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
 /// while the engine (if any: engine, image fd, generation) has room and the throttle admits
 /// it; reads, writes and flushes are submitted, the rest served now. Requests put in the used
 /// ring are counted in `completed`. With the ring empty, notifications are enabled again (with
-/// EVENT_IDX, avail_event is moved up to what was served).
+/// EVENT_IDX, avail_event is moved up to what was served). When enabling says more arrived but
+/// the next round finds nothing (a guest that laid the used ring's flags over the available
+/// index flips that index itself), it stops instead of spinning: found by the mmio_sequence fuzzer.
 fn serve_queue(
     disk: &Disk<'_>,
     active: &mut Active,
@@ -646,10 +648,12 @@ fn serve_queue(
     completed: &mut [usize],
 ) -> Result<Stop, QueueError> {
     let ring = QueueError::ring(q as u16);
+    let mut rechecked = false;
     loop {
         active.queues[q]
             .disable_notification(active.mem.as_ref())
             .map_err(ring)?;
+        let before = active.queues[q].next_avail();
         let stop = pop_requests(disk, active, q, &mut engine, &mut throttle, completed)?;
         if stop != Stop::Empty {
             return Ok(stop);
@@ -660,6 +664,11 @@ fn serve_queue(
         {
             return Ok(Stop::Empty);
         }
+        // Notifications are on again here, so the guest's next kick still reaches us.
+        if rechecked && active.queues[q].next_avail() == before {
+            return Ok(Stop::Empty);
+        }
+        rechecked = true;
     }
 }
 

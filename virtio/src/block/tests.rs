@@ -963,3 +963,72 @@ fn quiesce_finishes_the_requests_in_flight_and_those_not_yet_notified() {
     );
     assert_eq!(rd(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
 }
+
+/// Found by the mmio_sequence fuzzer: the used ring's flags lie over the available ring's index,
+/// so turning notifications off and on flips that index between "one more" and "none". One
+/// notify must serve the request and return, not spin.
+#[test]
+fn used_flags_over_the_available_index_do_not_spin_the_queue() {
+    let image = image(SECTORS);
+    let options = BlockOptions {
+        path: image.as_path().to_owned(),
+        readonly: false,
+        serial: "d0".into(),
+        aio: Aio::Off,
+        direct: false,
+        num_queues: 1,
+        throttle: ThrottleLimits::default(),
+    };
+    let mem = memory();
+    let interrupt = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let mut t = MmioTransport::new(
+        Box::new(Block::open(&options).unwrap()),
+        Arc::clone(&mem),
+        interrupt,
+    );
+    let (desc, avail, used) = (0x1000u64, 0x2ffeu64, 0x3000u64);
+    for (i, (addr, len, flags, next)) in [
+        (HDR, 16u32, F_NEXT, 1u16),
+        (DATA, 512, F_WRITE | F_NEXT, 2),
+        (STATUS, 1, F_WRITE, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&d, GuestAddress(desc + 16 * i as u64))
+            .unwrap();
+    }
+    mem.write_slice(&[0u8; 16], GuestAddress(HDR)).unwrap();
+    // Available ring: flags 0, idx 1 (the used ring's flags), ring[0] = 0 (the used index).
+    mem.write_slice(&[0, 0, 1, 0, 0, 0], GuestAddress(avail))
+        .unwrap();
+    for (reg, value) in [
+        (0x70, 0),
+        (0x70, 1),
+        (0x70, 3),
+        (0x24, 1),
+        (0x20, 1),
+        (0x24, 0),
+        (0x20, 0),
+        (0x70, 0xb),
+        (0x30, 0),
+        (0x38, u32::from(QUEUE_SIZE)),
+        (0x80, desc as u32),
+        (0x90, avail as u32),
+        (0xa0, used as u32),
+        (0x44, 1),
+        (0x70, 0xf),
+    ] {
+        wr(&mut t, reg, value);
+    }
+    wr(&mut t, 0x50, 0);
+    wr(&mut t, 0x50, 0);
+    let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+    assert_eq!(used_idx, 1, "the one request is served once");
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_OK);
+}
