@@ -375,7 +375,7 @@ mod tests {
             aio_max_batch: 0,
         };
         assert_eq!(
-            serde_json::to_value(&info).unwrap(),
+            serde_json::to_value(&info).expect("serializable"),
             json!({"id": "io1", "thread-id": 4242, "poll-max-ns": 0, "poll-grow": 0,
                    "poll-shrink": 0, "aio-max-batch": 0})
         );

@@ -31,8 +31,8 @@ struct CheckedRam;
 impl Discard for CheckedRam {
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
         gpa >= RAM_START
-            && gpa % PAGE == 0
-            && len % PAGE == 0
+            && gpa.is_multiple_of(PAGE)
+            && len.is_multiple_of(PAGE)
             && len > 0
             && gpa.checked_add(len).is_some_and(|end| end <= MEM_SIZE)
     }

@@ -16,8 +16,8 @@ const RAM_START: u64 = 0x1_0000;
 impl Discard for Recorder {
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
         gpa >= RAM_START
-            && gpa % PAGE == 0
-            && len % PAGE == 0
+            && gpa.is_multiple_of(PAGE)
+            && len.is_multiple_of(PAGE)
             && len > 0
             && gpa.checked_add(len).is_some_and(|end| end <= MEM_SIZE)
     }
