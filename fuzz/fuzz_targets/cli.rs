@@ -18,6 +18,8 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "../../src/backends.rs"]
 mod backends;
+#[path = "../../src/balloon_opts.rs"]
+mod balloon_opts;
 #[path = "../../src/chardev_opts.rs"]
 mod chardev_opts;
 #[path = "../../src/cli.rs"]
