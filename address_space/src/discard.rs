@@ -184,32 +184,15 @@ mod tests {
     use super::*;
     use crate::ram_backing::{RamBacking, RamOptions};
     use crate::region::Region;
-    use crate::test_util::device;
+    use crate::test_util::{device, smaps_line};
 
     fn rss_kib(addr: u64) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((lo, hi)) = range.split_once('-') {
-                    if let (Ok(lo), Ok(hi)) =
-                        (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
-                    {
-                        inside = (lo..hi).contains(&addr);
-                        continue;
-                    }
-                }
-            }
-            if inside && line.starts_with("Rss:") {
-                return line
-                    .split_whitespace()
-                    .nth(1)
-                    .expect("n")
-                    .parse()
-                    .expect("kib");
-            }
-        }
-        panic!("mapping at {addr:#x} not found");
+        smaps_line(addr, "Rss:")
+            .split_whitespace()
+            .nth(1)
+            .expect("n")
+            .parse()
+            .expect("kib")
     }
 
     fn view_with(options: &RamOptions) -> (Region, FlatView) {

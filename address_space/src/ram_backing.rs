@@ -220,24 +220,7 @@ mod tests {
     use super::*;
 
     fn vm_flags_of(addr: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((lo, hi)) = range.split_once('-') {
-                    if let (Ok(lo), Ok(hi)) =
-                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                    {
-                        inside = (lo..hi).contains(&addr);
-                        continue;
-                    }
-                }
-            }
-            if inside && line.starts_with("VmFlags:") {
-                return line.to_string();
-            }
-        }
-        panic!("mapping at {addr:#x} not found");
+        crate::test_util::smaps_line(addr as u64, "VmFlags:")
     }
 
     #[test]

@@ -68,3 +68,25 @@ pub(crate) fn layout(view: &FlatView) -> Vec<(u64, u64, String, u64)> {
         .map(|r| (r.base, r.size, r.name.clone(), r.target.offset()))
         .collect()
 }
+
+/// The line starting with `field` (`"Rss:"`, `"VmFlags:"`, ...) of the `/proc/self/smaps` entry
+/// of the mapping that holds `addr`.
+pub(crate) fn smaps_line(addr: u64, field: &str) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+        }
+        if inside && line.starts_with(field) {
+            return line.to_string();
+        }
+    }
+    panic!("mapping at {addr:#x} not found");
+}
