@@ -30,6 +30,8 @@ const NAMES: &[(i64, &str)] = {
         (SYS_ioctl, "ioctl"),
         (SYS_pread64, "pread64"),
         (SYS_pwrite64, "pwrite64"),
+        (SYS_preadv, "preadv"),
+        (SYS_pwritev, "pwritev"),
         (SYS_readv, "readv"),
         (SYS_writev, "writev"),
         (SYS_access, "access"),

@@ -135,7 +135,12 @@ fn device_model_random_4k_reads() {
         ("aio=io_uring", Aio::IoUring, false, 32),
         ("aio=io_uring,direct=on", Aio::IoUring, true, 32),
     ];
+    // `NIMBUS_BENCH_CASES=aio=off` (a case name) runs only that one, for perf.
+    let only = std::env::var("NIMBUS_BENCH_CASES").unwrap_or_default();
     for (name, aio, direct, depth) in cases {
+        if !only.is_empty() && name != only {
+            continue;
+        }
         let iops = run(&path, aio, direct, depth, secs);
         println!("BENCH device-model {name} iodepth={depth}: {iops:.0} req/s");
     }

@@ -32,6 +32,13 @@ pub trait DiskBackend: Send {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes a range read as zeroes; `unmap` allows deallocating it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// The file descriptor to read or write guest buffers at directly (`preadv`/`pwritev`, or
+    /// the engine's vectored operations) for `len` bytes at `offset`, given whether every
+    /// buffer's address and length is sector-aligned; `None` asks for a bounce buffer through
+    /// [`DiskBackend::read_at`] / [`DiskBackend::write_at`].
+    fn guest_io_fd(&self, _offset: u64, _len: usize, _buffers_aligned: bool) -> Option<RawFd> {
+        None
+    }
     /// The file descriptor asynchronous engines submit sector-aligned I/O on, with buffers
     /// aligned to 4 KiB; `None` keeps the device synchronous.
     fn async_fd(&self) -> Option<RawFd> {
@@ -156,6 +163,14 @@ impl DiskBackend for RawFile {
                 }
             }
             None => self.file.write_all_at(buf, offset),
+        }
+    }
+
+    fn guest_io_fd(&self, offset: u64, len: usize, buffers_aligned: bool) -> Option<RawFd> {
+        match self.direct_for(offset, len) {
+            // O_DIRECT takes only aligned buffers: unaligned ones bounce.
+            Some(direct) => buffers_aligned.then(|| direct.as_raw_fd()),
+            None => Some(self.file.as_raw_fd()),
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod aligned;
 mod disk;
+mod guest_io;
 mod request;
 mod slot;
 mod throttle;
@@ -33,7 +34,7 @@ pub use self::request::{ID_BYTES, SECTOR_SIZE};
 pub use self::slot::{BlockHandle, NoMedium, SlotError};
 use self::throttle::Throttle;
 pub use self::throttle::ThrottleLimits;
-use self::uring::{Completion, Uring};
+use self::uring::{Completion, IovecsRef, Uring};
 use crate::device::feature;
 use crate::device::{
     read_config_bytes, ActivateError, Interrupt, QueueError, Shared, VirtioDevice, INT_USED_BUFFER,
@@ -345,7 +346,8 @@ impl BlockState {
         let mut engine = engine
             .filter(|_| async_io)
             .and_then(|e| disk.backend.async_fd().map(|fd| (e, fd, generation)));
-        let mut completed = vec![0usize; active.queues.len()];
+        let mut counts = [0usize; MAX_QUEUES as usize];
+        let completed = &mut counts[..active.queues.len()];
         let mut result = Ok(());
         let mut wait = None;
         for q in 0..active.queues.len() {
@@ -353,14 +355,7 @@ impl BlockState {
                 continue;
             }
             let engine = engine.as_mut().map(|(e, fd, g)| (&mut **e, *fd, *g));
-            match serve_queue(
-                &disk,
-                active,
-                q,
-                engine,
-                throttle.as_deref_mut(),
-                &mut completed,
-            ) {
+            match serve_queue(&disk, active, q, engine, throttle.as_deref_mut(), completed) {
                 Ok(Stop::Throttled(w)) => wait = Some(wait.map_or(w, |old: Duration| old.min(w))),
                 Ok(_) => {}
                 Err(e) => {
@@ -369,7 +364,7 @@ impl BlockState {
                 }
             }
         }
-        notify(active, &completed);
+        notify(active, completed);
         if let Some(wait) = wait {
             self.arm_timer(wait);
         }
@@ -538,9 +533,10 @@ impl VirtioDevice for BlockState {
         let Some(active) = active else {
             return Ok(());
         };
-        let mut completed = vec![0usize; active.queues.len()];
-        let result = finish_all(&disk, active, done, generation, &mut completed);
-        notify(active, &completed);
+        let mut counts = [0usize; MAX_QUEUES as usize];
+        let completed = &mut counts[..active.queues.len()];
+        let result = finish_all(&disk, active, done, generation, completed);
+        notify(active, completed);
         result?;
         // Room in the engine again: serve what waited for it.
         self.serve_queues(None, true)
@@ -574,9 +570,10 @@ impl BlockState {
                     return Ok(());
                 }
             };
-            let mut completed = vec![0usize; active.queues.len()];
-            let result = finish_all(&disk, active, done, generation, &mut completed);
-            notify(active, &completed);
+            let mut counts = [0usize; MAX_QUEUES as usize];
+            let completed = &mut counts[..active.queues.len()];
+            let result = finish_all(&disk, active, done, generation, completed);
+            notify(active, completed);
             result?;
         }
     }
@@ -712,8 +709,16 @@ fn pop_requests(
                 Started::Submit(mut request) => {
                     let (kind, offset) = request.kind();
                     let buf = request.buf.take();
+                    let iov = request
+                        .iov
+                        .as_ref()
+                        .and_then(|v| IovecsRef::of(v.as_slice()));
                     let data = (*generation, q as u16, request);
-                    match engine.submit(*fd, kind, offset, buf, data) {
+                    let submitted = match iov {
+                        Some(iov) => engine.submit_iovecs(*fd, kind, offset, iov, data),
+                        None => engine.submit(*fd, kind, offset, buf, data),
+                    };
+                    match submitted {
                         Ok(()) => continue,
                         Err((e, (_, _, request))) => {
                             let errno = e.raw_os_error().unwrap_or(libc::EIO);

@@ -21,6 +21,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 
 use super::aligned::AlignedBuf;
 use super::disk::DiskBackend;
+use super::guest_io::GuestIovecs;
 use super::uring::IoKind;
 use crate::device::to_u8;
 
@@ -136,25 +137,31 @@ pub(crate) const MAX_ASYNC_BYTES: usize = 4 << 20;
 /// What an asynchronous read or write needs once the host completed it.
 #[derive(Debug)]
 pub(crate) enum AsyncOp {
-    /// Copy the buffer into these guest segments (the data part of the chain).
+    /// Read into these guest segments (the data part of the chain): straight, or by copying
+    /// the bounce buffer.
     Read {
         offset: u64,
         segments: Vec<(GuestAddress, usize)>,
     },
-    /// The buffer holds the guest's data.
-    Write { offset: u64 },
+    /// Write these guest segments: straight, or from the bounce buffer that holds a copy.
+    Write {
+        offset: u64,
+        segments: Vec<(GuestAddress, usize)>,
+    },
     /// fdatasync.
     Flush,
 }
 
 /// A request handed to an asynchronous engine: its head, where its status goes, the I/O and
-/// (for reads and writes) the bounce buffer.
+/// (for reads and writes) either the guest segments' host addresses, which the engine reads
+/// or writes directly, or a bounce buffer.
 #[derive(Debug)]
 pub(crate) struct AsyncRequest {
     pub(crate) head: u16,
     pub(crate) status_addr: GuestAddress,
     pub(crate) op: AsyncOp,
     pub(crate) buf: Option<AlignedBuf>,
+    pub(crate) iov: Option<GuestIovecs>,
 }
 
 impl AsyncRequest {
@@ -162,7 +169,7 @@ impl AsyncRequest {
     pub(crate) fn kind(&self) -> (IoKind, u64) {
         match self.op {
             AsyncOp::Read { offset, .. } => (IoKind::Read, offset),
-            AsyncOp::Write { offset } => (IoKind::Write, offset),
+            AsyncOp::Write { offset, .. } => (IoKind::Write, offset),
             AsyncOp::Flush => (IoKind::Flush, 0),
         }
     }
@@ -181,8 +188,15 @@ pub(crate) enum Started {
 enum Served {
     /// Done; this many data bytes were written to the guest.
     Done(u32),
-    /// The I/O is left to an engine.
-    Async(AsyncOp, Option<AlignedBuf>),
+    /// The I/O is left to an engine, on guest memory or a bounce buffer.
+    Async(AsyncOp, Data),
+}
+
+/// Where an asynchronous read or write moves its data.
+enum Data {
+    Guest(GuestIovecs),
+    Bounce(AlignedBuf),
+    None,
 }
 
 /// Serves the request in `chain` and writes its status.
@@ -222,6 +236,7 @@ pub(crate) fn finish(
         status_addr,
         op,
         mut buf,
+        iov,
         ..
     } = request;
     // O_DIRECT refused the request's alignment: do it all synchronously, as a short transfer.
@@ -236,10 +251,27 @@ pub(crate) fn finish(
     }
     let done = result as usize;
     let outcome = match (op, buf.as_mut()) {
+        (AsyncOp::Read { offset, segments }, None) if iov.is_some() => {
+            let len: usize = segments.iter().map(|s| s.1).sum();
+            if done < len {
+                // Short: read it all again through a bounce buffer.
+                read_bounced(disk, mem, offset, &segments)
+            } else {
+                data_len(len)
+            }
+        }
+        (AsyncOp::Write { offset, segments }, None) if iov.is_some() => {
+            let len: usize = segments.iter().map(|s| s.1).sum();
+            if done < len {
+                write_bounced(disk, mem, offset, &segments).map(|()| 0)
+            } else {
+                Ok(0)
+            }
+        }
         (AsyncOp::Read { offset, segments }, Some(buf)) => {
             finish_read(disk, mem, offset, &segments, buf.as_mut_slice(), done)
         }
-        (AsyncOp::Write { offset }, Some(buf)) => {
+        (AsyncOp::Write { offset, .. }, Some(buf)) => {
             let rest = buf.as_slice().get(done..).unwrap_or_default();
             if rest.is_empty() {
                 Ok(0)
@@ -320,13 +352,19 @@ fn begin(
         return Started::Done(Outcome::NoStatus);
     };
     let (status, written) = match serve(disk, mem, chain, &descs, allow_async) {
-        Ok(Served::Async(op, buf)) => {
+        Ok(Served::Async(op, data)) => {
+            let (buf, iov) = match data {
+                Data::Guest(iov) => (None, Some(iov)),
+                Data::Bounce(buf) => (Some(buf), None),
+                Data::None => (None, None),
+            };
             return Started::Submit(AsyncRequest {
                 head,
                 status_addr,
                 op,
                 buf,
-            })
+                iov,
+            });
         }
         Ok(Served::Done(written)) => {
             disk.host_errors.succeeded();
@@ -344,10 +382,48 @@ fn begin(
     Started::Done(write_status(mem, status_addr, status, written))
 }
 
+/// Descriptors of a chain kept inline up to this many (a request is usually header, data,
+/// status), so that walking one allocates nothing.
+const INLINE_DESCS: usize = 8;
+
+/// A chain's descriptors: inline when few, else on the heap.
+enum Descs {
+    Inline([Descriptor; INLINE_DESCS], usize),
+    Heap(Vec<Descriptor>),
+}
+
+impl std::ops::Deref for Descs {
+    type Target = [Descriptor];
+    fn deref(&self) -> &[Descriptor] {
+        match self {
+            Descs::Inline(d, n) => &d[..*n],
+            Descs::Heap(v) => v,
+        }
+    }
+}
+
 /// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
 /// queue, or a descriptor could not be read).
-fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
-    let descs: Vec<Descriptor> = chain.collect();
+fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Descs> {
+    let mut inline = [Descriptor::default(); INLINE_DESCS];
+    let mut n = 0;
+    let mut heap = Vec::new();
+    for d in chain {
+        if n < INLINE_DESCS {
+            inline[n] = d;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&inline);
+            }
+            heap.push(d);
+        }
+        n += 1;
+    }
+    let descs = if heap.is_empty() {
+        Descs::Inline(inline, n)
+    } else {
+        Descs::Heap(heap)
+    };
     match descs.last() {
         Some(last) if !last.has_next() => Some(descs),
         _ => None,
@@ -373,55 +449,76 @@ fn serve(
     allow_async: bool,
 ) -> Result<Served, RequestError> {
     check_layout(descs)?;
-    let mut reader = Reader::new(mem, chain.clone()).map_err(|_| RequestError::OutsideRam)?;
-    let mut writer = Writer::new(mem, chain).map_err(|_| RequestError::OutsideRam)?;
-    if reader.available_bytes() < HEADER_SIZE {
-        return Err(RequestError::Malformed("header shorter than 16 bytes"));
+    if descs.iter().any(|d| !in_ram(mem, d)) {
+        return Err(RequestError::OutsideRam);
     }
-    let mut header = [0u8; HEADER_SIZE];
-    reader
-        .read_exact(&mut header)
-        .map_err(|_| RequestError::OutsideRam)?;
+    let first_writable = descs
+        .iter()
+        .position(Descriptor::is_write_only)
+        .unwrap_or(descs.len());
+    let (readable, writable) = descs.split_at(first_writable);
+    let header = read_header(mem, readable)?;
     let request_type = le_u32(&header[0..4]);
     let sector = le_u64(&header[8..16]);
     // The status byte is the last writable byte; what comes before it is data.
-    let data_in = writer.available_bytes().saturating_sub(1);
-    writer
-        .split_at(data_in)
-        .map_err(|_| RequestError::Malformed("status"))?;
+    let data_in = total_len(writable).saturating_sub(1);
+    let data_out = total_len(readable) - HEADER_SIZE;
 
     let done = Served::Done;
     match request_type {
-        VIRTIO_BLK_T_IN if allow_async && writer.available_bytes() <= MAX_ASYNC_BYTES => {
-            start_read(disk, mem, sector, (&reader, &writer), descs)
+        VIRTIO_BLK_T_IN => {
+            if data_out != 0 {
+                return Err(RequestError::Malformed("device-readable data on a read"));
+            }
+            let offset = data_range(disk, sector, data_in)?;
+            let segments = segments_of(writable, 0, data_in);
+            if allow_async && data_in <= MAX_ASYNC_BYTES {
+                let data = async_data(disk, mem, offset, &segments, None)?;
+                return Ok(Served::Async(AsyncOp::Read { offset, segments }, data));
+            }
+            read(disk, mem, offset, &segments).map(done)
         }
-        VIRTIO_BLK_T_OUT if allow_async && reader.available_bytes() <= MAX_ASYNC_BYTES => {
-            start_write(disk, sector, &mut reader, data_in)
+        VIRTIO_BLK_T_OUT => {
+            if data_in != 0 {
+                return Err(RequestError::Malformed("device-writable data on a write"));
+            }
+            if disk.readonly {
+                return Err(RequestError::ReadOnly);
+            }
+            let offset = data_range(disk, sector, data_out)?;
+            let segments = segments_of(readable, HEADER_SIZE, data_out);
+            if allow_async && data_out <= MAX_ASYNC_BYTES {
+                let data = async_data(disk, mem, offset, &segments, Some(data_out))?;
+                return Ok(Served::Async(AsyncOp::Write { offset, segments }, data));
+            }
+            write(disk, mem, offset, &segments).map(|()| 0).map(done)
         }
-        VIRTIO_BLK_T_FLUSH if allow_async => {
-            only_header(&reader, data_in)?;
-            Ok(Served::Async(AsyncOp::Flush, None))
-        }
-        VIRTIO_BLK_T_IN => read(disk, sector, &mut reader, &mut writer).map(done),
-        VIRTIO_BLK_T_OUT => write(disk, sector, &mut reader, data_in).map(done),
         VIRTIO_BLK_T_FLUSH => {
-            only_header(&reader, data_in)?;
+            if data_out != 0 || data_in != 0 {
+                return Err(RequestError::Malformed(
+                    "data buffers on a request that takes none",
+                ));
+            }
+            if allow_async {
+                return Ok(Served::Async(AsyncOp::Flush, Data::None));
+            }
             disk.backend.flush().map_err(RequestError::Io)?;
             Ok(done(0))
         }
         VIRTIO_BLK_T_GET_ID => {
             let n = data_in.min(ID_BYTES);
-            writer
+            Writer::new(mem, chain)
+                .map_err(|_| RequestError::OutsideRam)?
                 .write_all(&disk.serial[..n])
                 .map_err(|_| RequestError::OutsideRam)?;
             Ok(done(n as u32))
         }
         VIRTIO_BLK_T_DISCARD if disk.discard && !disk.readonly => {
-            segments(disk, &mut reader, data_in, false)?;
+            segments(disk, &mut past_header(mem, chain)?, data_in, false)?;
             Ok(done(0))
         }
         VIRTIO_BLK_T_WRITE_ZEROES if disk.write_zeroes && !disk.readonly => {
-            segments(disk, &mut reader, data_in, true)?;
+            segments(disk, &mut past_header(mem, chain)?, data_in, true)?;
             Ok(done(0))
         }
         other => Err(RequestError::Unsupported(other)),
@@ -440,15 +537,6 @@ fn check_layout(descs: &[Descriptor]) -> Result<(), RequestError> {
     if descs[first_writable..].iter().any(|d| !d.is_write_only()) {
         return Err(RequestError::Malformed(
             "device-readable descriptor after a writable one",
-        ));
-    }
-    Ok(())
-}
-
-fn only_header(reader: &Reader<'_>, data_in: usize) -> Result<(), RequestError> {
-    if reader.available_bytes() != 0 || data_in != 0 {
-        return Err(RequestError::Malformed(
-            "data buffers on a request that takes none",
         ));
     }
     Ok(())
@@ -477,124 +565,229 @@ fn sector_range(disk: &Disk<'_>, sector: u64, sectors: u64) -> Result<u64, Reque
     }
 }
 
-/// The checks every read shares: no device-readable data, and a data range inside the disk.
-/// Returns the data length and its byte offset in the image.
-fn check_read(
-    disk: &Disk<'_>,
-    sector: u64,
-    reader: &Reader<'_>,
-    writer: &Writer<'_>,
-) -> Result<(usize, u64), RequestError> {
-    if reader.available_bytes() != 0 {
-        return Err(RequestError::Malformed("device-readable data on a read"));
-    }
-    let len = writer.available_bytes();
-    Ok((len, data_range(disk, sector, len)?))
+/// Whether `d`'s buffer is in RAM: one lookup when it is inside one RAM range, as it is but
+/// for a buffer across two adjacent ranges.
+fn in_ram(mem: &GuestMemoryMmap, d: &Descriptor) -> bool {
+    let len = d.len() as usize;
+    mem.get_slice(d.addr(), len).is_ok() || mem.check_range(d.addr(), len)
 }
 
-/// The checks every write shares: no device-writable data, a writable disk, and a data range
-/// inside it. Returns the data length and its byte offset in the image.
-fn check_write(
-    disk: &Disk<'_>,
-    sector: u64,
-    reader: &Reader<'_>,
-    data_in: usize,
-) -> Result<(usize, u64), RequestError> {
-    if data_in != 0 {
-        return Err(RequestError::Malformed("device-writable data on a write"));
-    }
-    if disk.readonly {
-        return Err(RequestError::ReadOnly);
-    }
-    let len = reader.available_bytes();
-    Ok((len, data_range(disk, sector, len)?))
+/// Total length of `descs` (each at most 4 GiB, a chain at most 32768 long: no overflow).
+fn total_len(descs: &[Descriptor]) -> usize {
+    descs.iter().map(|d| d.len() as usize).sum()
 }
 
-/// Checks a read and lists the guest segments its data goes to (every writable byte but the
-/// status byte, in chain order).
-fn start_read(
+/// The 16-byte header: the first device-readable bytes, across descriptors if split.
+fn read_header(
+    mem: &GuestMemoryMmap,
+    readable: &[Descriptor],
+) -> Result<[u8; HEADER_SIZE], RequestError> {
+    let mut header = [0u8; HEADER_SIZE];
+    if total_len(readable) < HEADER_SIZE {
+        return Err(RequestError::Malformed("header shorter than 16 bytes"));
+    }
+    let mut at = 0;
+    for d in readable {
+        let n = (d.len() as usize).min(HEADER_SIZE - at);
+        mem.read_slice(&mut header[at..at + n], d.addr())
+            .map_err(|_| RequestError::OutsideRam)?;
+        at += n;
+        if at == HEADER_SIZE {
+            break;
+        }
+    }
+    Ok(header)
+}
+
+/// A reader of the chain's device-readable bytes after the header.
+fn past_header<'a>(
+    mem: &'a GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<Reader<'a>, RequestError> {
+    let mut reader = Reader::new(mem, chain).map_err(|_| RequestError::OutsideRam)?;
+    let mut header = [0u8; HEADER_SIZE];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| RequestError::OutsideRam)?;
+    Ok(reader)
+}
+
+/// The guest ranges of `len` bytes of `descs` after their first `skip` bytes.
+fn segments_of(
+    descs: &[Descriptor],
+    mut skip: usize,
+    mut len: usize,
+) -> Vec<(GuestAddress, usize)> {
+    let mut segments = Vec::with_capacity(descs.len());
+    for d in descs {
+        let d_len = d.len() as usize;
+        if skip >= d_len {
+            skip -= d_len;
+            continue;
+        }
+        let n = (d_len - skip).min(len);
+        if n > 0 {
+            // In RAM (checked), so `addr + skip` does not overflow.
+            segments.push((d.addr().unchecked_add(skip as u64), n));
+        }
+        skip = 0;
+        len -= n;
+        if len == 0 {
+            break;
+        }
+    }
+    segments
+}
+
+/// The data of an asynchronous read or write: the guest's own buffers when the image can take
+/// them, else a bounce buffer (a write's filled from the guest: `copy_out` is its length).
+fn async_data(
     disk: &Disk<'_>,
     mem: &GuestMemoryMmap,
-    sector: u64,
-    (reader, writer): (&Reader<'_>, &Writer<'_>),
-    descs: &[Descriptor],
-) -> Result<Served, RequestError> {
-    let (len, offset) = check_read(disk, sector, reader, writer)?;
-    let mut segments = Vec::new();
-    let mut left = len;
-    for d in descs.iter().filter(|d| d.is_write_only()) {
-        let n = (d.len() as usize).min(left);
-        if n > 0 {
-            if !mem.check_range(d.addr(), n) {
-                return Err(RequestError::OutsideRam);
-            }
-            segments.push((d.addr(), n));
-        }
-        left -= n;
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+    copy_out: Option<usize>,
+) -> Result<Data, RequestError> {
+    let len: usize = segments.iter().map(|s| s.1).sum();
+    if let Some(iov) = guest_iovecs(disk, mem, offset, segments, len) {
+        return Ok(Data::Guest(iov));
     }
-    Ok(Served::Async(
-        AsyncOp::Read { offset, segments },
-        Some(AlignedBuf::new(len)),
-    ))
-}
-
-/// Checks a write and copies its data into an aligned buffer.
-fn start_write(
-    disk: &Disk<'_>,
-    sector: u64,
-    reader: &mut Reader<'_>,
-    data_in: usize,
-) -> Result<Served, RequestError> {
-    let (len, offset) = check_write(disk, sector, reader, data_in)?;
     let mut buf = AlignedBuf::new(len);
-    reader
-        .read_exact(buf.as_mut_slice())
-        .map_err(|_| RequestError::OutsideRam)?;
-    Ok(Served::Async(AsyncOp::Write { offset }, Some(buf)))
+    if copy_out.is_some() {
+        gather(mem, segments, buf.as_mut_slice())?;
+    }
+    Ok(Data::Bounce(buf))
 }
 
-fn read(
+/// The segments' host addresses, if the image takes guest buffers for this request.
+fn guest_iovecs(
     disk: &Disk<'_>,
-    sector: u64,
-    reader: &mut Reader<'_>,
-    writer: &mut Writer<'_>,
-) -> Result<u32, RequestError> {
-    let (len, offset) = check_read(disk, sector, reader, writer)?;
-    let mut buf = vec![0u8; len.min(CHUNK)];
-    let mut done = 0;
-    while done < len {
-        let chunk = &mut buf[..(len - done).min(CHUNK)];
-        disk.backend
-            .read_at(chunk, offset + done as u64)
-            .map_err(RequestError::Io)?;
-        writer
-            .write_all(chunk)
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+    len: usize,
+) -> Option<GuestIovecs> {
+    let iov = GuestIovecs::new(mem, segments)?;
+    disk.backend
+        .guest_io_fd(offset, len, iov.sector_aligned())
+        .map(|_| iov)
+}
+
+/// Copies the guest's segments into `buf`.
+fn gather(
+    mem: &GuestMemoryMmap,
+    segments: &[(GuestAddress, usize)],
+    buf: &mut [u8],
+) -> Result<(), RequestError> {
+    let mut at = 0;
+    for &(addr, len) in segments {
+        let part = buf
+            .get_mut(at..at + len)
+            .ok_or(RequestError::Malformed("segments longer than the buffer"))?;
+        mem.read_slice(part, addr)
             .map_err(|_| RequestError::OutsideRam)?;
-        done += chunk.len();
+        at += len;
     }
+    Ok(())
+}
+
+fn data_len(len: usize) -> Result<u32, RequestError> {
     u32::try_from(len).map_err(|_| RequestError::Malformed("chain longer than 4 GiB"))
 }
 
+/// Reads `segments` from `offset`: straight into guest memory when the image takes it,
+/// else through a bounce buffer.
+fn read(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+) -> Result<u32, RequestError> {
+    let len: usize = segments.iter().map(|s| s.1).sum();
+    if let Some(iov) = GuestIovecs::new(mem, segments) {
+        if let Some(fd) = disk.backend.guest_io_fd(offset, len, iov.sector_aligned()) {
+            match iov.read_from(fd, offset) {
+                Ok(()) => return data_len(len),
+                // The file system wants larger alignment than O_DIRECT's sector: bounce.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(RequestError::Io(e)),
+            }
+        }
+    }
+    read_bounced(disk, mem, offset, segments)
+}
+
+/// [`read`] through a bounce buffer of at most [`CHUNK`] bytes.
+fn read_bounced(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+) -> Result<u32, RequestError> {
+    let len: usize = segments.iter().map(|s| s.1).sum();
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0u64;
+    for &(addr, seg_len) in segments {
+        let mut at = 0;
+        while at < seg_len {
+            let chunk = &mut buf[..(seg_len - at).min(CHUNK)];
+            disk.backend
+                .read_at(chunk, offset + done)
+                .map_err(RequestError::Io)?;
+            mem.write_slice(chunk, addr.unchecked_add(at as u64))
+                .map_err(|_| RequestError::OutsideRam)?;
+            at += chunk.len();
+            done += chunk.len() as u64;
+        }
+    }
+    data_len(len)
+}
+
+/// Writes `segments` at `offset`: straight from guest memory when the image takes it, else
+/// through a bounce buffer.
 fn write(
     disk: &Disk<'_>,
-    sector: u64,
-    reader: &mut Reader<'_>,
-    data_in: usize,
-) -> Result<u32, RequestError> {
-    let (len, offset) = check_write(disk, sector, reader, data_in)?;
-    let mut buf = vec![0u8; len.min(CHUNK)];
-    let mut done = 0;
-    while done < len {
-        let chunk = &mut buf[..(len - done).min(CHUNK)];
-        reader
-            .read_exact(chunk)
-            .map_err(|_| RequestError::OutsideRam)?;
-        disk.backend
-            .write_at(chunk, offset + done as u64)
-            .map_err(RequestError::Io)?;
-        done += chunk.len();
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+) -> Result<(), RequestError> {
+    let len: usize = segments.iter().map(|s| s.1).sum();
+    if let Some(iov) = GuestIovecs::new(mem, segments) {
+        if let Some(fd) = disk.backend.guest_io_fd(offset, len, iov.sector_aligned()) {
+            match iov.write_to(fd, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(RequestError::Io(e)),
+            }
+        }
     }
-    Ok(0)
+    write_bounced(disk, mem, offset, segments)
+}
+
+/// [`write`] through a bounce buffer of at most [`CHUNK`] bytes.
+fn write_bounced(
+    disk: &Disk<'_>,
+    mem: &GuestMemoryMmap,
+    offset: u64,
+    segments: &[(GuestAddress, usize)],
+) -> Result<(), RequestError> {
+    let len: usize = segments.iter().map(|s| s.1).sum();
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0u64;
+    for &(addr, seg_len) in segments {
+        let mut at = 0;
+        while at < seg_len {
+            let chunk = &mut buf[..(seg_len - at).min(CHUNK)];
+            mem.read_slice(chunk, addr.unchecked_add(at as u64))
+                .map_err(|_| RequestError::OutsideRam)?;
+            disk.backend
+                .write_at(chunk, offset + done)
+                .map_err(RequestError::Io)?;
+            at += chunk.len();
+            done += chunk.len() as u64;
+        }
+    }
+    Ok(())
 }
 
 /// DISCARD or WRITE_ZEROES: the segments are the device-readable bytes after the header.

@@ -14,6 +14,32 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::aligned::AlignedBuf;
 
+/// Where a request's iovecs are, for [`Uring::submit_iovecs`]: a copy of the first one and
+/// the address and count of all, in a heap array the request owns (so it does not move while
+/// the request is in flight).
+#[derive(Clone, Copy)]
+pub struct IovecsRef {
+    first: libc::iovec,
+    at: *const libc::iovec,
+    count: u32,
+}
+
+impl IovecsRef {
+    /// `iov`'s place, or `None` if it is empty or too long for one operation.
+    pub fn of(iov: &[libc::iovec]) -> Option<IovecsRef> {
+        Some(IovecsRef {
+            first: *iov.first()?,
+            at: iov.as_ptr(),
+            count: u32::try_from(iov.len()).ok().filter(|&n| n <= 1024)?,
+        })
+    }
+
+    /// The first iovec's length (a request is at most a few MiB).
+    fn first_len(&self) -> u32 {
+        u32::try_from(self.first.iov_len).unwrap_or(u32::MAX)
+    }
+}
+
 /// What one submission does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoKind {
@@ -88,15 +114,11 @@ impl<T> Uring<T> {
         mut buf: Option<AlignedBuf>,
         data: T,
     ) -> Result<(), (io::Error, T)> {
-        let Some(slot) = self.free.pop() else {
-            return Err((io::Error::from_raw_os_error(libc::EBUSY), data));
-        };
         let (ptr, len) = match buf.as_mut() {
             Some(b) => (b.as_mut_slice().as_mut_ptr(), b.len()),
             None => (std::ptr::null_mut(), 0),
         };
         let Ok(len) = u32::try_from(len) else {
-            self.free.push(slot);
             return Err((io::Error::from_raw_os_error(libc::EINVAL), data));
         };
         let fd = types::Fd(fd);
@@ -107,12 +129,56 @@ impl<T> Uring<T> {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .flags(squeue::Flags::IO_DRAIN),
-        }
-        .user_data(slot as u64);
-        // SAFETY: `push` requires the entry's buffer to stay valid until its completion. The
-        // buffer is moved into `slots[slot]` below and stays there (its heap allocation does
-        // not move with it) until `reap` took that slot's completion, or `drop` waited for
-        // every completion; `ptr`/`len` describe exactly that buffer, or nothing for a flush.
+        };
+        // `ptr`/`len` describe exactly `buf`, which goes into the slot with `data`, or nothing
+        // for a flush.
+        self.push(entry, buf, data)
+    }
+
+    /// Submits a read or write (`kind`; a flush takes [`Uring::submit`]) of guest memory on
+    /// `fd` at `offset`: the iovecs `iov` describes, which `data` owns.
+    pub fn submit_iovecs(
+        &mut self,
+        fd: RawFd,
+        kind: IoKind,
+        offset: u64,
+        iov: IovecsRef,
+        data: T,
+    ) -> Result<(), (io::Error, T)> {
+        let fd = types::Fd(fd);
+        let entry = match (kind, iov.count) {
+            (IoKind::Read, 1) => {
+                { opcode::Read::new(fd, iov.first.iov_base.cast(), iov.first_len()).offset(offset) }
+                    .build()
+            }
+            (IoKind::Write, 1) => {
+                opcode::Write::new(fd, iov.first.iov_base.cast(), iov.first_len()).offset(offset)
+            }
+            .build(),
+            (IoKind::Read, n) => opcode::Readv::new(fd, iov.at, n).offset(offset).build(),
+            (IoKind::Write, n) => opcode::Writev::new(fd, iov.at, n).offset(offset).build(),
+            (IoKind::Flush, _) => return Err((io::Error::from_raw_os_error(libc::EINVAL), data)),
+        };
+        self.push(entry, None, data)
+    }
+
+    /// Puts `entry` in the submission queue under a free slot that keeps `buf` and `data`
+    /// until its completion, and submits it.
+    fn push(
+        &mut self,
+        entry: squeue::Entry,
+        buf: Option<AlignedBuf>,
+        data: T,
+    ) -> Result<(), (io::Error, T)> {
+        let Some(slot) = self.free.pop() else {
+            return Err((io::Error::from_raw_os_error(libc::EBUSY), data));
+        };
+        let entry = entry.user_data(slot as u64);
+        // SAFETY: `push` requires the entry's buffers to stay valid until its completion. They
+        // are `buf`, or guest memory described by iovecs that `data` owns, or nothing (a
+        // flush). Both are moved into `slots[slot]` below and stay there (their heap
+        // allocations do not move with them) until `reap` took that slot's completion, or
+        // `drop` waited for every completion; guest RAM stays mapped while the device lives.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             self.free.push(slot);
