@@ -24,7 +24,11 @@ Sub-benchmarks (--only takes a comma-separated subset; default all but linux and
   snapshot  QMP migrate of the counting test guest, its size, exec -> the restored guest's next
             output beside its cold boot, private memory of 10 clones of one template (Nimbus
             only)
-  parallel  VMs started and stopped per second, 8 at a time
+  parallel  VMs started and stopped per second, 8 at a time: the boot-report guest, and the
+            guest with `nimbus.quiet` (one line, then reset: mostly the VMMs' own cost)
+  devmodel  the virtio-blk device model alone in process against fio on the same file, in
+            alternating rounds (one request at a time: aio=off against psync; depth 32:
+            aio=io_uring against io_uring), median req/s and the median ratio of each round
   console   console output bytes per second from the test guest (guests/console.c, action
             `conbench`): over a virtio-console port (virtconsole on a file chardev, 4 KiB
             chunks, one in flight as Linux's hvc sends them) and over the 16550 (THR byte by
@@ -61,7 +65,7 @@ QEMU = "qemu-system-x86_64"
 RAM_MIB = 128
 BASE_APPEND = "console=ttyS0 reboot=t"
 ALL = ["size", "startup", "memory", "exits", "blk", "blkdepth", "vhostuser", "net", "vsock",
-       "snapshot", "parallel", "console"]
+       "snapshot", "parallel", "console", "devmodel"]
 EXTRA = ["linux", "virtiofs"]  # slow: only when asked for (--linux, --only virtiofs)
 IMG = "/var/tmp/nimbus-bench.img"  # 256 MiB of random data, written by the blk benchmark
 
@@ -448,6 +452,55 @@ def bench_blk(res, args):
                     res.host_row("blk", metric, "MiB/s", r[1], 1)
                 else:
                     res.host_row("blk", metric, "req/s", r[0])
+
+
+def device_model_blk(case, secs):
+    """req/s of one device-model case (`aio=off`, `aio=io_uring`, ...) on IMG, or None."""
+    env = dict(os.environ, NIMBUS_BENCH_IMAGE=IMG, NIMBUS_BENCH_SECS=str(secs),
+               NIMBUS_BENCH_CASES=case)
+    out = subprocess.run(["cargo", "test", "-q", "-p", "virtio", "--release", "--", "--ignored",
+                          "--nocapture", "--test-threads=1", "block::bench::device_model"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    m = re.search(r"BENCH device-model \S+ iodepth=\d+: (\d+) req/s", out.stdout)
+    if not m:
+        log(f"device model {case} failed: {out.stderr.strip()[-300:]}")
+    return float(m.group(1)) if m else None
+
+
+BLK_PAIRS = {  # name: (device-model case, fio spec)
+    "one request at a time (aio=off / psync)": ("aio=off", ("randread", "4k", "psync", 1)),
+    "depth 32 (aio=io_uring / io_uring)": ("aio=io_uring", ("randread", "4k", "io_uring", 32)),
+}
+
+
+def blk_model_ratios(rounds, secs):
+    """{pair: (device req/s list, fio req/s list, ratio list)}, the pairs run back to back in
+    each round so that both sides of a ratio see the same host load."""
+    ensure_image()
+    out = {k: ([], [], []) for k in BLK_PAIRS}
+    for _ in range(rounds):
+        for name, (case, spec) in BLK_PAIRS.items():
+            dev = device_model_blk(case, secs)
+            f = fio(spec, secs)
+            if dev and f:
+                out[name][0].append(dev)
+                out[name][1].append(f[0])
+                out[name][2].append(dev / f[0])
+    return out
+
+
+def bench_devmodel(res, args):
+    rounds = 3 if args.quick else 5
+    for name, (dev, fio_v, ratio) in blk_model_ratios(rounds, 2).items():
+        if not ratio:
+            res.notes.append(f"devmodel: {name} did not run")
+            continue
+        res.host_row("devmodel", f"virtio-blk device model 4 KiB random read, {name}", "req/s",
+                     statistics.median(dev))
+        res.host_row("devmodel", f"fio on the same file, {name}", "req/s",
+                     statistics.median(fio_v))
+        res.host_row("devmodel", f"device model / fio, {name} (median of {len(ratio)} rounds; "
+                     "target >= 0.9)", "ratio", statistics.median(ratio), 3)
 
 
 def bench_net(res, args):
@@ -1089,7 +1142,7 @@ def main():
              "vhostuser": bench_vhostuser,
              "net": bench_net, "vsock": bench_vsock, "snapshot": bench_snapshot,
              "parallel": bench_parallel, "linux": bench_linux, "virtiofs": bench_virtiofs,
-             "console": bench_console}
+             "console": bench_console, "devmodel": bench_devmodel}
     load0 = loadavg()
     t0 = time.monotonic()
     for name in ALL + EXTRA:

@@ -3,13 +3,16 @@
 time and idle memory, measured in the same run, against the ratios recorded in
 docs/performance.md (`<!-- guard: startup_ratio=R memory_ratio=R -->`).
 
-Usage (root): benches/guard.py [--runs N] [--no-build] [--tolerance 0.25]
+Usage (root): benches/guard.py [--runs N] [--no-build] [--tolerance 0.25] [--no-device-model]
 
 Start-up: exec -> first guest console byte, median of N runs per VMM, alternating.
 Memory: idle RSS without the guest-RAM mapping (guest in `nimbus.test=hang`), median of 3.
+Device model (issue 18): the virtio-blk device model alone against fio on the same file, one
+request at a time (`blk_sync_ratio`) and at depth 32 over io_uring (`blk_uring_ratio`), median
+of 3 alternating rounds; higher is better.
 Comparing ratios rather than absolute figures cancels most of the host's speed and load.
-Exit status 1 and a `REGRESSION:` line when a ratio is more than 25% worse (higher) than
-recorded; 0 and `OK` otherwise.
+Exit status 1 and a `REGRESSION:` line when a ratio is more than 25% worse than recorded
+(higher for the QEMU ratios, lower for the device-model ratios); 0 and `OK` otherwise.
 """
 import argparse
 import os
@@ -22,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 DOC = os.path.join(bench.ROOT, "docs", "performance.md")
+# Ratios where higher is better (the rest are Nimbus/QEMU, lower is better).
+HIGHER_IS_BETTER = {"blk_sync_ratio", "blk_uring_ratio"}
 
 
 def recorded(doc):
@@ -38,6 +43,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--tolerance", type=float, default=0.25)
     ap.add_argument("--doc", default=DOC, help="file with the recorded guard line")
+    ap.add_argument("--no-device-model", action="store_true",
+                    help="skip the device-model ratios (they build the virtio crate's tests)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: /dev/kvm")
@@ -71,19 +78,28 @@ def main():
           f"QEMU {med['startup']['qemu']:.2f} ms (median of {args.runs})")
     print(f"idle RSS w/o guest RAM: Nimbus {med['memory']['nimbus']:.2f} MiB, "
           f"QEMU {med['memory']['qemu']:.2f} MiB (median of 3)")
+    if not args.no_device_model:
+        pairs = bench.blk_model_ratios(3, 2)
+        for key, (_, _, ratios) in zip(("blk_sync_ratio", "blk_uring_ratio"), pairs.values()):
+            if ratios:
+                now[key] = statistics.median(ratios)
+        for name, (dev, fio_v, _) in pairs.items():
+            if dev:
+                print(f"device model {name}: {statistics.median(dev):.0f} req/s, fio "
+                      f"{statistics.median(fio_v):.0f} req/s (median of {len(dev)})")
     bad = []
     for key, value in now.items():
         ref = want.get(key)
         if ref is None:
             print(f"{key}={value:.3f} (nothing recorded)")
             continue
-        worse = value / ref - 1
+        worse = ref / value - 1 if key in HIGHER_IS_BETTER else value / ref - 1
         print(f"{key}={value:.3f} recorded {ref:.3f} ({worse:+.0%})")
         if worse > args.tolerance:
             bad.append(f"REGRESSION: {key} {value:.3f} is {worse:.0%} worse than the recorded "
                        f"{ref:.3f} (more than {args.tolerance:.0%} worse)")
-    print(f"<!-- guard: startup_ratio={now['startup_ratio']:.3f} "
-          f"memory_ratio={now['memory_ratio']:.3f} -->  (this run)")
+    line = " ".join(f"{k}={v:.3f}" for k, v in now.items())
+    print(f"<!-- guard: {line} -->  (this run)")
     if bad:
         print("\n".join(bad))
         return 1

@@ -144,9 +144,15 @@ fn vectored(fd: RawFd, iov: &[libc::iovec], offset: u64, dir: Direction) -> io::
         // reference to guest RAM exists (it is accessed as volatile memory everywhere).
         let n = unsafe {
             match (dir, iov) {
-                // One buffer: pread/pwrite spare the kernel importing an iovec.
-                (Direction::Read, [one]) => libc::pread(fd, one.iov_base, one.iov_len, at),
-                (Direction::Write, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, at),
+                // One buffer: pread/pwrite spare the kernel importing an iovec. Made as raw
+                // syscalls: glibc's wrappers add thread-cancellation bookkeeping per call,
+                // which no thread of the VMM uses.
+                (Direction::Read, [one]) => {
+                    libc::syscall(libc::SYS_pread64, fd, one.iov_base, one.iov_len, at) as isize
+                }
+                (Direction::Write, [one]) => {
+                    libc::syscall(libc::SYS_pwrite64, fd, one.iov_base, one.iov_len, at) as isize
+                }
                 (Direction::Read, _) => libc::preadv(fd, iov.as_ptr(), count, at),
                 (Direction::Write, _) => libc::pwritev(fd, iov.as_ptr(), count, at),
             }

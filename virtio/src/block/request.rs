@@ -7,6 +7,7 @@
 //! other mistake, and any host I/O error, completes the request with an error status.
 
 use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use address_space::vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -449,9 +450,6 @@ fn serve(
     allow_async: bool,
 ) -> Result<Served, RequestError> {
     check_layout(descs)?;
-    if descs.iter().any(|d| !in_ram(mem, d)) {
-        return Err(RequestError::OutsideRam);
-    }
     let first_writable = descs
         .iter()
         .position(Descriptor::is_write_only)
@@ -464,6 +462,15 @@ fn serve(
     let data_in = total_len(writable).saturating_sub(1);
     let data_out = total_len(readable) - HEADER_SIZE;
 
+    // Reads, writes and flushes check RAM as they go, before anything is read or written: the
+    // header read, the status byte's address and the data buffers' translation cover every
+    // descriptor they accept. The rest check the whole chain first.
+    if !matches!(
+        request_type,
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_FLUSH
+    ) {
+        all_in_ram(mem, descs)?;
+    }
     let done = Served::Done;
     match request_type {
         VIRTIO_BLK_T_IN => {
@@ -472,11 +479,18 @@ fn serve(
             }
             let offset = data_range(disk, sector, data_in)?;
             let segments = segments_of(writable, 0, data_in);
+            let direct = guest_iovecs(disk, mem, offset, &segments, data_in);
+            if direct.is_none() {
+                all_in_ram(mem, descs)?;
+            }
             if allow_async && data_in <= MAX_ASYNC_BYTES {
-                let data = async_data(disk, mem, offset, &segments, None)?;
+                let data = match direct {
+                    Some((iov, _)) => Data::Guest(iov),
+                    None => Data::Bounce(AlignedBuf::new(data_in)),
+                };
                 return Ok(Served::Async(AsyncOp::Read { offset, segments }, data));
             }
-            read(disk, mem, offset, &segments).map(done)
+            read(disk, mem, offset, &segments, direct).map(done)
         }
         VIRTIO_BLK_T_OUT => {
             if data_in != 0 {
@@ -487,11 +501,24 @@ fn serve(
             }
             let offset = data_range(disk, sector, data_out)?;
             let segments = segments_of(readable, HEADER_SIZE, data_out);
+            let direct = guest_iovecs(disk, mem, offset, &segments, data_out);
+            if direct.is_none() {
+                all_in_ram(mem, descs)?;
+            }
             if allow_async && data_out <= MAX_ASYNC_BYTES {
-                let data = async_data(disk, mem, offset, &segments, Some(data_out))?;
+                let data = match direct {
+                    Some((iov, _)) => Data::Guest(iov),
+                    None => {
+                        let mut buf = AlignedBuf::new(data_out);
+                        gather(mem, &segments, buf.as_mut_slice())?;
+                        Data::Bounce(buf)
+                    }
+                };
                 return Ok(Served::Async(AsyncOp::Write { offset, segments }, data));
             }
-            write(disk, mem, offset, &segments).map(|()| 0).map(done)
+            write(disk, mem, offset, &segments, direct)
+                .map(|()| 0)
+                .map(done)
         }
         VIRTIO_BLK_T_FLUSH => {
             if data_out != 0 || data_in != 0 {
@@ -565,11 +592,18 @@ fn sector_range(disk: &Disk<'_>, sector: u64, sectors: u64) -> Result<u64, Reque
     }
 }
 
-/// Whether `d`'s buffer is in RAM: one lookup when it is inside one RAM range, as it is but
-/// for a buffer across two adjacent ranges.
-fn in_ram(mem: &GuestMemoryMmap, d: &Descriptor) -> bool {
-    let len = d.len() as usize;
-    mem.get_slice(d.addr(), len).is_ok() || mem.check_range(d.addr(), len)
+/// Every buffer of the chain in RAM (one lookup for a buffer inside one RAM range, as all are
+/// but one across two adjacent ranges), or `OutsideRam`.
+fn all_in_ram(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Result<(), RequestError> {
+    let in_ram = |d: &Descriptor| {
+        let len = d.len() as usize;
+        mem.get_slice(d.addr(), len).is_ok() || mem.check_range(d.addr(), len)
+    };
+    if descs.iter().all(in_ram) {
+        Ok(())
+    } else {
+        Err(RequestError::OutsideRam)
+    }
 }
 
 /// Total length of `descs` (each at most 4 GiB, a chain at most 32768 long: no overflow).
@@ -639,38 +673,20 @@ fn segments_of(
     segments
 }
 
-/// The data of an asynchronous read or write: the guest's own buffers when the image can take
-/// them, else a bounce buffer (a write's filled from the guest: `copy_out` is its length).
-fn async_data(
-    disk: &Disk<'_>,
-    mem: &GuestMemoryMmap,
-    offset: u64,
-    segments: &[(GuestAddress, usize)],
-    copy_out: Option<usize>,
-) -> Result<Data, RequestError> {
-    let len: usize = segments.iter().map(|s| s.1).sum();
-    if let Some(iov) = guest_iovecs(disk, mem, offset, segments, len) {
-        return Ok(Data::Guest(iov));
-    }
-    let mut buf = AlignedBuf::new(len);
-    if copy_out.is_some() {
-        gather(mem, segments, buf.as_mut_slice())?;
-    }
-    Ok(Data::Bounce(buf))
-}
-
-/// The segments' host addresses, if the image takes guest buffers for this request.
+/// The segments' host addresses and the descriptor to move them on, if the image takes guest
+/// buffers for this request; `None` (also for a buffer outside RAM) means a bounce buffer.
 fn guest_iovecs(
     disk: &Disk<'_>,
     mem: &GuestMemoryMmap,
     offset: u64,
     segments: &[(GuestAddress, usize)],
     len: usize,
-) -> Option<GuestIovecs> {
+) -> Option<(GuestIovecs, RawFd)> {
     let iov = GuestIovecs::new(mem, segments)?;
-    disk.backend
-        .guest_io_fd(offset, len, iov.sector_aligned())
-        .map(|_| iov)
+    let fd = disk
+        .backend
+        .guest_io_fd(offset, len, iov.sector_aligned())?;
+    Some((iov, fd))
 }
 
 /// Copies the guest's segments into `buf`.
@@ -702,16 +718,14 @@ fn read(
     mem: &GuestMemoryMmap,
     offset: u64,
     segments: &[(GuestAddress, usize)],
+    direct: Option<(GuestIovecs, RawFd)>,
 ) -> Result<u32, RequestError> {
-    let len: usize = segments.iter().map(|s| s.1).sum();
-    if let Some(iov) = GuestIovecs::new(mem, segments) {
-        if let Some(fd) = disk.backend.guest_io_fd(offset, len, iov.sector_aligned()) {
-            match iov.read_from(fd, offset) {
-                Ok(()) => return data_len(len),
-                // The file system wants larger alignment than O_DIRECT's sector: bounce.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(RequestError::Io(e)),
-            }
+    if let Some((iov, fd)) = direct {
+        match iov.read_from(fd, offset) {
+            Ok(()) => return data_len(iov.len()),
+            // The file system wants larger alignment than O_DIRECT's sector: bounce.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(RequestError::Io(e)),
         }
     }
     read_bounced(disk, mem, offset, segments)
@@ -750,15 +764,13 @@ fn write(
     mem: &GuestMemoryMmap,
     offset: u64,
     segments: &[(GuestAddress, usize)],
+    direct: Option<(GuestIovecs, RawFd)>,
 ) -> Result<(), RequestError> {
-    let len: usize = segments.iter().map(|s| s.1).sum();
-    if let Some(iov) = GuestIovecs::new(mem, segments) {
-        if let Some(fd) = disk.backend.guest_io_fd(offset, len, iov.sector_aligned()) {
-            match iov.write_to(fd, offset) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(RequestError::Io(e)),
-            }
+    if let Some((iov, fd)) = direct {
+        match iov.write_to(fd, offset) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(RequestError::Io(e)),
         }
     }
     write_bounced(disk, mem, offset, segments)
