@@ -3,11 +3,10 @@
 //! the same frames through the same backend with nothing in between. Ignored by default; run
 //! in release mode (as root for the tap):
 //! `cargo test -p virtio --release net::bench -- --ignored --nocapture`
-//! (`NIMBUS_BENCH_SECS`, default 1, is the time per case and side; `NIMBUS_BENCH_ROUNDS`,
-//! default 5, the number of alternating device/floor rounds it is split into;
-//! `NIMBUS_BENCH_NET=socketpair` forces the socketpair backend; `NIMBUS_BENCH_ONLY=device` or
-//! `floor` runs the other side for a moment only, to profile one; the tests are
-//! `device_model_tx_frames_per_second` and `device_model_rx_frames_per_second`).
+//! (`NIMBUS_BENCH_SECS`, default 1, is the time per case; `NIMBUS_BENCH_ROUNDS`, default 5, the
+//! number of rounds it is split into, each on a fresh backend; `NIMBUS_BENCH_NET=socketpair`
+//! forces the socketpair backend; the tests are `device_model_tx_frames_per_second` and
+//! `device_model_rx_frames_per_second`).
 //!
 //! Backend. As root with `/dev/net/tun`, a real tap made for each case (`nbench<pid>-<n>`,
 //! IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 12-byte header, through [`Tap::open`] as `-netdev tap`
@@ -36,10 +35,13 @@
 //! whole loop, both sides on this thread.
 //!
 //! The floor is what the device cannot beat: the same frames, header included, written to
-//! the backend descriptor one `write` each from one buffer (tx), or read from it one `read`
-//! each into one buffer until EAGAIN (rx), with the same kernel's side, timed the same way
-//! (per batch, injection left out). "ratio" is device / floor per-frame cost, the median of
-//! the rounds' ratios (each round runs the device and then the floor, back to back).
+//! the backend one `write` each from one buffer (tx), or read from it one `read` each into one
+//! buffer until EAGAIN (rx), with the same kernel's side, timed the same way (per batch,
+//! injection left out). It uses a second descriptor of the same tap queue (a dup), and its
+//! batches alternate with the device's in one loop, so both see the same host at the same
+//! moment: on this shared 2-core host, back-to-back runs of each drifted by 20-30%, the
+//! interleaved ratio by a few per cent. "ratio" is device / floor per-frame cost, the median of
+//! the rounds' ratios.
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::CString;
@@ -289,15 +291,17 @@ impl BackendKind {
         }
     }
 
-    /// A fresh backend: the descriptor the device (or the floor) uses, and the kernel's side.
-    /// The kernel's side must outlive the descriptor (it deletes the tap if still there).
-    fn open(self) -> (Box<dyn TapIo>, KernelSide) {
+    /// A fresh backend: the descriptor the device uses, a second descriptor of the same queue
+    /// (the same open file) for the floor, and the kernel's side. The kernel's side must
+    /// outlive the descriptors (it deletes the tap if still there).
+    fn open(self) -> (Box<dyn TapIo>, Box<dyn TapIo>, KernelSide) {
         match self {
             BackendKind::Tap => {
                 static NEXT: AtomicU32 = AtomicU32::new(0);
                 let n = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
                 let name = format!("nbench{}-{n}", std::process::id() % 100_000);
                 let tap = Tap::open(&name).unwrap();
+                let floor = Tap::from_owned_fd(tap.try_clone_file().unwrap().into()).unwrap();
                 let guard = TapGuard { name };
                 // No router solicitations or other frames of the host's own on the tap.
                 let sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", guard.name);
@@ -310,7 +314,7 @@ impl BackendKind {
                     guard,
                     written_before,
                 };
-                (Box::new(tap), side)
+                (Box::new(tap), Box::new(floor), side)
             }
             BackendKind::Socketpair => {
                 let (ours, peer) = UnixDatagram::pair().unwrap();
@@ -323,7 +327,8 @@ impl BackendKind {
                     sink: vec![0u8; 4096],
                     taken: 0,
                 };
-                (Box::new(SocketTap(ours)), side)
+                let floor = SocketTap(ours.try_clone().unwrap());
+                (Box::new(SocketTap(ours)), Box::new(floor), side)
             }
         }
     }
@@ -399,8 +404,28 @@ impl Rate {
     }
 }
 
-fn tx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
-    let (backend, mut side) = kind.open();
+/// Device and floor, interleaved batch by batch on one backend queue.
+struct Pair {
+    device: Rate,
+    floor: Rate,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let zero = || Rate {
+            frames: 0,
+            timed: Duration::ZERO,
+            total: Duration::ZERO,
+        };
+        Pair {
+            device: zero(),
+            floor: zero(),
+        }
+    }
+}
+
+fn tx(kind: BackendKind, len: usize, secs: f64) -> Pair {
+    let (backend, mut floor, mut side) = kind.open();
     let mut b = bench(backend);
     let bytes = packet(len);
     for i in 0..QUEUE_SIZE {
@@ -408,11 +433,13 @@ fn tx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
         b.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
         b.txq.write_desc(&b.mem, i, at, bytes.len() as u32, 0, 0);
     }
-    let (mut next, mut seen, mut frames) = (0u16, 0u16, 0u64);
-    let mut timed = Duration::ZERO;
+    let (mut next, mut seen) = (0u16, 0u16);
+    let mut r = Pair::new();
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs {
-        // Fill the free entries, up to a batch, with descriptors in ring order.
+        // The device: fill the free entries, up to a batch, with descriptors in ring order,
+        // and notify once.
+        let t = Instant::now();
         let mut added = 0;
         while added < BATCH && next.wrapping_sub(seen) < QUEUE_SIZE {
             b.txq.publish(&b.mem, next % QUEUE_SIZE);
@@ -421,50 +448,32 @@ fn tx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
         }
         let t0 = Instant::now();
         wr(&mut b.t, 0x50, 1);
-        timed += t0.elapsed();
+        r.device.timed += t0.elapsed();
         let used = b.txq.used_idx(&b.mem);
-        frames += u64::from(used.wrapping_sub(seen));
+        r.device.frames += u64::from(used.wrapping_sub(seen));
         seen = used;
         side.drain();
-    }
-    let total = start.elapsed();
-    let c = b.net.lock().counters();
-    assert_eq!(c.tx_frames, frames, "every frame sent, none dropped: {c:?}");
-    assert_eq!(side.taken(), frames, "the backend took every frame");
-    Rate {
-        frames,
-        timed,
-        total,
-    }
-}
-
-fn tx_floor(kind: BackendKind, len: usize, secs: f64) -> Rate {
-    let (mut backend, mut side) = kind.open();
-    let bytes = packet(len);
-    let mut frames = 0u64;
-    let mut timed = Duration::ZERO;
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < secs {
+        r.device.total += t.elapsed();
+        // The floor: the same number of frames written as they are.
+        let t = Instant::now();
         let t0 = Instant::now();
-        for _ in 0..BATCH {
-            backend.write_frame(&bytes).unwrap();
+        for _ in 0..added {
+            floor.write_frame(&bytes).unwrap();
         }
-        timed += t0.elapsed();
-        frames += u64::from(BATCH);
+        r.floor.timed += t0.elapsed();
+        r.floor.frames += u64::from(added);
         side.drain();
+        r.floor.total += t.elapsed();
     }
-    let total = start.elapsed();
-    assert_eq!(side.taken(), frames, "the backend took every frame");
-    drop(backend);
-    Rate {
-        frames,
-        timed,
-        total,
-    }
+    let c = b.net.lock().counters();
+    assert_eq!(c.tx_frames, r.device.frames, "every frame sent: {c:?}");
+    let all = r.device.frames + r.floor.frames;
+    assert_eq!(side.taken(), all, "the backend took every frame");
+    r
 }
 
-fn rx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
-    let (backend, mut side) = kind.open();
+fn rx(kind: BackendKind, len: usize, secs: f64) -> Pair {
+    let (backend, mut floor, mut side) = kind.open();
     let mut b = bench(backend);
     let bytes = packet(len);
     let post = |b: &mut Bench, id: u16| {
@@ -476,18 +485,20 @@ fn rx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
         post(&mut b, id);
     }
     wr(&mut b.t, 0x50, 0);
-    let (mut seen, mut frames, mut injected) = (0u16, 0u64, 0u64);
-    let mut timed = Duration::ZERO;
+    let mut buf = vec![0u8; MAX_PACKET_LEN];
+    let mut seen = 0u16;
+    let mut r = Pair::new();
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs {
-        // The kernel's side: a batch of frames waits in the backend.
+        // The device: a batch of frames waits in the backend; `rx_ready` moves them into the
+        // guest's buffers, the driver posts them back and notifies.
+        let t = Instant::now();
         for _ in 0..BATCH {
             side.inject(&bytes);
         }
-        injected += u64::from(BATCH);
         let t0 = Instant::now();
         let outcome = b.net.lock().rx_ready();
-        timed += t0.elapsed();
+        r.device.timed += t0.elapsed();
         assert!(
             matches!(outcome, RxOutcome::KeepPolling),
             "the device kept up: {outcome:?}"
@@ -497,57 +508,36 @@ fn rx_device(kind: BackendKind, len: usize, secs: f64) -> Rate {
             let (id, written) = b.rxq.used_elem(&b.mem, seen);
             assert_eq!(written as usize, bytes.len(), "only the bench's frames");
             seen = seen.wrapping_add(1);
-            frames += 1;
+            r.device.frames += 1;
             post(&mut b, id as u16);
         }
         let t0 = Instant::now();
         wr(&mut b.t, 0x50, 0);
-        timed += t0.elapsed();
-    }
-    let total = start.elapsed();
-    let c = b.net.lock().counters();
-    assert_eq!(c.rx_frames, frames, "every frame delivered: {c:?}");
-    assert_eq!(frames, injected, "every frame queued came through");
-    Rate {
-        frames,
-        timed,
-        total,
-    }
-}
-
-fn rx_floor(kind: BackendKind, len: usize, secs: f64) -> Rate {
-    let (mut backend, mut side) = kind.open();
-    let bytes = packet(len);
-    let mut buf = vec![0u8; MAX_PACKET_LEN];
-    let (mut frames, mut injected) = (0u64, 0u64);
-    let mut timed = Duration::ZERO;
-    let start = Instant::now();
-    while start.elapsed().as_secs_f64() < secs {
+        r.device.timed += t0.elapsed();
+        r.device.total += t.elapsed();
+        // The floor: as many frames, read as they are until the backend says EAGAIN.
+        let t = Instant::now();
         for _ in 0..BATCH {
             side.inject(&bytes);
         }
-        injected += u64::from(BATCH);
         let t0 = Instant::now();
         loop {
-            match backend.read_frame(&mut buf) {
+            match floor.read_frame(&mut buf) {
                 Ok(n) => {
                     assert_eq!(n, bytes.len(), "only the bench's frames");
-                    frames += 1;
+                    r.floor.frames += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("read: {e}"),
             }
         }
-        timed += t0.elapsed();
+        r.floor.timed += t0.elapsed();
+        r.floor.total += t.elapsed();
+        assert_eq!(r.device.frames, r.floor.frames, "every frame came through");
     }
-    let total = start.elapsed();
-    assert_eq!(frames, injected, "every frame queued came through");
-    drop(backend);
-    Rate {
-        frames,
-        timed,
-        total,
-    }
+    let c = b.net.lock().counters();
+    assert_eq!(c.rx_frames, r.device.frames, "every frame delivered: {c:?}");
+    r
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -566,11 +556,11 @@ fn range(values: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-type Case = fn(BackendKind, usize, f64) -> Rate;
+type Case = fn(BackendKind, usize, f64) -> Pair;
 
-/// Runs `device` and `floor` alternately for `rounds` rounds of `secs / rounds` each and
-/// prints the device's, the floor's and their ratio's lines.
-fn compare(kind: BackendKind, what: &str, len: usize, (device, floor): (Case, Case)) {
+/// Runs `case` for `rounds` rounds of `secs / rounds` each and prints the device's, the
+/// floor's and their ratio's lines.
+fn compare(kind: BackendKind, what: &str, len: usize, case: Case) {
     let secs = std::env::var("NIMBUS_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -581,23 +571,13 @@ fn compare(kind: BackendKind, what: &str, len: usize, (device, floor): (Case, Ca
         .unwrap_or(5)
         .max(1);
     let per_round = secs / rounds as f64;
-    // For profiling one side alone: the other runs for a moment only.
-    let only = std::env::var("NIMBUS_BENCH_ONLY").unwrap_or_default();
-    let secs_of = |side: &str| {
-        if only.is_empty() || only == side {
-            per_round
-        } else {
-            0.001
-        }
-    };
     let (mut dev, mut flo, mut ratios, mut loops) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
-        let d = device(kind, len, secs_of("device"));
-        let f = floor(kind, len, secs_of("floor"));
-        ratios.push(d.ns_per_frame() / f.ns_per_frame());
-        dev.push(d.ns_per_frame());
-        flo.push(f.ns_per_frame());
-        loops.push(d.loop_rate());
+        let Pair { device, floor } = case(kind, len, per_round);
+        ratios.push(device.ns_per_frame() / floor.ns_per_frame());
+        dev.push(device.ns_per_frame());
+        flo.push(floor.ns_per_frame());
+        loops.push(device.loop_rate());
     }
     let backend = kind.label();
     let line = |side: &str, ns: &[f64], tail: String| {
@@ -624,7 +604,7 @@ fn compare(kind: BackendKind, what: &str, len: usize, (device, floor): (Case, Ca
     );
 }
 
-fn run(what: &str, cases: (Case, Case)) {
+fn run(what: &str, case: Case) {
     let kind = BackendKind::pick();
     if kind == BackendKind::Socketpair {
         println!(
@@ -633,18 +613,18 @@ fn run(what: &str, cases: (Case, Case)) {
         );
     }
     for len in [60, 1500] {
-        compare(kind, what, len, cases);
+        compare(kind, what, len, case);
     }
 }
 
 #[test]
 #[ignore = "a benchmark: cargo test -p virtio --release net::bench -- --ignored --nocapture"]
 fn device_model_tx_frames_per_second() {
-    run("tx (guest->tap)", (tx_device, tx_floor));
+    run("tx (guest->tap)", tx);
 }
 
 #[test]
 #[ignore = "a benchmark: cargo test -p virtio --release net::bench -- --ignored --nocapture"]
 fn device_model_rx_frames_per_second() {
-    run("rx (tap->guest)", (rx_device, rx_floor));
+    run("rx (tap->guest)", rx);
 }
