@@ -432,12 +432,23 @@ def bench_blk(res, args):
                 found = True
                 res.host_row("blk", f"device model 4 KiB random read, {m.group(1)}, "
                              f"iodepth={m.group(2)}", "req/s", float(m.group(3)))
-            m = re.search(r"BENCH net device-model (tx|rx) \(([^)]*)\) (\d+)-byte frames: (\d+) "
-                         r"frames/s \(\d+ ns/frame, ([\d.]+) MB/s\) device", line)
+            # Each net case prints the device, the plain-loop floor on the same backend (a
+            # real tap as root) and their per-frame cost ratio (virtio/src/net/bench.rs).
+            m = re.search(r"BENCH net (device-model|floor) (tx|rx) \(([^)]*)\) (\d+)-byte frames: "
+                         r"(\d+) frames/s \((\d+) ns/frame, [\d.]+ MB/s\).*backend (\w+)", line)
             if m:
                 found = True
-                res.host_row("net", f"device model net {m.group(1)} ({m.group(2)}), "
-                             f"{m.group(3)}-byte frames", "frames/s", float(m.group(4)))
+                side, d, label, size, fps, ns, backend = m.groups()
+                what = "device model" if side == "device-model" else "plain loop (floor)"
+                res.host_row("net", f"{what} net {d} ({label}), {size}-byte frames, {backend}",
+                             "frames/s", float(fps))
+            m = re.search(r"BENCH net ratio (tx|rx) \(([^)]*)\) (\d+)-byte frames: ([\d.]+)x "
+                          r"device/floor.*backend (\w+)", line)
+            if m:
+                found = True
+                d, label, size, ratio, backend = m.groups()
+                res.host_row("net", f"device model / floor net {d} ({label}), {size}-byte frames, "
+                             f"{backend}: per-frame cost", "x", float(ratio), 2)
         if not found:
             res.notes.append("device-model benches did not run (cargo test -p virtio failed: "
                              f"{(out.stderr.strip().splitlines() or ['?'])[-1][:120]})")

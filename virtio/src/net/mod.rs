@@ -37,7 +37,7 @@ pub use self::mac::{MacAddr, MacError};
 use self::rx::{deliver, Delivery, RxDrop, RxFrame};
 pub use self::slot::{NetSlotError, NoTap};
 pub use self::tap::{Tap, TapError, TapIo};
-use self::tx::{transmit, TxDrop, TxResult};
+use self::tx::{transmit, TxDrop, TxResult, TxScratch};
 pub use self::vhost::{KernelNet, VhostError, VhostMode, VhostNet, VhostTap, VHOST_NET_PATH};
 use crate::device::{
     checked_queues, feature, read_config_bytes, to_u16, ActivateError, Interrupt, QueueError,
@@ -176,7 +176,7 @@ pub struct Net {
     counters: NetCounters,
     active: Option<Active>,
     frame: RxFrame,
-    scratch: Vec<u8>,
+    scratch: TxScratch,
     /// Rx stopped for lack of buffers; the loop does not poll the tap.
     rx_paused: bool,
     rx_resume: EventFd,
@@ -202,7 +202,7 @@ impl Net {
             counters: NetCounters::default(),
             active: None,
             frame: RxFrame::new(),
-            scratch: Vec::with_capacity(MAX_PACKET_LEN),
+            scratch: TxScratch::new(),
             rx_paused: true,
             rx_resume,
             broken: None,
@@ -456,7 +456,7 @@ fn count_rx_drop(counters: &mut NetCounters, drop: RxDrop) {
 fn drain_tx(
     active: &mut Active,
     tap: &mut dyn TapIo,
-    scratch: &mut Vec<u8>,
+    scratch: &mut TxScratch,
     counters: &mut NetCounters,
     tap_gone: &mut bool,
 ) -> Result<(), QueueError> {
@@ -508,14 +508,13 @@ fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) 
     }
 }
 
-/// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
-/// queue, or a descriptor could not be read).
-fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
-    let descs: Vec<Descriptor> = chain.collect();
-    match descs.last() {
-        Some(last) if !last.has_next() => Some(descs),
-        _ => None,
-    }
+/// Puts the chain's descriptors in `descs` (emptied first; reused so that no frame allocates);
+/// `false` if the chain did not end properly (it loops, is longer than the queue, or a
+/// descriptor could not be read).
+fn walk(chain: DescriptorChain<&GuestMemoryMmap>, descs: &mut Vec<Descriptor>) -> bool {
+    descs.clear();
+    descs.extend(chain);
+    matches!(descs.last(), Some(last) if !last.has_next())
 }
 
 /// The TUN_F_* offloads matching what the guest accepts on receive.

@@ -36,7 +36,8 @@ pub(crate) enum Delivery {
     Broken { head: u16 },
 }
 
-/// Chains already filled with the start of the pending frame.
+/// Chains already filled with the start of the pending frame. Its vectors keep their room
+/// from one frame to the next ([`Partial::reset`]), so that no frame allocates.
 #[derive(Debug, Default)]
 struct Partial {
     written: usize,
@@ -46,11 +47,21 @@ struct Partial {
     chains: Vec<(u16, u32)>,
 }
 
+impl Partial {
+    fn reset(&mut self) {
+        self.written = 0;
+        self.first.clear();
+        self.chains.clear();
+    }
+}
+
 /// The one frame read from the tap and not yet in guest memory.
 pub(crate) struct RxFrame {
     buf: Vec<u8>,
     len: usize,
     partial: Partial,
+    /// The descriptors of the chain being filled (reused, see [`walk`]).
+    descs: Vec<Descriptor>,
 }
 
 impl RxFrame {
@@ -59,6 +70,7 @@ impl RxFrame {
             buf: vec![0u8; MAX_PACKET_LEN],
             len: 0,
             partial: Partial::default(),
+            descs: Vec::new(),
         }
     }
 
@@ -75,7 +87,7 @@ impl RxFrame {
     /// Drops the waiting frame (chains it filled must have been given back).
     pub(crate) fn clear(&mut self) {
         self.len = 0;
-        self.partial = Partial::default();
+        self.partial.reset();
     }
 
     /// The buffer to read the next frame into.
@@ -97,7 +109,7 @@ impl RxFrame {
         })?;
         *head = header.to_bytes();
         self.len = len;
-        self.partial = Partial::default();
+        self.partial.reset();
         Ok(())
     }
 }
@@ -119,10 +131,11 @@ pub(crate) fn deliver(
             return Ok(Delivery::NoBuffers);
         };
         let head = chain.head_index();
-        let Some(descs) = walk(chain) else {
+        if !walk(chain, &mut frame.descs) {
             give_back(mem, queue, frame, Some(head))?;
             return Ok(Delivery::Broken { head });
-        };
+        }
+        let descs = &frame.descs;
         let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
         let remaining = frame.len - frame.partial.written;
         if descs.iter().any(|d| !d.is_write_only()) || (mergeable && capacity < VNET_HDR_LEN as u64)
@@ -138,14 +151,15 @@ pub(crate) fn deliver(
             return Ok(Delivery::Dropped(RxDrop::TooBig));
         }
         let data = &frame.buf[frame.partial.written..frame.len];
-        let Some(n) = write_buffers(mem, &descs, data) else {
+        let Some(n) = write_buffers(mem, descs, data) else {
             debug!("virtio-net: rx chain {head} has a buffer outside guest RAM");
             give_back(mem, queue, frame, Some(head))?;
             return Ok(Delivery::Dropped(RxDrop::BadChain));
         };
         let p = &mut frame.partial;
         if p.chains.is_empty() {
-            p.first = descs.iter().map(|d| (d.addr(), d.len() as usize)).collect();
+            p.first
+                .extend(descs.iter().map(|d| (d.addr(), d.len() as usize)));
         }
         // `n` is at most MAX_PACKET_LEN.
         p.chains.push((head, n as u32));

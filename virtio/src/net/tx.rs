@@ -7,6 +7,7 @@
 
 use address_space::vm_memory::{Bytes, GuestMemoryMmap};
 use log::debug;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 
 use super::header::{check_tx, VnetHeader, MAX_PACKET_LEN, VNET_HDR_LEN};
@@ -39,17 +40,35 @@ pub(crate) enum TxResult {
     Malformed,
 }
 
-/// Sends the frame in `chain` to `tap`; `scratch` is reused between calls.
+/// What [`transmit`] reuses from one frame to the next, so that no frame allocates: the copy
+/// of the frame (always [`MAX_PACKET_LEN`] long, so it is never cleared or filled either) and
+/// the chain's descriptors.
+pub(crate) struct TxScratch {
+    bytes: Vec<u8>,
+    descs: Vec<Descriptor>,
+}
+
+impl TxScratch {
+    pub(crate) fn new() -> TxScratch {
+        TxScratch {
+            bytes: vec![0u8; MAX_PACKET_LEN],
+            descs: Vec::new(),
+        }
+    }
+}
+
+/// Sends the frame in `chain` to `tap`.
 pub(crate) fn transmit(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     acked: u64,
     tap: &mut dyn TapIo,
-    scratch: &mut Vec<u8>,
+    scratch: &mut TxScratch,
 ) -> TxResult {
-    let Some(descs) = walk(chain) else {
+    let TxScratch { bytes, descs } = scratch;
+    if !walk(chain, descs) {
         return TxResult::Malformed;
-    };
+    }
     if descs.iter().any(|d| d.is_write_only()) {
         debug!("virtio-net: tx chain with a device-writable descriptor dropped");
         return TxResult::Dropped(TxDrop::BadChain);
@@ -62,29 +81,26 @@ pub(crate) fn transmit(
     if total < VNET_HDR_LEN as u64 {
         return TxResult::Dropped(TxDrop::BadHeader);
     }
-    // `total` fits in usize: it is at most MAX_PACKET_LEN.
-    scratch.clear();
-    scratch.resize(total as usize, 0);
+    // `total` fits in usize: it is at most MAX_PACKET_LEN, the length of `bytes`.
+    let packet = &mut bytes[..total as usize];
     let mut at = 0usize;
-    for d in &descs {
+    for d in descs.iter() {
         let len = d.len() as usize;
-        if mem
-            .read_slice(&mut scratch[at..at + len], d.addr())
-            .is_err()
-        {
+        if mem.read_slice(&mut packet[at..at + len], d.addr()).is_err() {
             debug!("virtio-net: tx buffer outside guest RAM dropped");
             return TxResult::Dropped(TxDrop::BadChain);
         }
         at += len;
     }
-    let (head, frame) = scratch.split_at(VNET_HDR_LEN);
+    let packet = &packet[..];
+    let (head, frame) = packet.split_at(VNET_HDR_LEN);
     let header = VnetHeader::parse(head.try_into().expect("split at the header length"));
     if let Err(e) = check_tx(&header, frame.len(), acked) {
         debug!("virtio-net: tx frame dropped: {e}");
         return TxResult::Dropped(TxDrop::BadHeader);
     }
-    match tap.write_frame(scratch) {
-        Ok(_) => TxResult::Sent(scratch.len() - VNET_HDR_LEN),
+    match tap.write_frame(packet) {
+        Ok(_) => TxResult::Sent(packet.len() - VNET_HDR_LEN),
         Err(e) if e.raw_os_error() == Some(libc::EBADFD) => TxResult::Dropped(TxDrop::TapGone),
         Err(e) => {
             debug!("virtio-net: tap {} refused a frame: {e}", tap.name());
