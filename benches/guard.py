@@ -9,7 +9,9 @@ Start-up: exec -> first guest console byte, median of N runs per VMM, alternatin
 Memory: idle RSS without the guest-RAM mapping (guest in `nimbus.test=hang`), median of 3.
 Device model (issue 18): the virtio-blk device model alone against fio on the same file, one
 request at a time (`blk_sync_ratio`) and at depth 32 over io_uring (`blk_uring_ratio`), median
-of 3 alternating rounds; higher is better.
+of 3 alternating rounds; higher is better. The virtio-net device model against a plain
+write/read loop on the same tap (`net_<tx|rx>_<60|1500>_ratio`, per-frame cost device/floor,
+median of the bench's interleaved rounds); lower is better.
 Comparing ratios rather than absolute figures cancels most of the host's speed and load.
 Exit status 1 and a `REGRESSION:` line when a ratio is more than 25% worse than recorded
 (higher for the QEMU ratios, lower for the device-model ratios); 0 and `OK` otherwise.
@@ -35,6 +37,18 @@ def recorded(doc):
     if not m:
         sys.exit(f"no `<!-- guard: ... -->` line in {doc}")
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", m.group(1))}
+
+
+def net_ratios():
+    """{net_<tx|rx>_<bytes>_ratio: device/floor per-frame cost} from virtio's net bench."""
+    out = subprocess.run(["cargo", "test", "-q", "-p", "virtio", "--release", "--", "--ignored",
+                          "--nocapture", "--test-threads=1", "net::bench"],
+                         capture_output=True, text=True, cwd=bench.ROOT)
+    found = re.findall(r"BENCH net ratio (tx|rx) \([^)]*\) (\d+)-byte frames: ([\d.]+)x",
+                       out.stdout)
+    if not found:
+        print(f"net device-model bench did not run: {out.stderr.strip()[-300:]}")
+    return {f"net_{d}_{n}_ratio": float(r) for d, n, r in found}
 
 
 def main():
@@ -83,6 +97,7 @@ def main():
         for key, (_, _, ratios) in zip(("blk_sync_ratio", "blk_uring_ratio"), pairs.values()):
             if ratios:
                 now[key] = statistics.median(ratios)
+        now.update(net_ratios())
         for name, (dev, fio_v, _) in pairs.items():
             if dev:
                 print(f"device model {name}: {statistics.median(dev):.0f} req/s, fio "
