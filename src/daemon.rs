@@ -170,22 +170,44 @@ impl Drop for PidFile {
 
 /// Closes every inherited descriptor above stderr except `keep` (descriptors named on the
 /// command line), so a container runtime's other descriptors do not leak into the VM's life.
+/// One `close_range` per gap between kept descriptors (a single call without `-netdev fd=`)
+/// instead of a walk of `/proc/self/fd` (5 system calls and one `close` per descriptor).
 pub fn close_inherited_fds(keep: &[i32]) -> io::Result<()> {
-    let mut open = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        if let Some(fd) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        {
-            open.push(fd);
+    for_each_range_to_close(keep, close_range)
+}
+
+/// Calls `close` with each range of descriptors above stderr that holds none of `keep`, in
+/// order, up to the largest number.
+fn for_each_range_to_close(
+    keep: &[i32],
+    mut close: impl FnMut(u32, u32) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut first = 3u32;
+    loop {
+        // The lowest kept descriptor at or above `first`: the current range ends below it.
+        let next = keep
+            .iter()
+            .filter_map(|&fd| u32::try_from(fd).ok())
+            .filter(|&fd| fd >= first)
+            .min();
+        let last = next.map_or(u32::MAX, |fd| fd - 1);
+        if first <= last {
+            close(first, last)?;
+        }
+        match next {
+            // Kept descriptors come from an i32: no overflow.
+            Some(fd) => first = fd + 1,
+            None => return Ok(()),
         }
     }
-    for fd in open.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
-        // SAFETY: the descriptor was inherited and nothing in this process refers to it yet
-        // (this runs first thing in main); the one read_dir used is already closed, and
-        // closing an already-closed number only returns EBADF.
-        unsafe { libc::close(fd) };
+}
+
+/// `close_range(first, last, 0)` (Linux 5.9).
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; it runs first thing in main, before anything in
+    // this process opened a descriptor it still refers to.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -194,6 +216,25 @@ pub fn close_inherited_fds(keep: &[i32]) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn inherited_descriptors_are_closed_in_the_gaps_between_the_kept_ones() {
+        let ranges = |keep: &[i32]| {
+            let mut ranges = Vec::new();
+            for_each_range_to_close(keep, |first, last| {
+                ranges.push((first, last));
+                Ok(())
+            })
+            .expect("no error");
+            ranges
+        };
+        assert_eq!(ranges(&[]), [(3, u32::MAX)]);
+        assert_eq!(ranges(&[3]), [(4, u32::MAX)]);
+        assert_eq!(ranges(&[5, 3, 5]), [(4, 4), (6, u32::MAX)]);
+        assert_eq!(ranges(&[7, 4]), [(3, 3), (5, 6), (8, u32::MAX)]);
+        // stdin, stdout, stderr and nonsense are never closed or kept.
+        assert_eq!(ranges(&[0, 2, -1]), [(3, u32::MAX)]);
+    }
 
     #[test]
     fn pid_file_has_our_pid_mode_0600_and_goes_away() {

@@ -37,6 +37,19 @@ fn builder(spec: Option<&str>) -> env_logger::Builder {
 }
 
 /// `[<secs>.<micros> <LEVEL> <thread>] message`.
+/// The main thread's id, taken when the logger is installed (on the main thread).
+static MAIN_THREAD: std::sync::OnceLock<std::thread::ThreadId> = std::sync::OnceLock::new();
+
+/// The thread's name; "main" for the main thread, which has none because Nimbus starts without
+/// Rust's runtime start (`#![no_main]`, src/main.rs).
+fn thread_name(thread: &std::thread::Thread) -> &str {
+    match thread.name() {
+        Some(name) => name,
+        None if MAIN_THREAD.get() == Some(&thread.id()) => "main",
+        None => "?",
+    }
+}
+
 fn write_line(out: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -48,7 +61,7 @@ fn write_line(out: &mut env_logger::fmt::Formatter, record: &log::Record) -> io:
         now.as_secs(),
         now.subsec_micros(),
         record.level(),
-        thread.name().unwrap_or("?"),
+        thread_name(&thread),
         record.args()
     )
 }
@@ -56,6 +69,7 @@ fn write_line(out: &mut env_logger::fmt::Formatter, record: &log::Record) -> io:
 /// Installs the logger writing to `target`; a `-D` file is also where a seccomp violation is
 /// reported.
 pub fn init(target: &LogTarget) -> Result<(), LogFileError> {
+    let _ = MAIN_THREAD.set(std::thread::current().id());
     let target = match target {
         LogTarget::Stderr => env_logger::Target::Stderr,
         LogTarget::File(path) => {

@@ -129,7 +129,7 @@ pub(crate) fn vmm() -> Vec<Allowed> {
         any(SYS_madvise, "madvise", "malloc returning memory"),
         any(SYS_brk, "brk", "memory allocation"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from signal handlers"),
-        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the main signal stack at exit"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the main signal stack at exit (where its runtime start set one up: not in the #![no_main] nimbus binary)"),
         any(SYS_exit_group, "exit_group", "process exit"),
     ]
 }
@@ -321,7 +321,7 @@ pub(crate) fn iothread() -> Vec<Allowed> {
         any(SYS_clock_gettime, "clock_gettime", "log timestamps where the vDSO falls back"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
         any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit; abort"),
-        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit (where its runtime start set one up: not in the #![no_main] nimbus binary)"),
         only(SYS_tgkill, "tgkill", 2, &[SIGABRT as u64], "abort"),
         any(SYS_getpid, "getpid", "abort"),
         any(SYS_exit, "exit", "thread exit"),
@@ -353,7 +353,7 @@ pub(crate) fn vcpu(queue_io: bool) -> Vec<Allowed> {
         any(SYS_mremap, "mremap", "realloc of large buffers (device requests)"),
         any(SYS_madvise, "madvise", "malloc and glibc freeing the thread stack"),
         any(SYS_brk, "brk", "memory allocation"),
-        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit"),
+        any(SYS_sigaltstack, "sigaltstack", "Rust std removes the signal stack at thread exit (where its runtime start set one up: not in the #![no_main] nimbus binary)"),
         any(SYS_clock_gettime, "clock_gettime", "log timestamps where the vDSO falls back"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from the kick signal handler"),
         any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit; abort"),
