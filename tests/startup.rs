@@ -74,3 +74,42 @@ fn closed_stdin_is_reopened_on_dev_null() {
         out.describe()
     );
 }
+
+/// The names of the process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// machine/src/pit.rs: the thread that sets the PIT's lost-tick policy while the guest boots
+/// runs under its own seccomp list (a forbidden syscall would end the VM with status 159),
+/// and ends on its own while the VM idles.
+#[test]
+fn pit_setup_thread_ends_on_its_own_under_its_filter() {
+    if !kvm_usable() {
+        return;
+    }
+    let config = VmConfig::new(Format::Pvh, 128, "console=ttyS0 reboot=t nimbus.test=hang");
+    let mut vm = Vm::spawn(&config.args());
+    vm.wait_for_line("hang: now", VM_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut names = thread_names(vm.pid());
+    while names.iter().any(|n| n == "pit-setup") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        names = thread_names(vm.pid());
+    }
+    vm.signal(libc::SIGTERM);
+    let out = vm.wait(VM_TIMEOUT);
+    assert!(
+        !names.iter().any(|n| n == "pit-setup"),
+        "still running after 5 s: {names:?}\n{}",
+        out.describe()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+}

@@ -24,6 +24,7 @@ mod memory;
 mod monitor;
 mod net_devices;
 mod net_slots;
+mod pit;
 mod qmp_server;
 mod running;
 mod seccomp;

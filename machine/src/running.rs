@@ -68,8 +68,15 @@ impl RunningVm {
                 }
             }
         }
+        // While the guest boots: off its path and off the exit's (pit.rs).
+        let pit_setup = crate::pit::discard_lost_ticks(self.vcpus.vm_shared(), &self.seccomp);
         let result = self.event_loop();
         self.vcpus.stop();
+        if let Some(thread) = pit_setup {
+            if thread.join().is_err() {
+                log::warn!("the PIT set-up thread panicked");
+            }
+        }
         // No device runs on an iothread from here on: the disks are flushed below.
         self.events.stop_iothreads();
         for transport in &self.virtio {

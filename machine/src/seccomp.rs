@@ -54,6 +54,8 @@ pub enum ThreadKind {
     Watchdog,
     /// An iothread (`iothread.rs`): serves the queues and back ends of the devices given to it.
     IoThread,
+    /// The short thread that sets the PIT's lost-tick policy while the guest boots (`pit.rs`).
+    PitSetup,
 }
 
 impl std::fmt::Display for ThreadKind {
@@ -63,6 +65,7 @@ impl std::fmt::Display for ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Watchdog => "vhost-user watchdog",
             ThreadKind::IoThread => "iothread",
+            ThreadKind::PitSetup => "PIT set-up",
         })
     }
 }
@@ -95,6 +98,7 @@ struct Filters {
     watchdog: Option<BpfProgram>,
     /// For `-object iothread` threads.
     iothread: BpfProgram,
+    pit_setup: BpfProgram,
 }
 
 /// The compiled filters of both thread kinds (none with `-disable-seccomp`) and the self-test
@@ -137,6 +141,7 @@ impl Seccomp {
                 vcpu: compile(ThreadKind::Vcpu, queue_io, devices)?,
                 watchdog,
                 iothread: compile(ThreadKind::IoThread, queue_io, devices)?,
+                pit_setup: compile(ThreadKind::PitSetup, queue_io, devices)?,
             })
         } else {
             log::warn!("seccomp is disabled (-disable-seccomp)");
@@ -159,6 +164,7 @@ impl Seccomp {
                     .as_ref()
                     .ok_or(SeccompError::NoFilter(kind))?,
                 ThreadKind::IoThread => &filters.iothread,
+                ThreadKind::PitSetup => &filters.pit_setup,
             };
             sigsys::set_thread(kind, vcpu);
             bpf::install(program).map_err(|e| SeccompError::Install(kind, e))?;
@@ -204,6 +210,7 @@ pub(crate) fn allow_list(kind: ThreadKind, queue_io: bool) -> Vec<Allowed> {
         ThreadKind::Vcpu => lists::vcpu(queue_io),
         ThreadKind::Watchdog => lists::watchdog(),
         ThreadKind::IoThread => lists::iothread(),
+        ThreadKind::PitSetup => lists::pit_setup(),
     }
 }
 
@@ -245,7 +252,10 @@ pub(crate) fn allow_list_with_devices(
     let mut list = allow_list(kind, queue_io);
     // Neither serves vsock, vhost or vhost-user devices (the command line refuses them an
     // iothread), nor takes snapshots.
-    if matches!(kind, ThreadKind::Watchdog | ThreadKind::IoThread) {
+    if matches!(
+        kind,
+        ThreadKind::Watchdog | ThreadKind::IoThread | ThreadKind::PitSetup
+    ) {
         return list;
     }
     if devices.vsock == VsockSyscalls::UnixSockets && kind == ThreadKind::Vmm {
@@ -287,12 +297,13 @@ mod tests {
 
     /// Every list: the VMM thread's, the vCPU threads' with and without ioeventfds, and the
     /// vhost-user watchdog's.
-    const ALL: [(ThreadKind, bool); 5] = [
+    const ALL: [(ThreadKind, bool); 6] = [
         (ThreadKind::Vmm, false),
         (ThreadKind::Vcpu, false),
         (ThreadKind::Vcpu, true),
         (ThreadKind::Watchdog, false),
         (ThreadKind::IoThread, false),
+        (ThreadKind::PitSetup, false),
     ];
 
     #[test]

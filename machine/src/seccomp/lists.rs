@@ -209,7 +209,9 @@ pub(crate) fn vhost_user(kind: super::ThreadKind) -> Vec<Allowed> {
             any(SYS_connect, "connect", "vhost-user: reconnect to the back end"),
             only(SYS_fcntl, "fcntl", 1, &[F_DUPFD_CLOEXEC as u64], "vhost-user: the reconnected socket's watched descriptor"),
         ]),
-        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => {}
+        super::ThreadKind::Watchdog
+        | super::ThreadKind::IoThread
+        | super::ThreadKind::PitSetup => {}
     }
     list
 }
@@ -272,7 +274,9 @@ pub(crate) fn snapshot(kind: super::ThreadKind) -> Vec<Allowed> {
                 any(SYS_unlink, "unlink", "snapshot: the previous state file goes first"),
             ]
         }
-        super::ThreadKind::Watchdog | super::ThreadKind::IoThread => Vec::new(),
+        super::ThreadKind::Watchdog
+        | super::ThreadKind::IoThread
+        | super::ThreadKind::PitSetup => Vec::new(),
     }
 }
 
@@ -285,6 +289,23 @@ pub(crate) fn watchdog() -> Vec<Allowed> {
         any(SYS_futex, "futex", "its mutex and condition variable"),
         only(SYS_shutdown, "shutdown", 1, &[SHUT_RDWR as u64], "end a silent back end's socket"),
         any(SYS_clock_gettime, "clock_gettime", "deadlines (the vDSO falls back to the syscall)"),
+        any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
+    ]
+}
+
+/// The PIT set-up thread (`pit.rs`): one `KVM_REINJECT_CONTROL` on the VM, perhaps one log
+/// line, then the thread's exit.
+#[rustfmt::skip]
+pub(crate) fn pit_setup() -> Vec<Allowed> {
+    use libc::*;
+    vec![
+        only(SYS_ioctl, "ioctl", 1, &[crate::pit::reinject_control_request()], "KVM_REINJECT_CONTROL: the PIT's lost-tick policy"),
+        any(SYS_write, "write", "a log line if the request fails"),
+        any(SYS_futex, "futex", "the logger's lock; its join handle"),
+        any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit"),
+        any(SYS_madvise, "madvise", "glibc thread exit: its stack's pages back to the host"),
+        any(SYS_munmap, "munmap", "thread exit"),
+        any(SYS_exit, "exit", "thread exit"),
         any(SYS_rt_sigreturn, "rt_sigreturn", "return from a signal handler run on this thread"),
     ]
 }

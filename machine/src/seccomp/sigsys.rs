@@ -40,6 +40,8 @@ thread_local! {
 const WATCHDOG_THREAD: u16 = u16::MAX;
 /// [`THREAD`]'s value for an iothread.
 const IOTHREAD_THREAD: u16 = u16::MAX - 1;
+/// [`THREAD`]'s value for the PIT set-up thread.
+const PIT_SETUP_THREAD: u16 = u16::MAX - 2;
 
 /// Records who the calling thread is, for the report.
 pub(super) fn set_thread(kind: ThreadKind, vcpu: u8) {
@@ -48,6 +50,7 @@ pub(super) fn set_thread(kind: ThreadKind, vcpu: u8) {
         ThreadKind::Vcpu => 2 + u16::from(vcpu),
         ThreadKind::Watchdog => WATCHDOG_THREAD,
         ThreadKind::IoThread => IOTHREAD_THREAD,
+        ThreadKind::PitSetup => PIT_SETUP_THREAD,
     };
     THREAD.with(|t| t.set(value));
 }
@@ -106,6 +109,7 @@ fn report(nr: i64, thread: u16) -> Line {
         1 => line.push(b"VMM"),
         WATCHDOG_THREAD => line.push(b"vhost-user watchdog"),
         IOTHREAD_THREAD => line.push(b"iothread"),
+        PIT_SETUP_THREAD => line.push(b"PIT set-up"),
         n => {
             line.push(b"vCPU ");
             line.push_number(i64::from(n - 2));

@@ -84,6 +84,11 @@ impl VcpuSet {
         &self.vm
     }
 
+    /// The VM, shared (for a thread that outlives a borrow of the set).
+    pub fn vm_shared(&self) -> Arc<VmFd> {
+        Arc::clone(&self.vm)
+    }
+
     /// The guest clock read when the vCPUs were parked.
     pub fn frozen_clock(&self) -> Option<kvm_clock_data> {
         self.frozen_clock
