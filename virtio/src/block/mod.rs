@@ -12,6 +12,7 @@ mod disk;
 mod guest_io;
 mod request;
 mod slot;
+mod small;
 mod throttle;
 mod uring;
 

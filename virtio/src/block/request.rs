@@ -23,6 +23,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use super::aligned::AlignedBuf;
 use super::disk::DiskBackend;
 use super::guest_io::GuestIovecs;
+use super::small::SmallList;
 use super::uring::IoKind;
 use crate::device::to_u8;
 
@@ -140,15 +141,9 @@ pub(crate) const MAX_ASYNC_BYTES: usize = 4 << 20;
 pub(crate) enum AsyncOp {
     /// Read into these guest segments (the data part of the chain): straight, or by copying
     /// the bounce buffer.
-    Read {
-        offset: u64,
-        segments: Vec<(GuestAddress, usize)>,
-    },
+    Read { offset: u64, segments: Segments },
     /// Write these guest segments: straight, or from the bounce buffer that holds a copy.
-    Write {
-        offset: u64,
-        segments: Vec<(GuestAddress, usize)>,
-    },
+    Write { offset: u64, segments: Segments },
     /// fdatasync.
     Flush,
 }
@@ -383,48 +378,16 @@ fn begin(
     Started::Done(write_status(mem, status_addr, status, written))
 }
 
-/// Descriptors of a chain kept inline up to this many (a request is usually header, data,
-/// status), so that walking one allocates nothing.
-const INLINE_DESCS: usize = 8;
+/// A chain's descriptors: inline up to 4 (a request is usually header, data, status).
+type Descs = SmallList<Descriptor, 4>;
 
-/// A chain's descriptors: inline when few, else on the heap.
-enum Descs {
-    Inline([Descriptor; INLINE_DESCS], usize),
-    Heap(Vec<Descriptor>),
-}
-
-impl std::ops::Deref for Descs {
-    type Target = [Descriptor];
-    fn deref(&self) -> &[Descriptor] {
-        match self {
-            Descs::Inline(d, n) => &d[..*n],
-            Descs::Heap(v) => v,
-        }
-    }
-}
+/// A request's data buffers (guest address, length) in chain order.
+pub(crate) type Segments = SmallList<(GuestAddress, usize), 4>;
 
 /// The chain's descriptors, or `None` if it did not end properly (it loops, is longer than the
 /// queue, or a descriptor could not be read).
 fn walk(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Descs> {
-    let mut inline = [Descriptor::default(); INLINE_DESCS];
-    let mut n = 0;
-    let mut heap = Vec::new();
-    for d in chain {
-        if n < INLINE_DESCS {
-            inline[n] = d;
-        } else {
-            if heap.is_empty() {
-                heap.extend_from_slice(&inline);
-            }
-            heap.push(d);
-        }
-        n += 1;
-    }
-    let descs = if heap.is_empty() {
-        Descs::Inline(inline, n)
-    } else {
-        Descs::Heap(heap)
-    };
+    let descs: Descs = chain.collect();
     match descs.last() {
         Some(last) if !last.has_next() => Some(descs),
         _ => None,
@@ -647,12 +610,8 @@ fn past_header<'a>(
 }
 
 /// The guest ranges of `len` bytes of `descs` after their first `skip` bytes.
-fn segments_of(
-    descs: &[Descriptor],
-    mut skip: usize,
-    mut len: usize,
-) -> Vec<(GuestAddress, usize)> {
-    let mut segments = Vec::with_capacity(descs.len());
+fn segments_of(descs: &[Descriptor], mut skip: usize, mut len: usize) -> Segments {
+    let mut segments = Segments::new();
     for d in descs {
         let d_len = d.len() as usize;
         if skip >= d_len {
