@@ -11,18 +11,24 @@
 //! exit path skips it.
 //!
 //! The thread runs under its own allow list ([`ThreadKind::PitSetup`]: this one `ioctl`, a log
-//! line, thread exit) and is joined on the exit path; a guest that ends before it is done waits
-//! as before, no longer.
+//! line, an eventfd write, thread exit). When it is done it writes an eventfd on the VMM's
+//! loop, which joins it and then releases the binary's pages once more
+//! ([`crate::memory::release_startup_code`]): the thread ran after the first release, and the
+//! code it faulted back in would otherwise stay resident. A guest that ends before the thread
+//! is done waits for it on the exit path, as it waited for KVM before, no longer.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_bindings::kvm_reinject_control;
 use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_io_nr;
 
+use crate::event_loop::{input, unwatch, watch};
 use crate::seccomp::{Seccomp, ThreadKind};
 
 ioctl_io_nr!(KVM_REINJECT_CONTROL, kvm_bindings::KVMIO, 0x71);
@@ -32,28 +38,77 @@ const THREAD_NAME: &str = "pit-setup";
 /// Its stack: it calls one ioctl and may log one line.
 const STACK_SIZE: usize = 64 << 10;
 
-/// Starts the thread that turns off lost-tick re-injection on `vm`'s PIT; `None` (logged) if
-/// it cannot start, which leaves KVM's default and costs only the slower exit.
-pub(crate) fn discard_lost_ticks(vm: Arc<VmFd>, seccomp: &Seccomp) -> Option<JoinHandle<()>> {
-    let seccomp = seccomp.clone();
-    let spawned = std::thread::Builder::new()
-        .name(THREAD_NAME.into())
-        .stack_size(STACK_SIZE)
-        .spawn(move || {
-            if let Err(e) = seccomp.apply(ThreadKind::PitSetup, 0) {
-                log::warn!("PIT set-up thread: {e}; leaving KVM's lost-tick policy");
-                return;
+/// The PIT set-up thread, as a source on the VMM's loop: it fires once the thread is done.
+pub(crate) struct PitSetup {
+    done: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PitSetup {
+    /// Starts the thread that turns off lost-tick re-injection on `vm`'s PIT; `None` (logged)
+    /// if it cannot start, which leaves KVM's default and costs only the slower exit.
+    pub(crate) fn start(vm: Arc<VmFd>, seccomp: &Seccomp) -> Option<Arc<Mutex<PitSetup>>> {
+        let done = match EventFd::new(EFD_NONBLOCK) {
+            Ok(done) => done,
+            Err(e) => {
+                log::warn!("PIT set-up: no eventfd ({e}); leaving KVM's lost-tick policy");
+                return None;
             }
-            if let Err(e) = set_reinject(&vm, false) {
-                log::warn!("cannot turn off the PIT's lost-tick re-injection: {e}");
+        };
+        let signal = done.try_clone().ok()?;
+        let seccomp = seccomp.clone();
+        let spawned = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                match seccomp.apply(ThreadKind::PitSetup, 0) {
+                    Ok(()) => {
+                        if let Err(e) = set_reinject(&vm, false) {
+                            log::warn!("cannot turn off the PIT's lost-tick re-injection: {e}");
+                        }
+                    }
+                    Err(e) => log::warn!("PIT set-up thread: {e}; leaving KVM's lost-tick policy"),
+                }
+                // Nothing waits on a failed write: the exit path joins the thread anyway.
+                let _ = signal.write(1);
+            });
+        match spawned {
+            Ok(thread) => Some(Arc::new(Mutex::new(PitSetup {
+                done,
+                thread: Some(thread),
+            }))),
+            Err(e) => {
+                log::warn!("cannot start the PIT set-up thread: {e}; the exit will wait for KVM");
+                None
             }
-        });
-    match spawned {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            log::warn!("cannot start the PIT set-up thread: {e}; the exit will wait for KVM");
-            None
         }
+    }
+
+    /// Waits for the thread if it has not been joined yet.
+    pub(crate) fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::warn!("the PIT set-up thread panicked");
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for PitSetup {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let _ = self.done.read();
+        unwatch(ops, events, "the PIT set-up thread");
+        self.join();
+        // The thread ran after the VMM released the binary's pages: release what it touched.
+        crate::memory::release_startup_code();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(
+            ops,
+            input(self.done.as_raw_fd(), 0),
+            "the PIT set-up thread",
+        );
     }
 }
 

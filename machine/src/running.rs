@@ -7,6 +7,7 @@ use crate::control::{ControlEvents, Ending};
 use crate::error::MachineError;
 use crate::event_loop::EventLoop;
 use crate::monitor::{Hotplug, Machine, Monitor, MonitorState};
+use crate::pit::PitSetup;
 use crate::qmp_server::QmpServer;
 use crate::seccomp::{Seccomp, ThreadKind};
 use crate::terminal::RawTerminal;
@@ -69,13 +70,14 @@ impl RunningVm {
             }
         }
         // While the guest boots: off its path and off the exit's (pit.rs).
-        let pit_setup = crate::pit::discard_lost_ticks(self.vcpus.vm_shared(), &self.seccomp);
+        let pit_setup = PitSetup::start(self.vcpus.vm_shared(), &self.seccomp);
+        if let Some(pit_setup) = &pit_setup {
+            self.events.add(pit_setup.clone());
+        }
         let result = self.event_loop();
         self.vcpus.stop();
-        if let Some(thread) = pit_setup {
-            if thread.join().is_err() {
-                log::warn!("the PIT set-up thread panicked");
-            }
+        if let Some(pit_setup) = &pit_setup {
+            lock(pit_setup).join();
         }
         // No device runs on an iothread from here on: the disks are flushed below.
         self.events.stop_iothreads();

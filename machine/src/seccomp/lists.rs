@@ -300,7 +300,9 @@ pub(crate) fn pit_setup() -> Vec<Allowed> {
     use libc::*;
     vec![
         only(SYS_ioctl, "ioctl", 1, &[crate::pit::reinject_control_request()], "KVM_REINJECT_CONTROL: the PIT's lost-tick policy"),
-        any(SYS_write, "write", "a log line if the request fails"),
+        any(SYS_write, "write", "its done eventfd; a log line if the request fails"),
+        any(SYS_close, "close", "its copy of the done eventfd"),
+        only(SYS_fcntl, "fcntl", 1, &[F_GETFD as u64], "std's debug check that a dropped fd is open"),
         any(SYS_futex, "futex", "the logger's lock; its join handle"),
         any(SYS_rt_sigprocmask, "rt_sigprocmask", "glibc thread exit"),
         any(SYS_madvise, "madvise", "glibc thread exit: its stack's pages back to the host"),
