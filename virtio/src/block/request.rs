@@ -697,22 +697,13 @@ fn read_bounced(
     offset: u64,
     segments: &[(GuestAddress, usize)],
 ) -> Result<u32, RequestError> {
-    let len: usize = segments.iter().map(|s| s.1).sum();
-    let mut buf = vec![0u8; len.min(CHUNK)];
-    let mut done = 0u64;
-    for &(addr, seg_len) in segments {
-        let mut at = 0;
-        while at < seg_len {
-            let chunk = &mut buf[..(seg_len - at).min(CHUNK)];
-            disk.backend
-                .read_at(chunk, offset + done)
-                .map_err(RequestError::Io)?;
-            mem.write_slice(chunk, addr.unchecked_add(at as u64))
-                .map_err(|_| RequestError::OutsideRam)?;
-            at += chunk.len();
-            done += chunk.len() as u64;
-        }
-    }
+    let len = bounce(segments, |chunk, at, disk_offset| {
+        disk.backend
+            .read_at(chunk, offset + disk_offset)
+            .map_err(RequestError::Io)?;
+        mem.write_slice(chunk, at)
+            .map_err(|_| RequestError::OutsideRam)
+    })?;
     data_len(len)
 }
 
@@ -742,6 +733,22 @@ fn write_bounced(
     offset: u64,
     segments: &[(GuestAddress, usize)],
 ) -> Result<(), RequestError> {
+    bounce(segments, |chunk, at, disk_offset| {
+        mem.read_slice(chunk, at)
+            .map_err(|_| RequestError::OutsideRam)?;
+        disk.backend
+            .write_at(chunk, offset + disk_offset)
+            .map_err(RequestError::Io)
+    })
+    .map(|_| ())
+}
+
+/// Walks `segments` in chunks of at most [`CHUNK`] bytes through one buffer: `each(chunk,
+/// guest address, offset from the start of the data)` moves one chunk. Returns the data length.
+fn bounce(
+    segments: &[(GuestAddress, usize)],
+    mut each: impl FnMut(&mut [u8], GuestAddress, u64) -> Result<(), RequestError>,
+) -> Result<usize, RequestError> {
     let len: usize = segments.iter().map(|s| s.1).sum();
     let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0u64;
@@ -749,16 +756,12 @@ fn write_bounced(
         let mut at = 0;
         while at < seg_len {
             let chunk = &mut buf[..(seg_len - at).min(CHUNK)];
-            mem.read_slice(chunk, addr.unchecked_add(at as u64))
-                .map_err(|_| RequestError::OutsideRam)?;
-            disk.backend
-                .write_at(chunk, offset + done)
-                .map_err(RequestError::Io)?;
+            each(chunk, addr.unchecked_add(at as u64), done)?;
             at += chunk.len();
             done += chunk.len() as u64;
         }
     }
-    Ok(())
+    Ok(len)
 }
 
 /// DISCARD or WRITE_ZEROES: the segments are the device-readable bytes after the header.
